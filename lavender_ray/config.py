@@ -1,0 +1,400 @@
+"""The one typed config tree of lavender_ray, its YAML presets and the dotted override syntax.
+
+Every entry point (CLI, `jobs/`, Ray workers, Ray Tune trials) builds a `LavenderConfig` the same
+way::
+
+    cfg = load_config("demo", ["train.max_steps=3", "loss.lambda=5"])
+
+A preset is a name from `lavender_ray/presets/` or a path to a YAML file. Overrides are
+`dotted.key=value`, the value parsed as a YAML scalar/list (`sd.attention_resolutions=[16,32]`).
+Unknown keys and bad values raise `ConfigError` naming the key, the value and what is allowed.
+A Ray worker rebuilds the config from `cfg.to_dict()` with `LavenderConfig.from_dict`.
+
+This module imports no Ray, torch, diffusers or transformers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+PRESET_PACKAGE = "lavender_ray.presets"
+
+
+class ConfigError(ValueError):
+    """A preset, override or value that does not fit the config tree."""
+
+
+class Section(BaseModel):
+    """Base of every config section: unknown keys are errors, assignments are validated."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, populate_by_name=True)
+
+
+# --------------------------------------------------------------------------------------- data
+SourceFormat = Literal["synthetic", "records", "messages", "llava"]
+
+
+class SourceConfig(Section):
+    """One data source. `path` is a local path or any pyarrow filesystem URI (`s3://...`)."""
+
+    name: str = "synthetic"
+    format: SourceFormat = "synthetic"
+    path: str | None = None
+    image_root: str | None = Field(
+        default=None, description="folder image paths in the source are relative to"
+    )
+    weight: float = Field(default=1.0, gt=0)
+    max_samples: int | None = Field(default=None, gt=0)
+    num_samples: int = Field(default=48, gt=0, description="synthetic only: how many to generate")
+
+    @model_validator(mode="after")
+    def _path_needed(self) -> SourceConfig:
+        if self.format != "synthetic" and not self.path:
+            raise ValueError(f"source {self.name!r}: format {self.format!r} needs a 'path'")
+        return self
+
+
+class DataConfig(Section):
+    sources: list[SourceConfig] = Field(default_factory=lambda: [SourceConfig()])
+    seed: int = 0
+    max_text_chars: int = Field(default=2000, gt=0, description="longer texts are rejected")
+    max_image_pixels: int = Field(
+        default=8192 * 8192, gt=0, description="larger images are rejected"
+    )
+    rejects_path: str | None = Field(
+        default=None, description="where rejected records go; default <run dir>/rejects"
+    )
+
+
+# ----------------------------------------------------------------------------------------- sd
+Dtype = Literal["auto", "fp32", "fp16", "bf16"]
+
+
+class SDConfig(Section):
+    model_id: str = "CompVis/stable-diffusion-v1-4"
+    revision: str | None = None
+    inversion: Literal["ddim", "null_text"] = "null_text"
+    inversion_steps: int = Field(default=10, gt=0)
+    denoise_steps: int = Field(default=10, gt=0)
+    null_text_inner_steps: int = Field(default=5, ge=1)
+    null_text_lr: float = Field(default=1e-2, gt=0)
+    null_text_early_stop: float = Field(default=1e-5, ge=0)
+    guidance_scale: float = Field(default=7.5, ge=1.0)
+    image_size: int = Field(default=512, gt=0)
+    attention_resolutions: list[int] = Field(default_factory=lambda: [16, 32], min_length=1)
+    output_size: int = Field(default=32, gt=0)
+    dtype: Dtype = "auto"
+    batch_size: int = Field(default=8, gt=0)
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _null_text_needs_same_schedule(self) -> SDConfig:
+        if self.inversion == "null_text" and self.denoise_steps != self.inversion_steps:
+            raise ValueError(
+                f"sd.inversion=null_text optimises one null embedding per inversion step, so "
+                f"sd.denoise_steps ({self.denoise_steps}) must equal sd.inversion_steps "
+                f"({self.inversion_steps})"
+            )
+        return self
+
+
+# ---------------------------------------------------------------------------------------- vlm
+class VLMConfig(Section):
+    family: Literal["mllama", "llava", "qwen2_vl"] = "mllama"
+    model_id: str = "meta-llama/Llama-3.2-11B-Vision-Instruct"
+    revision: str | None = None
+    attention_layers: list[int] | None = Field(
+        default=None, description="layers whose text->image attention is aligned; null = all"
+    )
+    dtype: Dtype = "auto"
+    max_length: int = Field(default=512, gt=0)
+    trust_remote_code: bool = False
+    gradient_checkpointing: bool = False
+
+
+# ------------------------------------------------------------------------------------ aligner
+class AlignerConfig(Section):
+    variant: Literal["light", "sim", "deep"] = "sim"
+    norm: Literal["instance", "batch", "group", "none"] = "instance"
+    activation: Literal["relu6", "leaky_relu"] = "relu6"
+    hidden_dim: int = Field(default=32, gt=0)
+    layer_reduction: Literal["aligner_then_mean", "mean_then_aligner"] = "aligner_then_mean"
+
+
+# --------------------------------------------------------------------------------------- loss
+class LossConfig(Section):
+    lambda_: float = Field(default=10.0, ge=0, alias="lambda")
+    matching: Literal["exact", "root"] = "exact"
+    word_source: Literal["predicted", "label"] = "predicted"
+    skip_stop_words: bool = False
+    aligner_pretrain_steps: int = Field(default=0, ge=0)
+    pretrain_alpha: float = Field(default=0.0, ge=0, description="alpha_t during pre-training")
+    alpha_schedule: Literal["step", "linear"] = Field(
+        default="step", description="after pre-training: jump to 1, or ramp linearly to 1"
+    )
+    alpha_ramp_steps: int = Field(default=0, ge=0)
+    lambda_decay: float = Field(default=0.0, ge=0, description="k in lambda*exp(-k t/T)")
+
+
+# --------------------------------------------------------------------------------------- lora
+class LoraConfig(Section):
+    mode: Literal["lora", "full"] = "lora"
+    r: int = Field(default=8, gt=0)
+    alpha: int = Field(default=32, gt=0)
+    dropout: float = Field(default=0.05, ge=0, lt=1)
+    target_modules: list[str] = Field(default_factory=lambda: ["q_proj", "v_proj"], min_length=1)
+
+
+# -------------------------------------------------------------------------------------- optim
+class OptimConfig(Section):
+    lr: float = Field(default=1e-4, gt=0)
+    aligner_lr: float | None = Field(default=None, gt=0, description="null = optim.lr")
+    weight_decay: float = Field(default=0.0, ge=0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    step_lr_gamma: float = Field(default=0.85, gt=0, le=1, description="StepLR gamma per epoch")
+    grad_clip: float = Field(default=1.0, ge=0)
+    warmup_steps: int = Field(default=0, ge=0)
+
+
+# -------------------------------------------------------------------------------------- train
+class TrainConfig(Section):
+    num_workers: int = Field(default=2, gt=0)
+    use_gpu: bool = False
+    cpus_per_worker: float = Field(default=1.0, gt=0)
+    accelerator: str | None = Field(default=None, description="e.g. A100; null = any")
+    zero_stage: Literal[0, 1, 2, 3] = 2
+    precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
+    micro_batch_size: int = Field(default=1, gt=0)
+    grad_accum_steps: int = Field(default=1, gt=0)
+    max_steps: int = Field(default=1000, gt=0)
+    epochs: int = Field(default=1, gt=0)
+    checkpoint_every: int = Field(default=200, gt=0)
+    report_every: int = Field(default=10, gt=0)
+    storage_path: str = "outputs"
+    run_name: str = "lavender"
+    max_failures: int = Field(default=1, ge=0)
+    seed: int = 0
+
+
+# ----------------------------------------------------------------------------------- pipeline
+class PipelineConfig(Section):
+    mode: Literal["stream", "cache", "precomputed"] = "stream"
+    cache_path: str | None = Field(default=None, description="target cache (cache mode)")
+    precomputed_path: str | None = None
+    precomputed_format: Literal["parquet", "authors"] = "parquet"
+    sd_pool_min: int = Field(default=1, gt=0)
+    sd_pool_max: int = Field(default=1, gt=0)
+    sd_num_gpus: float = Field(default=0.0, ge=0, description="GPUs per SD actor; 0 = CPU")
+    sd_num_cpus: float = Field(default=1.0, gt=0)
+    sd_accelerator: str | None = Field(default=None, description="e.g. V100; null = any")
+    decode_num_cpus: float = Field(default=0.25, gt=0)
+
+    @model_validator(mode="after")
+    def _pool_bounds(self) -> PipelineConfig:
+        if self.sd_pool_min > self.sd_pool_max:
+            raise ValueError(
+                f"pipeline.sd_pool_min ({self.sd_pool_min}) must be <= "
+                f"pipeline.sd_pool_max ({self.sd_pool_max})"
+            )
+        return self
+
+
+# --------------------------------------------------------------------------------------- tune
+class TuneConfig(Section):
+    search_space: dict[str, str] = Field(
+        default_factory=dict, description="dotted key -> 'loguniform(1, 30)' / 'choice([..])'"
+    )
+    num_samples: int = Field(default=8, gt=0)
+    metric: str = "loss/att"
+    mode: Literal["min", "max"] = "min"
+    grace_period: int = Field(default=1, gt=0)
+    reduction_factor: float = Field(default=2.0, gt=1)
+    max_concurrent_trials: int | None = Field(default=None, gt=0)
+
+
+# --------------------------------------------------------------------------------------- eval
+class EvalConfig(Section):
+    benchmarks: dict[str, str] = Field(
+        default_factory=dict, description="benchmark name -> local Parquet/JSONL/TSV path"
+    )
+    batch_size: int = Field(default=8, gt=0)
+    max_new_tokens: int = Field(default=32, gt=0)
+    pool_size: int = Field(default=1, gt=0)
+    num_gpus: float = Field(default=0.0, ge=0)
+    probe_samples: int = Field(default=8, gt=0)
+
+
+# ----------------------------------------------------------------------------------------- root
+class LavenderConfig(Section):
+    data: DataConfig = Field(default_factory=DataConfig)
+    sd: SDConfig = Field(default_factory=SDConfig)
+    vlm: VLMConfig = Field(default_factory=VLMConfig)
+    aligner: AlignerConfig = Field(default_factory=AlignerConfig)
+    loss: LossConfig = Field(default_factory=LossConfig)
+    lora: LoraConfig = Field(default_factory=LoraConfig)
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    pipeline: PipelineConfig = Field(default_factory=PipelineConfig)
+    tune: TuneConfig = Field(default_factory=TuneConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain, JSON/YAML-safe dict (aliases such as `loss.lambda` as written in YAML)."""
+        return self.model_dump(mode="json", by_alias=True)
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> LavenderConfig:
+        try:
+            return cls.model_validate(raw)
+        except ValidationError as err:
+            raise ConfigError(format_validation_error(err, cls)) from None
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    def save(self, directory: str | Path) -> Path:
+        """Write the resolved config as `config.yaml` into `directory` (created)."""
+        path = Path(directory) / "config.yaml"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(self.to_yaml())
+        return path
+
+
+# ---------------------------------------------------------------------------- presets & overrides
+def preset_names() -> list[str]:
+    """Names of the presets shipped in `lavender_ray/presets/`."""
+    folder = resources.files(PRESET_PACKAGE)
+    return sorted(p.name[: -len(".yaml")] for p in folder.iterdir() if p.name.endswith(".yaml"))
+
+
+def read_preset(preset: str) -> dict[str, Any]:
+    """The raw dict of a shipped preset name or a YAML file path."""
+    if preset.endswith((".yaml", ".yml")) or "/" in preset:
+        path = Path(preset)
+        if not path.is_file():
+            raise ConfigError(f"preset file {preset!r} does not exist")
+        text = path.read_text()
+    else:
+        names = preset_names()
+        if preset not in names:
+            raise ConfigError(
+                f"unknown preset {preset!r}; shipped presets: {', '.join(names)} "
+                "(or give a path to a .yaml file)"
+            )
+        text = resources.files(PRESET_PACKAGE).joinpath(f"{preset}.yaml").read_text()
+    raw = yaml.safe_load(text) or {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"preset {preset!r} must be a YAML mapping, got {type(raw).__name__}")
+    return raw
+
+
+def parse_override(override: str) -> tuple[str, Any]:
+    """`'a.b=value'` -> `('a.b', parsed value)`; the value is read as YAML (`3`, `[16,32]`, `null`)."""
+    key, sep, text = override.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise ConfigError(f"override {override!r} is not of the form section.key=value")
+    try:
+        value = yaml.safe_load(text) if text.strip() else ""
+    except yaml.YAMLError:
+        value = text
+    return key, value
+
+
+def _field_names(model: type[BaseModel]) -> list[str]:
+    return [f.alias or name for name, f in model.model_fields.items()]
+
+
+def _submodel(model: type[BaseModel], key: str) -> type[BaseModel] | None:
+    for name, field in model.model_fields.items():
+        if key in (name, field.alias):
+            ann = field.annotation
+            return ann if isinstance(ann, type) and issubclass(ann, BaseModel) else None
+    return None
+
+
+def set_dotted(raw: dict[str, Any], dotted: str, value: Any) -> None:
+    """Set `raw[a][b] = value` for `dotted='a.b'`, checking every key against the config tree."""
+    parts = dotted.split(".")
+    model: type[BaseModel] | None = LavenderConfig
+    node = raw
+    for depth, part in enumerate(parts):
+        prefix = ".".join(parts[:depth]) or "<root>"
+        if model is None:
+            raise ConfigError(f"unknown key {dotted!r}: {prefix!r} is a value, not a section")
+        valid = _field_names(model)
+        if part not in valid:
+            raise ConfigError(
+                f"unknown key {dotted!r}: {part!r} is not in {prefix!r}; "
+                f"valid keys: {', '.join(valid)}"
+            )
+        if depth == len(parts) - 1:
+            node[part] = value
+        else:
+            child = node.get(part)
+            if not isinstance(child, dict):
+                child = {}
+                node[part] = child
+            node = child
+            model = _submodel(model, part)
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str] | dict[str, Any]) -> dict[str, Any]:
+    """Return a copy of `raw` with dotted overrides applied (strings `'a.b=v'` or a dict)."""
+    out = json.loads(json.dumps(raw))
+    items = overrides.items() if isinstance(overrides, dict) else map(parse_override, overrides)
+    for key, value in items:
+        set_dotted(out, key, value)
+    return out
+
+
+def load_config(
+    preset: str | None = "demo", overrides: list[str] | dict[str, Any] | None = None
+) -> LavenderConfig:
+    """Preset (name or path; None = library defaults) + dotted overrides -> validated config."""
+    raw = read_preset(preset) if preset else {}
+    raw = apply_overrides(raw, overrides or [])
+    return LavenderConfig.from_dict(raw)
+
+
+def format_validation_error(err: ValidationError, root: type[BaseModel]) -> str:
+    """One line per problem: the dotted key, the value given and what is allowed."""
+    lines = []
+    for problem in err.errors():
+        key = ".".join(str(p) for p in problem["loc"]) or "<root>"
+        value = problem.get("input")
+        if problem["type"] == "extra_forbidden":
+            parent = _walk(root, problem["loc"][:-1])
+            allowed = ", ".join(_field_names(parent)) if parent else "?"
+            lines.append(f"unknown key {key!r}; valid keys here: {allowed}")
+        else:
+            lines.append(f"{key}={value!r}: {problem['msg']}")
+    return "invalid config:\n  " + "\n  ".join(lines)
+
+
+def _walk(model: type[BaseModel], loc: tuple[Any, ...]) -> type[BaseModel] | None:
+    current: type[BaseModel] | None = model
+    for part in loc:
+        if current is None or isinstance(part, int):
+            continue  # list index: stay on the element's model when it is a list of sections
+        nxt = _submodel(current, str(part))
+        if nxt is None:
+            field = current.model_fields.get(str(part))
+            args = getattr(field.annotation, "__args__", ()) if field else ()
+            nxt = next((a for a in args if isinstance(a, type) and issubclass(a, BaseModel)), None)
+        current = nxt
+    return current
+
+
+def config_hash(section: BaseModel, *, exclude: set[str] | None = None, length: int = 12) -> str:
+    """Stable short hash of a section's values (used to key SD targets by extraction config)."""
+    payload = section.model_dump(mode="json", by_alias=True, exclude=exclude)
+    blob = json.dumps(payload, sort_keys=True).encode()
+    return hashlib.sha256(blob).hexdigest()[:length]
