@@ -71,6 +71,7 @@ class DataConfig(Section):
     rejects_path: str | None = Field(
         default=None, description="where rejected records go; default <run dir>/rejects"
     )
+    read_num_cpus: float = Field(default=0.25, gt=0, description="CPUs per read/convert task")
 
 
 # ----------------------------------------------------------------------------------------- sd

@@ -1,0 +1,62 @@
+"""The `lavender` command line. Each subcommand lives in `lavender_ray.commands.<name>` and
+exposes `HELP`, `add_arguments(parser)` and `run(args) -> int`; modules load lazily so
+`lavender --help` stays fast."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# subcommand -> module under lavender_ray.commands (one line per command)
+COMMANDS: dict[str, str] = {
+    "config": "config",
+    "demo": "demo",
+}
+
+
+def add_config_arguments(parser: argparse.ArgumentParser, default_preset: str = "demo") -> None:
+    """`--preset NAME|PATH` and repeatable `--set key=value`, the same for every subcommand."""
+    parser.add_argument(
+        "--preset",
+        default=default_preset,
+        help=f"shipped preset name or path to a YAML file (default: {default_preset})",
+    )
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override one config value by dotted key, e.g. --set train.max_steps=3 (repeatable)",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="lavender",
+        description="Lavender diffusion instruction tuning on Ray: SD cross-attention targets, "
+        "VLM attention alignment, Ray Data + Ray Train + DeepSpeed.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, module_name in COMMANDS.items():
+        module = importlib.import_module(f"lavender_ray.commands.{module_name}")
+        cmd = sub.add_parser(name, help=module.HELP, description=module.HELP)
+        module.add_arguments(cmd)
+        cmd.set_defaults(_run=module.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from lavender_ray.config import ConfigError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args._run(args) or 0)
+    except ConfigError as err:
+        print(f"lavender {args.command}: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
