@@ -1,0 +1,1 @@
+"""Data: the synthetic data set, readers for the formats users bring, and the rejects output."""
