@@ -11,7 +11,6 @@ import sys
 # subcommand -> module under lavender_ray.commands (one line per command)
 COMMANDS: dict[str, str] = {
     "config": "config",
-    "demo": "demo",
 }
 
 

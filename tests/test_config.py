@@ -1,0 +1,115 @@
+"""Config tree: presets, dotted overrides, validation messages, round trips."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from lavender_ray.config import (
+    ConfigError,
+    LavenderConfig,
+    apply_overrides,
+    config_hash,
+    load_config,
+    parse_override,
+    preset_names,
+)
+
+
+@pytest.mark.parametrize("name", preset_names())
+def test_every_shipped_preset_loads_and_round_trips(name, tmp_path):
+    cfg = load_config(name)
+    assert LavenderConfig.from_dict(cfg.to_dict()) == cfg
+    saved = cfg.save(tmp_path)
+    assert load_config(str(saved)) == cfg
+
+
+def test_required_presets_exist():
+    assert {"demo", "llama32_11b_lora"} <= set(preset_names())
+
+
+def test_overrides_are_typed():
+    cfg = load_config("demo", ["train.max_steps=3", "loss.lambda=5", "sd.attention_resolutions=[16]"])
+    assert cfg.train.max_steps == 3
+    assert cfg.loss.lambda_ == 5.0
+    assert cfg.sd.attention_resolutions == [16]
+    assert cfg.to_dict()["loss"]["lambda"] == 5.0
+
+
+def test_override_dict_form_matches_string_form():
+    as_dict = load_config("demo", {"optim.lr": 2e-4, "aligner.variant": "deep"})
+    as_str = load_config("demo", ["optim.lr=2e-4", "aligner.variant=deep"])
+    assert as_dict == as_str
+
+
+@pytest.mark.parametrize(
+    "override, fragments",
+    [
+        ("train.nope=1", ["train.nope", "valid keys", "max_steps"]),
+        ("nope.x=1", ["nope", "valid keys", "train"]),
+        ("sd.inversion=foo", ["sd.inversion", "foo", "ddim", "null_text"]),
+        ("aligner.variant=huge", ["aligner.variant", "huge", "light", "sim", "deep"]),
+        ("train.precision=fp8", ["train.precision", "fp8", "bf16"]),
+        ("train.max_steps=-2", ["train.max_steps", "-2", "greater than 0"]),
+        ("train.max_steps.x=1", ["train.max_steps", "not a section"]),
+        ("sd.inversion_steps=10 ", []),
+    ],
+)
+def test_bad_overrides_name_key_value_and_choices(override, fragments):
+    if not fragments:
+        load_config("demo", [override])
+        return
+    with pytest.raises(ConfigError) as err:
+        load_config("demo", [override])
+    for fragment in fragments:
+        assert fragment in str(err.value)
+
+
+def test_cross_field_rules():
+    with pytest.raises(ConfigError, match="denoise_steps"):
+        load_config("demo", ["sd.inversion=null_text", "sd.denoise_steps=7"])
+    with pytest.raises(ConfigError, match="sd_pool_min"):
+        load_config("demo", ["pipeline.sd_pool_min=3", "pipeline.sd_pool_max=2"])
+    with pytest.raises(ConfigError, match="needs a 'path'"):
+        load_config("demo", ["data.sources=[{name: x, format: llava}]"])
+
+
+def test_unknown_preset_lists_shipped_ones():
+    with pytest.raises(ConfigError, match="demo"):
+        load_config("no_such_preset")
+
+
+def test_override_syntax_errors():
+    with pytest.raises(ConfigError, match="section.key=value"):
+        parse_override("train.max_steps")
+    assert parse_override("vlm.attention_layers=null") == ("vlm.attention_layers", None)
+    assert apply_overrides({}, ["train.run_name=x"]) == {"train": {"run_name": "x"}}
+
+
+def test_config_hash_tracks_values():
+    a, b = load_config("demo"), load_config("demo", ["sd.inversion_steps=5"])
+    assert config_hash(a.sd) == config_hash(load_config("demo").sd)
+    assert config_hash(a.sd) != config_hash(b.sd)
+
+
+def test_cli_config_show_and_bad_override():
+    ok = subprocess.run(
+        [sys.executable, "-m", "lavender_ray.cli", "config", "show", "--preset", "demo",
+         "--set", "train.max_steps=3"], capture_output=True, text=True, check=True,
+    )
+    assert "max_steps: 3" in ok.stdout
+    bad = subprocess.run(
+        [sys.executable, "-m", "lavender_ray.cli", "config", "show", "--set", "sd.inversion=foo"],
+        capture_output=True, text=True,
+    )
+    assert bad.returncode != 0
+    assert "ddim" in bad.stderr and "null_text" in bad.stderr
+
+
+def test_import_starts_no_ray():
+    code = "import lavender_ray, lavender_ray.config, lavender_ray.schema, lavender_ray.cli, sys; " \
+           "import ray; assert not ray.is_initialized(); print('ok')"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "ok"

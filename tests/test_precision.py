@@ -1,0 +1,39 @@
+"""Precision resolution per device and the DeepSpeed config built from the typed config."""
+
+from __future__ import annotations
+
+import pytest
+
+from lavender_ray.config import ConfigError, load_config
+from lavender_ray.train.precision import Device, deepspeed_config, resolve_precision
+
+CPU = Device("cpu")
+A100 = Device("cuda", "NVIDIA A100-SXM4-80GB", bf16=True)
+V100 = Device("cuda", "Tesla V100-SXM2-16GB", bf16=False)
+
+
+@pytest.mark.parametrize(
+    "requested, device, expected",
+    [("auto", CPU, "fp32"), ("auto", A100, "bf16"), ("auto", V100, "fp16"),
+     ("bf16", CPU, "bf16"), ("fp32", V100, "fp32"), ("fp16", V100, "fp16")],
+)
+def test_resolve_precision(requested, device, expected):
+    assert resolve_precision(requested, device) == expected
+
+
+def test_unsafe_precisions_are_refused_with_reason():
+    with pytest.raises(ConfigError, match="fp16.*CPU"):
+        resolve_precision("fp16", CPU)
+    with pytest.raises(ConfigError, match="V100"):
+        resolve_precision("bf16", V100)
+
+
+def test_deepspeed_config_batch_arithmetic_and_zero3():
+    cfg = load_config("demo", ["train.micro_batch_size=2", "train.grad_accum_steps=3",
+                               "train.zero_stage=3"])
+    ds = deepspeed_config(cfg, world_size=4, precision="bf16")
+    assert ds["train_batch_size"] == 2 * 3 * 4
+    assert ds["zero_optimization"] == {"stage": 3, "stage3_gather_16bit_weights_on_model_save": True}
+    assert ds["bf16"]["enabled"] and not ds["fp16"]["enabled"]
+    ds2 = deepspeed_config(load_config("demo"), world_size=2, precision="fp16")
+    assert ds2["zero_optimization"] == {"stage": 2} and ds2["fp16"]["enabled"]
