@@ -6,7 +6,9 @@ Shapes::
     H  heads per layer  s  map side (config: sd.output_size, 32)
 
 An adapter owns the HF model (optionally wrapped by PEFT), its processor and tokenizer, and knows
-where the family's text->image attention lives and how image keys map to a 2-D grid.
+where the family's text->image attention lives and how image keys map to a 2-D grid. Nothing
+outside `lavender_ray.vlm` names a model family: callers go through `build_adapter` and this
+Protocol.
 """
 
 from __future__ import annotations
@@ -15,6 +17,9 @@ from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 import torch
+from PIL import Image
+
+ImageInput = Image.Image | bytes
 
 
 @dataclass
@@ -31,15 +36,23 @@ class VLMAdapter(Protocol):
     model: torch.nn.Module  # the HF model (PEFT-wrapped once LoRA is applied)
     processor: Any
     tokenizer: Any
+    layers: list[int]  # decoder-layer indices of the captured attention layers, in map order
     num_layers: int  # L: captured layers
     num_heads: int  # H: heads of each captured layer
+    map_size: int  # s used when `forward` is not given one
 
     def build_inputs(
-        self, images: list[Any], conversations: list[list[dict[str, str]]]
+        self, images: list[ImageInput], conversations: list[list[dict[str, str]]]
     ) -> dict[str, torch.Tensor]:
-        """Chat-templated, padded batch with `labels` (-100 on everything but assistant tokens)."""
+        """Chat-templated, right-padded batch with `labels` (-100 on everything but assistant
+        tokens); one image per conversation, placed in its first user turn."""
         ...
 
-    def forward(self, inputs: dict[str, torch.Tensor], map_size: int = 32) -> VLMForwardOutput:
-        """One forward pass returning logits, the LM loss and the captured attention maps."""
+    def forward(
+        self, inputs: dict[str, torch.Tensor], map_size: int | None = None
+    ) -> VLMForwardOutput:
+        """One forward pass returning logits, the LM loss and the captured attention maps.
+
+        The maps are returned, not stored: nothing survives between calls, and gradients flow
+        from `attention` back into the captured layers' query/key projections."""
         ...

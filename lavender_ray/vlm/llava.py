@@ -1,0 +1,55 @@
+"""LLaVA-style VLMs: self-attention rows = text positions, columns = the image tokens.
+
+The processor expands `<image>` into one token per vision feature; those positions are the keys
+whose probabilities form the map. They are laid out row-major on the vision tower's patch grid
+(image_size / patch_size per side, 24x24 for LLaVA-1.5; a leading CLS token under the "full"
+feature strategy is dropped), then resized to s x s. Every decoder self-attention layer can be
+captured (`vlm.attention_layers`, default all).
+
+Shapes::
+
+    b  batch   H  heads   T  sequence (queries and keys)   n  image tokens of one sample
+    g  patches per side   s  map side
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from transformers import LlavaForConditionalGeneration, PreTrainedModel
+
+from lavender_ray.vlm.adapter import CapturingAdapter
+from lavender_ray.vlm.geometry import llava_grid, resize_maps, token_grid
+
+
+class LlavaAdapter(CapturingAdapter):
+    family = "llava"
+    model_class = LlavaForConditionalGeneration
+
+    def __init__(self, model: PreTrainedModel, processor, **kwargs) -> None:
+        super().__init__(model, processor, **kwargs)
+        vision = model.config.vision_config
+        self.vision_image_size = int(vision.image_size)
+        self.vision_patch_size = int(vision.patch_size)
+
+    @staticmethod
+    def attention_modules(model: PreTrainedModel) -> dict[int, nn.Module]:
+        layers = model.model.language_model.layers
+        return {i: layer.self_attn for i, layer in enumerate(layers)}
+
+    def processor_images(self, images: list) -> list:
+        return list(images)
+
+    def image_maps(
+        self, probs: torch.Tensor, inputs: dict[str, torch.Tensor], size: int
+    ) -> torch.Tensor:
+        maps = []
+        for row in range(probs.shape[0]):
+            positions = self.image_key_positions(inputs["input_ids"], row)  # [n]
+            grid_h, grid_w, skip = llava_grid(
+                self.vision_image_size, self.vision_patch_size, len(positions)
+            )
+            columns = probs[row][..., positions[skip:]]  # [H, T, T] -> [H, T, g*g]
+            grid = token_grid(columns, grid_h, grid_w)  # [H, T, g*g] -> [H, T, g, g]
+            maps.append(resize_maps(grid, size))  # [H, T, g, g] -> [H, T, s, s]
+        return torch.stack(maps)  # b x [H, T, s, s] -> [b, H, T, s, s]

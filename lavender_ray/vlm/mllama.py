@@ -1,0 +1,64 @@
+"""Mllama / Llama-3.2-Vision: the cross-attention layers' text->image probabilities.
+
+Only the cross-attention layers of the text model attend to the image; their keys are the vision
+tokens, one block per tile (CLS + p*p patches), up to `max_num_tiles` tiles. Layers named in
+`vlm.attention_layers` (default: all of `text_config.cross_attention_layers`) compute eager
+probabilities; every other attention layer stays on SDPA. Geometry (METHOD.md section 3): drop
+each tile's CLS, put each tile's p x p patches on its place on the canvas given by the image's
+aspect-ratio id, resize the canvas to s x s. p = vision image_size / patch_size, from the config.
+
+Shapes::
+
+    b  batch   H  text heads   T  sequence   K  max_tiles * (1 + p*p) vision keys
+    R, C  tile rows / columns of one image's canvas   s  map side
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from transformers import MllamaForConditionalGeneration, PreTrainedModel
+
+from lavender_ray.vlm.adapter import CapturingAdapter
+from lavender_ray.vlm.geometry import mllama_canvas, resize_maps, tile_grid
+
+
+def _side(value: int | list[int] | tuple[int, int]) -> int:
+    """A config size given as an int or a square (h, w) pair -> the int."""
+    if isinstance(value, int):
+        return value
+    h, w = value
+    if h != w:
+        raise ValueError(f"non-square vision size {value} is not supported")
+    return int(h)
+
+
+class MllamaAdapter(CapturingAdapter):
+    family = "mllama"
+    model_class = MllamaForConditionalGeneration
+    sequence_keys = ("input_ids", "attention_mask", "labels", "cross_attention_mask")
+
+    def __init__(self, model: PreTrainedModel, processor, **kwargs) -> None:
+        super().__init__(model, processor, **kwargs)
+        vision = model.config.vision_config
+        self.patches_per_side = _side(vision.image_size) // _side(vision.patch_size)
+        self.supported_aspect_ratios = [list(r) for r in vision.supported_aspect_ratios]
+
+    @staticmethod
+    def attention_modules(model: PreTrainedModel) -> dict[int, nn.Module]:
+        text = model.model.language_model
+        return {i: text.layers[i].cross_attn for i in text.config.cross_attention_layers}
+
+    def image_maps(
+        self, probs: torch.Tensor, inputs: dict[str, torch.Tensor], size: int
+    ) -> torch.Tensor:
+        ratio_ids = inputs["aspect_ratio_ids"]  # [b, images]
+        if ratio_ids.shape[1] != 1:
+            raise ValueError(f"one image per sample is supported, got {ratio_ids.shape[1]}")
+        maps = []
+        for row in range(probs.shape[0]):
+            rows, cols = tile_grid(int(ratio_ids[row, 0]), self.supported_aspect_ratios)
+            p = self.patches_per_side
+            canvas = mllama_canvas(probs[row], p, rows, cols)  # [H, T, K] -> [H, T, R*p, C*p]
+            maps.append(resize_maps(canvas, size))  # [H, T, R*p, C*p] -> [H, T, s, s]
+        return torch.stack(maps)  # b x [H, T, s, s] -> [b, H, T, s, s]

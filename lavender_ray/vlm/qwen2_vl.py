@@ -1,0 +1,99 @@
+"""Qwen2-VL: self-attention rows = text positions, columns = the merged image tokens.
+
+The processor expands `<|image_pad|>` into `t*h*w / merge^2` tokens for an image of
+`image_grid_thw = (t, h, w)` patches; after the vision tower's spatial merge they are row-major on
+an `(h / merge) x (w / merge)` grid, which may be non-square. That grid is resized to s x s.
+Every decoder self-attention layer can be captured (`vlm.attention_layers`, default all).
+
+Shapes::
+
+    b  batch   H  heads   T  sequence (queries and keys)   n  image tokens of one sample
+    gh, gw  merged token grid   s  map side
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import (
+    AutoImageProcessor,
+    AutoProcessor,
+    AutoTokenizer,
+    PreTrainedModel,
+    ProcessorMixin,
+    Qwen2VLForConditionalGeneration,
+    Qwen2VLProcessor,
+)
+
+from lavender_ray.vlm.adapter import CapturingAdapter
+from lavender_ray.vlm.geometry import merged_grid, resize_maps, token_grid
+
+
+class Qwen2VLImageProcessorOnly(Qwen2VLProcessor):
+    """Qwen2-VL's processor for images only.
+
+    `Qwen2VLProcessor` also takes a video processor, whose class needs torchvision (not a
+    dependency of this project); images, token expansion and `mm_token_type_ids` are unchanged.
+    """
+
+    def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs) -> None:
+        self.image_token = getattr(tokenizer, "image_token", None) or "<|image_pad|>"
+        self.video_token = getattr(tokenizer, "video_token", None) or "<|video_pad|>"
+        self.image_token_id = tokenizer.convert_tokens_to_ids(self.image_token)
+        self.video_token_id = tokenizer.convert_tokens_to_ids(self.video_token)
+        ProcessorMixin.__init__(self, image_processor, tokenizer, chat_template=chat_template)
+
+
+class Qwen2VLAdapter(CapturingAdapter):
+    family = "qwen2_vl"
+    model_class = Qwen2VLForConditionalGeneration
+    sequence_keys = ("input_ids", "attention_mask", "labels", "mm_token_type_ids")
+
+    def __init__(self, model: PreTrainedModel, processor, **kwargs) -> None:
+        super().__init__(model, processor, **kwargs)
+        self.merge_size = int(model.config.vision_config.spatial_merge_size)
+
+    @classmethod
+    def load_processor(cls, model_id: str, **kwargs: Any) -> Any:
+        """AutoProcessor; without torchvision it yields a bare tokenizer, then the image-only
+        processor is assembled from the same files (with a warning)."""
+        processor = AutoProcessor.from_pretrained(model_id, **kwargs)
+        if isinstance(processor, ProcessorMixin):
+            return processor
+        warnings.warn(
+            f"AutoProcessor returned a {type(processor).__name__} for {model_id!r} (the Qwen2-VL "
+            "video processor needs torchvision); using an image-only Qwen2-VL processor",
+            stacklevel=2,
+        )
+        tokenizer = AutoTokenizer.from_pretrained(model_id, **kwargs)
+        image_processor = AutoImageProcessor.from_pretrained(model_id, **kwargs)
+        return Qwen2VLImageProcessorOnly(
+            image_processor, tokenizer, chat_template=tokenizer.chat_template
+        )
+
+    @staticmethod
+    def attention_modules(model: PreTrainedModel) -> dict[int, nn.Module]:
+        layers = model.model.language_model.layers
+        return {i: layer.self_attn for i, layer in enumerate(layers)}
+
+    def processor_images(self, images: list) -> list:
+        return list(images)
+
+    def image_maps(
+        self, probs: torch.Tensor, inputs: dict[str, torch.Tensor], size: int
+    ) -> torch.Tensor:
+        grids = inputs["image_grid_thw"]  # [images, 3]; one image per sample, in batch order
+        if grids.shape[0] != probs.shape[0]:
+            raise ValueError(f"one image per sample is supported: {grids.shape[0]} images, "
+                             f"{probs.shape[0]} samples")
+        maps = []
+        for row in range(probs.shape[0]):
+            grid_h, grid_w = merged_grid(grids[row].tolist(), self.merge_size)
+            positions = self.image_key_positions(inputs["input_ids"], row)  # [n]
+            columns = probs[row][..., positions]  # [H, T, T] -> [H, T, gh*gw]
+            grid = token_grid(columns, grid_h, grid_w)  # [H, T, gh*gw] -> [H, T, gh, gw]
+            maps.append(resize_maps(grid, size))  # [H, T, gh, gw] -> [H, T, s, s]
+        return torch.stack(maps)  # b x [H, T, s, s] -> [b, H, T, s, s]

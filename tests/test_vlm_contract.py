@@ -1,0 +1,363 @@
+"""The one contract every VLM family adapter meets, run on each tiny family (real classes,
+random seeded weights, CPU)."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import pytest
+import torch
+from peft import PeftModel
+from PIL import Image
+
+from lavender_ray.config import load_config
+from lavender_ray.vlm import (
+    VLMAdapter,
+    build_adapter,
+    load_adapter,
+    registered_families,
+    save_adapter,
+)
+from lavender_ray.vlm.chat import IGNORE_INDEX
+from lavender_ray.vlm.geometry import cell_box
+from lavender_ray.vlm.registry import adapter_class
+from lavender_ray.vlm.mllama import MllamaAdapter
+from lavender_ray.vlm.tiny import build_tiny, tiny_mllama
+
+pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")
+
+FAMILIES = ["mllama", "llava", "qwen2_vl"]
+MAP_SIZE = 32
+CONVERSATIONS = [
+    [
+        {"role": "user", "content": "Describe the image in a single sentence as a caption."},
+        {"role": "assistant", "content": "A red circle to the left of a blue square."},
+    ],
+    [
+        {"role": "system", "content": "You are a helpful assistant."},
+        {"role": "user", "content": "What color is the square?"},
+        {"role": "assistant", "content": "The square is blue."},
+        {"role": "user", "content": "And the circle?"},
+        {"role": "assistant", "content": "It is red."},
+    ],
+]
+
+
+def make_config(family: str, *overrides: str):
+    return load_config("demo", [f"vlm.family={family}", f"vlm.model_id=tiny/{family}", *overrides])
+
+
+def make_adapter(family: str, *overrides: str):
+    cfg = make_config(family, *overrides)
+    return build_adapter(cfg.vlm, cfg.lora, map_size=MAP_SIZE)
+
+
+def images() -> list[Image.Image]:
+    """A wide image (two Mllama tiles, a 3x4 Qwen2-VL grid) and a square one."""
+    wide = Image.new("RGB", (112, 84), (230, 230, 230))
+    wide.paste((220, 40, 40), (10, 20, 50, 60))
+    square = Image.new("RGB", (56, 56), (40, 70, 220))
+    return [wide, square]
+
+
+def model_inputs(inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v for k, v in inputs.items() if k != "labels"}
+
+
+def captured_q_lora_b(adapter, layer: int) -> torch.Tensor:
+    module = adapter.attention_modules(adapter.base_model)[layer]
+    return module.q_proj.lora_B["default"].weight
+
+
+@pytest.fixture(params=FAMILIES)
+def family(request) -> str:
+    return request.param
+
+
+# --------------------------------------------------------------------------------- parity
+def test_capture_leaves_logits_unchanged(family):
+    adapter = make_adapter(family)
+    assert isinstance(adapter, VLMAdapter) and adapter.family == family
+    inputs = adapter.build_inputs(images(), CONVERSATIONS)
+    plain, _ = build_tiny(f"tiny/{family}", seed=0)  # same weights, stock SDPA attention
+    with torch.no_grad():
+        captured = adapter.forward(inputs)
+        reference = plain(**inputs)
+    assert captured.attention.shape == (
+        2, adapter.num_layers, adapter.num_heads, inputs["input_ids"].shape[1], MAP_SIZE, MAP_SIZE
+    )  # fmt: skip
+    torch.testing.assert_close(captured.logits, reference.logits, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(captured.lm_loss, reference.loss, rtol=1e-5, atol=1e-5)
+
+
+def test_only_captured_layers_leave_sdpa(family):
+    adapter = make_adapter(family, f"vlm.attention_layers=[{1 if family != 'mllama' else 3}]")
+    config = adapter.base_model.config
+    assert config.get_text_config()._attn_implementation == "lavender_capture"
+    assert config.vision_config._attn_implementation == "sdpa"
+    watched = [m for m in adapter.base_model.modules() if hasattr(m, "lavender_recorder")]
+    assert watched == [adapter.attention_modules(adapter.base_model)[adapter.layers[0]]]
+
+
+def test_forward_without_image_is_refused():
+    adapter = make_adapter("mllama")
+    inputs = adapter.build_inputs(images(), CONVERSATIONS)
+    text_only = {k: v for k, v in inputs.items() if k in ("input_ids", "attention_mask", "labels")}
+    with pytest.raises(RuntimeError, match=r"no attention recorded for layers \[1, 3\]"):
+        adapter.forward(text_only)
+
+
+# ------------------------------------------------------------------------------- gradients
+def test_attention_loss_reaches_lora_of_captured_layers(family):
+    adapter = make_adapter(family)
+    inputs = adapter.build_inputs(images(), CONVERSATIONS)
+    out = adapter.forward(inputs)
+    target = torch.rand(out.attention.shape, generator=torch.Generator().manual_seed(0))
+    torch.nn.functional.mse_loss(out.attention, target).backward()
+    for layer in adapter.layers:
+        grad = captured_q_lora_b(adapter, layer).grad
+        assert grad is not None and grad.abs().sum() > 0, f"no gradient into layer {layer} q_proj"
+
+
+def test_selected_layer_only_and_checkpointing_records_once(family):
+    """One selected layer; with activation checkpointing the maps and gradients are the same as
+    without (a recomputed layer does not record again)."""
+    last = max(adapter_class(family).attention_modules(build_tiny(f"tiny/{family}")[0]))
+    results = []
+    for checkpointing in (False, True):
+        adapter = make_adapter(
+            family,
+            f"vlm.attention_layers=[{last}]",
+            f"vlm.gradient_checkpointing={checkpointing}",
+            "lora.dropout=0",
+        )
+        adapter.model.train()
+        inputs = adapter.build_inputs(images(), CONVERSATIONS)
+        out = adapter.forward(inputs)
+        assert adapter.layers == [last] and out.attention.shape[1] == 1
+        out.attention.square().sum().backward()
+        results.append((out.attention.detach(), captured_q_lora_b(adapter, last).grad))
+    (maps, grad), (maps_ckpt, grad_ckpt) = results
+    torch.testing.assert_close(maps_ckpt, maps)
+    torch.testing.assert_close(grad_ckpt, grad)
+    assert grad.abs().sum() > 0
+
+
+def test_second_forward_returns_only_its_own_maps(family):
+    adapter = make_adapter(family)
+    both = adapter.build_inputs(images(), CONVERSATIONS)
+    single = adapter.build_inputs(images()[1:], CONVERSATIONS[1:])
+    with torch.no_grad():
+        first = adapter.forward(both)
+        second = adapter.forward(single)
+    assert first.attention.shape[0] == 2 and second.attention.shape[0] == 1
+    row = single["input_ids"].shape[1]
+    alone, batched = second.attention[0, ..., :row, :, :], first.attention[1, ..., :row, :, :]
+    torch.testing.assert_close(alone, batched, rtol=1e-4, atol=1e-5)
+
+
+# ---------------------------------------------------------------------------- label masking
+def labelled_runs(kept: torch.Tensor) -> list[list[int]]:
+    """Maximal runs of consecutive labelled positions of one row."""
+    runs: list[list[int]] = []
+    for position in kept.nonzero().flatten().tolist():
+        if runs and runs[-1][-1] == position - 1:
+            runs[-1].append(position)
+        else:
+            runs.append([position])
+    return runs
+
+
+def test_only_assistant_tokens_are_labelled(family):
+    adapter = make_adapter(family)
+    adapter.tokenizer.padding_side = "left"  # released tokenizers often pad left
+    inputs = adapter.build_inputs(images(), CONVERSATIONS)
+    ids, labels, mask = inputs["input_ids"], inputs["labels"], inputs["attention_mask"]
+    assert (mask[:, 1:] <= mask[:, :-1]).all(), "the batch is not right-padded"
+    assert not mask.all(), "the test batch should contain padding"
+    kept = labels != IGNORE_INDEX
+    assert torch.equal(labels[kept], ids[kept]), "a label differs from its input token"
+    assert not kept[mask == 0].any(), "padding is labelled"
+    assert not kept[ids == adapter.image_token_id].any(), "an image token is labelled"
+    tokenizer = adapter.tokenizer
+    for row, conversation in enumerate(CONVERSATIONS):
+        answers = [t["content"] for t in conversation if t["role"] == "assistant"]
+        runs = labelled_runs(kept[row])
+        decoded = [tokenizer.decode(ids[row][r], skip_special_tokens=True).strip() for r in runs]
+        assert decoded == answers
+        ends = [tokenizer.convert_ids_to_tokens(int(t)) for t in ids[row][kept[row]]]
+        assert tokenizer.eos_token in ends, "the end-of-turn token is not learned"
+        prompt = tokenizer.decode(ids[row][~kept[row] & (mask[row] == 1)], skip_special_tokens=True)
+        for turn in conversation:
+            if turn["role"] != "assistant":
+                assert turn["content"] in prompt
+
+
+def test_inputs_accept_image_bytes_and_truncate_safely(family):
+    adapter = make_adapter(family)
+    encoded = []
+    for image in images():
+        buf = io.BytesIO()
+        image.save(buf, format="PNG")
+        encoded.append(buf.getvalue())
+    full = adapter.build_inputs(encoded, CONVERSATIONS)
+    last_image = int((full["input_ids"] == adapter.image_token_id).nonzero()[:, 1].max())
+    adapter.max_length = last_image + 3
+    cut = adapter.build_inputs(encoded, CONVERSATIONS)
+    for key in adapter.sequence_keys:
+        assert torch.equal(cut[key], full[key][:, : last_image + 3])
+    adapter.max_length = last_image
+    with pytest.raises(ValueError, match="cuts into the image tokens"):
+        adapter.build_inputs(encoded, CONVERSATIONS)
+
+
+# --------------------------------------------------------------------------------- geometry
+def planted_key(adapter, inputs, row: int, spec: dict) -> int:
+    """Index of the image key to plant attention on, for this family's key layout."""
+    if adapter.family == "mllama":
+        p = adapter.patches_per_side
+        return spec["tile"] * (1 + p * p) + 1 + spec["patch"][0] * p + spec["patch"][1]
+    positions = adapter.image_key_positions(inputs["input_ids"], row)
+    return int(positions[spec["token"]])
+
+
+def key_count(adapter, inputs) -> int:
+    """K of a captured layer: vision keys (Mllama cross-attention) or the sequence."""
+    if adapter.family == "mllama":
+        return inputs["pixel_values"].shape[2] * (1 + adapter.patches_per_side**2)
+    return inputs["input_ids"].shape[1]
+
+
+# image size, where to plant, and the expected cell (row, col) on a (grid_h, grid_w) layout
+PLANTS = {
+    "mllama": [
+        ((112, 56), {"tile": 1, "patch": (2, 3)}, (2, 7, 4, 8)),  # 1x2 tiles: tile 1 is right
+        ((56, 112), {"tile": 1, "patch": (1, 0)}, (5, 0, 8, 4)),  # 2x1 tiles: tile 1 is below
+        ((112, 112), {"tile": 2, "patch": (3, 1)}, (7, 1, 8, 8)),  # 2x2 tiles: tile 2 bottom-left
+    ],
+    "llava": [((56, 56), {"token": 6}, (1, 2, 4, 4)), ((56, 56), {"token": 15}, (3, 3, 4, 4))],
+    "qwen2_vl": [((112, 84), {"token": 5}, (1, 1, 3, 4)), ((84, 112), {"token": 10}, (3, 1, 4, 3))],
+}
+
+
+def test_planted_attention_lands_in_its_cell(family):
+    adapter = make_adapter(family)
+    for size, spec, (row, col, grid_h, grid_w) in PLANTS[family]:
+        image = Image.new("RGB", size, (128, 128, 128))
+        inputs = adapter.build_inputs([image], CONVERSATIONS[:1])
+        probs = torch.zeros(1, adapter.num_heads, 3, key_count(adapter, inputs))  # [b, H, T, K]
+        probs[..., planted_key(adapter, inputs, 0, spec)] = 1.0
+        maps = adapter.image_maps(probs, inputs, MAP_SIZE)[0, 0, 0]  # [s, s]
+        r0, r1, c0, c1 = cell_box(row, col, grid_h, grid_w, MAP_SIZE)
+        peak_r, peak_c = divmod(int(maps.argmax()), MAP_SIZE)
+        assert r0 <= peak_r < r1 and c0 <= peak_c < c1, (size, spec, (peak_r, peak_c))
+        assert maps[r0:r1, c0:c1].sum() > 0.5 * maps.sum()
+
+
+def test_mllama_geometry_at_llama32_tile_size():
+    """560 px tiles of 14 px patches: 4 x (1 + 40*40) keys, read from the config, not assumed."""
+    model, processor = tiny_mllama(seed=0, tile_size=560)
+    adapter = MllamaAdapter(model, processor)
+    inputs = adapter.build_inputs([Image.new("RGB", (1120, 560))], CONVERSATIONS[:1])
+    with torch.no_grad(), adapter.recorder.recording() as records:
+        adapter.model(**inputs, use_cache=False)
+    assert adapter.patches_per_side == 40
+    assert records[1].shape[-1] == 4 * (1 + 40 * 40)
+    probs = torch.zeros(1, 1, 1, 4 * 1601)  # [b, H, T, K]
+    probs[..., 1 * 1601 + 1 + 10 * 40 + 39] = 1.0  # tile 1 (right), patch row 10, column 39
+    maps = adapter.image_maps(probs, inputs, MAP_SIZE)[0, 0, 0]
+    r0, r1, c0, c1 = cell_box(10, 79, 40, 80, MAP_SIZE)
+    peak_r, peak_c = divmod(int(maps.argmax()), MAP_SIZE)
+    assert r0 <= peak_r < r1 and c0 <= peak_c < c1
+
+
+# ------------------------------------------------------------------------------ save / load
+def test_lora_round_trip_gives_identical_outputs(family, tmp_path):
+    cfg = make_config(family)
+    adapter = build_adapter(cfg.vlm, cfg.lora, map_size=MAP_SIZE)
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for name, param in adapter.model.named_parameters():
+            if "lora_B" in name:
+                param.copy_(0.5 * torch.randn(param.shape, generator=generator))
+    inputs = adapter.build_inputs(images(), CONVERSATIONS)
+    save_adapter(adapter, tmp_path)
+    assert (tmp_path / "adapter_config.json").is_file()
+    assert json.loads((tmp_path / "lavender_vlm.json").read_text())["family"] == family
+    loaded = load_adapter(cfg.vlm, cfg.lora, tmp_path, map_size=MAP_SIZE)
+    assert isinstance(loaded.model, PeftModel)
+    fresh = build_adapter(cfg.vlm, cfg.lora, map_size=MAP_SIZE)
+    with torch.no_grad():
+        saved, restored, untrained = (a.forward(inputs) for a in (adapter, loaded, fresh))
+    torch.testing.assert_close(restored.logits, saved.logits, rtol=0, atol=0)
+    torch.testing.assert_close(restored.attention, saved.attention, rtol=0, atol=0)
+    assert not torch.allclose(untrained.logits, saved.logits), "the LoRA weights changed nothing"
+    trainable = [n for n, p in loaded.model.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in n for n in trainable)
+
+
+def test_full_finetuning_round_trip(tmp_path):
+    cfg = make_config("mllama", "lora.mode=full")
+    adapter = build_adapter(cfg.vlm, cfg.lora, map_size=MAP_SIZE)
+    assert all(p.requires_grad for p in adapter.model.parameters())
+    with torch.no_grad():
+        adapter.attention_modules(adapter.model)[1].q_proj.weight.mul_(3.0)
+    inputs = adapter.build_inputs(images(), CONVERSATIONS)
+    save_adapter(adapter, tmp_path)
+    loaded = load_adapter(cfg.vlm, cfg.lora, tmp_path, map_size=MAP_SIZE)
+    save_adapter(loaded, tmp_path / "again")  # a loaded checkpoint saves under the same id
+    reloaded = load_adapter(cfg.vlm, cfg.lora, tmp_path / "again", map_size=MAP_SIZE)
+    with torch.no_grad():
+        expected = adapter.forward(inputs).logits
+        for restored in (loaded, reloaded):
+            torch.testing.assert_close(restored.forward(inputs).logits, expected, rtol=0, atol=0)
+    lora_cfg = make_config("mllama")
+    with pytest.raises(ValueError, match="mode: saved 'full', config 'lora'"):
+        load_adapter(lora_cfg.vlm, lora_cfg.lora, tmp_path)
+
+
+@pytest.mark.filterwarnings("ignore:AutoProcessor returned")
+def test_real_loading_path_from_a_local_checkpoint(family, tmp_path):
+    """Any id but tiny/* goes through from_pretrained (here: a local directory)."""
+    model, processor = build_tiny(f"tiny/{family}", seed=0)
+    model.save_pretrained(tmp_path)
+    processor.save_pretrained(tmp_path)
+    local = make_adapter(family, f"vlm.model_id={tmp_path}", "vlm.dtype=auto")
+    tiny = make_adapter(family)
+    inputs = local.build_inputs(images(), CONVERSATIONS)
+    expected = tiny.build_inputs(images(), CONVERSATIONS)
+    assert inputs.keys() == expected.keys()
+    assert all(torch.equal(inputs[k], expected[k]) for k in inputs)
+    with torch.no_grad():
+        torch.testing.assert_close(local.forward(inputs).logits, tiny.forward(inputs).logits)
+
+
+# ------------------------------------------------------------------- registry, config, tiny
+def test_registry_names_the_registered_families():
+    assert registered_families() == sorted(FAMILIES)
+    with pytest.raises(ValueError, match="registered families: llava, mllama, qwen2_vl"):
+        adapter_class("minicpm_v")
+
+
+def test_bad_layer_selection_and_mismatched_tiny_id_are_refused():
+    with pytest.raises(ValueError, match=r"allowed: \[1, 3\]"):
+        make_adapter("mllama", "vlm.attention_layers=[0, 1]")
+    cfg = load_config("demo", ["vlm.family=llava", "vlm.model_id=tiny/mllama"])
+    with pytest.raises(ValueError, match="'tiny/llava'"):
+        build_adapter(cfg.vlm, cfg.lora)
+
+
+def test_lora_targets_that_match_nothing_are_refused():
+    with pytest.raises(ValueError, match="lora.target_modules"):
+        make_adapter("mllama", "lora.target_modules=[no_such_proj]")
+
+
+def test_tiny_models_are_seeded(family):
+    model_a, processor_a = build_tiny(f"tiny/{family}", seed=0)
+    model_b, processor_b = build_tiny(f"tiny/{family}", seed=0)
+    model_c, _ = build_tiny(f"tiny/{family}", seed=1)
+    state_a, state_b, state_c = (m.state_dict() for m in (model_a, model_b, model_c))
+    assert all(torch.equal(state_a[k], state_b[k]) for k in state_a)
+    assert any(not torch.equal(state_a[k], state_c[k]) for k in state_a)
+    assert processor_a.tokenizer.get_vocab() == processor_b.tokenizer.get_vocab()
