@@ -76,6 +76,7 @@ class DataConfig(Section):
 
 # ----------------------------------------------------------------------------------------- sd
 Dtype = Literal["auto", "fp32", "fp16", "bf16"]
+SDDtype = Literal["auto", "fp32", "fp16", "bf16", "fp64"]
 
 
 class SDConfig(Section):
@@ -91,7 +92,9 @@ class SDConfig(Section):
     image_size: int = Field(default=512, gt=0)
     attention_resolutions: list[int] = Field(default_factory=lambda: [16, 32], min_length=1)
     output_size: int = Field(default=32, gt=0)
-    dtype: Dtype = "auto"
+    dtype: SDDtype = Field(
+        default="auto", description="auto = fp16 on GPU, fp32 on CPU; fp64 for reference runs"
+    )
     batch_size: int = Field(default=8, gt=0)
     seed: int = 0
 
@@ -118,6 +121,9 @@ class VLMConfig(Section):
     max_length: int = Field(default=512, gt=0)
     trust_remote_code: bool = False
     gradient_checkpointing: bool = False
+    seed: int = Field(
+        default=0, ge=0, description="seed of the VLM side's random weights: tiny/*, LoRA init"
+    )
 
 
 # ------------------------------------------------------------------------------------ aligner
@@ -136,12 +142,23 @@ class LossConfig(Section):
     word_source: Literal["predicted", "label"] = "predicted"
     skip_stop_words: bool = False
     aligner_pretrain_steps: int = Field(default=0, ge=0)
-    pretrain_alpha: float = Field(default=0.0, ge=0, description="alpha_t during pre-training")
+    pretrain_alpha: float = Field(
+        default=0.0, ge=0, le=1, description="alpha_t during pre-training"
+    )
     alpha_schedule: Literal["step", "linear"] = Field(
         default="step", description="after pre-training: jump to 1, or ramp linearly to 1"
     )
     alpha_ramp_steps: int = Field(default=0, ge=0)
     lambda_decay: float = Field(default=0.0, ge=0, description="k in lambda*exp(-k t/T)")
+
+    @model_validator(mode="after")
+    def _ramp_needs_steps(self) -> LossConfig:
+        if self.alpha_schedule == "linear" and self.alpha_ramp_steps == 0:
+            raise ValueError(
+                "loss.alpha_schedule=linear ramps alpha over loss.alpha_ramp_steps, "
+                "which must then be > 0 (got 0)"
+            )
+        return self
 
 
 # --------------------------------------------------------------------------------------- lora
@@ -178,9 +195,18 @@ class TrainConfig(Section):
     epochs: int = Field(default=1, gt=0)
     checkpoint_every: int = Field(default=200, gt=0)
     report_every: int = Field(default=10, gt=0)
-    storage_path: str = "outputs"
+    storage_path: str = Field(
+        default="outputs", description="local path (one node), shared mount or URI (s3://...)"
+    )
+    shared_storage: bool = Field(
+        default=False, description="storage_path is a mount every node sees (NFS, FSx, ...)"
+    )
     run_name: str = "lavender"
+    keep_checkpoints: int = Field(default=2, gt=0)
     max_failures: int = Field(default=1, ge=0)
+    fail_at_step: int | None = Field(
+        default=None, ge=0, description="testing: rank 0 raises once at this step"
+    )
     seed: int = 0
 
 

@@ -1,0 +1,299 @@
+"""Step time of a Lavender training step vs a plain LoRA SFT step, same model, same batch.
+
+    python bench/train_step.py                         # tiny models of every family, CPU
+    python bench/train_step.py --families mllama --steps 30 --set aligner.variant=deep
+    python bench/train_step.py --real-size             # Llama-3.2-11B-Vision layout, random
+                                                       # weights, LoRA, bf16, one CUDA GPU
+    python bench/train_step.py --real-size --cpu-dry-run   # same code path, reduced widths, CPU
+
+Lavender step: forward with attention capture + words + Aligner + loss, backward, AdamW step.
+Plain step: the same model with SDPA everywhere (capture off), HF's LM loss, backward, AdamW
+step. Steps alternate (one Lavender, one plain) so machine noise hits both alike; the medians
+are reported with their ratio (goal: <= 1.3x). The real-size model is built from the published
+Llama-3.2-11B-Vision hyper-parameters with random weights (nothing is downloaded); its text
+comes from the tiny Mllama tokenizer (ids < 400 are valid ids of the 128k vocabulary) and words
+come from the labels (`loss.word_source=label`): random weights predict no real words.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import statistics
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from lavender_ray.align import build_aligner  # noqa: E402
+from lavender_ray.config import LavenderConfig, load_config  # noqa: E402
+from lavender_ray.data.synthetic import make_synthetic_records  # noqa: E402
+from lavender_ray.schema import encode_maps  # noqa: E402
+from lavender_ray.train.local import (  # noqa: E402
+    LavenderModule,
+    TrainBatch,
+    build_optimizer,
+    collate_records,
+    optimizer_step,
+)
+from lavender_ray.vlm import VLMAdapter, build_adapter  # noqa: E402
+
+GOAL_RATIO = 1.3
+FAMILIES = ("mllama", "llava", "qwen2_vl")
+
+
+# ----------------------------------------------------------------------------- data
+def with_synthetic_targets(record: dict, size: int, seed: int) -> dict:
+    """`record` + SD target columns: one Gaussian blob per word of its target text."""
+    keys = list(dict.fromkeys(w.lower() for w in re.findall(r"[^\W_]+", record["target_text"])))
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:size, 0:size]
+    centres = rng.uniform(0.2 * size, 0.8 * size, size=(len(keys), 2))
+    distance = (yy - centres[:, :1, None]) ** 2 + (xx - centres[:, 1:, None]) ** 2  # [n, s, s]
+    maps = np.exp(-distance / (size**2 / 32))
+    return dict(record, sd_words=keys, sd_maps=encode_maps(maps), sd_map_size=size)
+
+
+def bench_batch(cfg: LavenderConfig, adapter: VLMAdapter, image_size: int) -> TrainBatch:
+    """`train.micro_batch_size` synthetic records with targets, collated by the adapter."""
+    count = cfg.train.micro_batch_size
+    records = make_synthetic_records(count, seed=cfg.train.seed, image_size=image_size)
+    size = cfg.sd.output_size
+    records = [with_synthetic_targets(r, size, seed=i) for i, r in enumerate(records)]
+    return collate_records(records, adapter, size)
+
+
+# ----------------------------------------------------------------------------- timing
+@contextmanager
+def plain_attention(model: torch.nn.Module) -> Iterator[None]:
+    """SDPA in every text attention layer (capture off) inside the block."""
+    text_config = model.config.get_text_config()
+    previous = text_config._attn_implementation
+    model.set_attn_implementation({"text_config": "sdpa"})
+    try:
+        yield
+    finally:
+        model.set_attn_implementation({"text_config": previous})
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(step: Callable[[], object], device: torch.device) -> float:
+    synchronize(device)
+    start = time.perf_counter()
+    step()
+    synchronize(device)
+    return time.perf_counter() - start
+
+
+def compare(
+    cfg: LavenderConfig, adapter: VLMAdapter, batch: TrainBatch, steps: int, warmup: int
+) -> dict[str, float]:
+    """Alternate Lavender and plain steps; median seconds of each, ratio, matched words."""
+    device = next(adapter.model.parameters()).device
+    aligner = build_aligner(cfg.aligner, adapter.num_heads).to(device)
+    module = LavenderModule(adapter, aligner, cfg.loss, cfg.sd.output_size).train()
+    optimizer = build_optimizer(module, cfg.optim)
+    batch = batch.to(device)
+    matched: list[float] = []
+
+    def lavender() -> None:
+        out = module(batch, step=0, total_steps=max(steps, 1))
+        optimizer_step(out.total, optimizer, module, cfg.optim.grad_clip)
+        matched.append(out.metrics["align/matched_words"])
+
+    def plain() -> None:
+        with plain_attention(adapter.base_model):
+            loss = adapter.model(**batch.inputs, use_cache=False).loss
+            optimizer_step(loss, optimizer, module, cfg.optim.grad_clip)
+
+    times: dict[str, list[float]] = {"lavender": [], "plain": []}
+    peaks: dict[str, float] = {}
+    for name, step in (("lavender", lavender), ("plain", plain)):
+        for _ in range(warmup):
+            step()
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+            timed(step, device)
+            peaks[name] = torch.cuda.max_memory_allocated(device) / 2**30
+    for _ in range(steps):
+        times["lavender"].append(timed(lavender, device))
+        times["plain"].append(timed(plain, device))
+    result = {name: statistics.median(values) for name, values in times.items()}
+    result["ratio"] = result["lavender"] / result["plain"]
+    result["matched_words"] = statistics.mean(matched)
+    for name, peak in peaks.items():
+        result[f"peak_gib_{name}"] = peak
+    return result
+
+
+def report(label: str, result: dict[str, float]) -> None:
+    verdict = "ok" if result["ratio"] <= GOAL_RATIO else f"above the {GOAL_RATIO}x goal"
+    line = (
+        f"{label:<34} lavender {1e3 * result['lavender']:9.1f} ms   "
+        f"plain {1e3 * result['plain']:9.1f} ms   ratio {result['ratio']:.2f}x ({verdict})   "
+        f"words/batch {result['matched_words']:.1f}"
+    )
+    if "peak_gib_lavender" in result:
+        line += (
+            f"   peak {result['peak_gib_lavender']:.1f} GiB (plain "
+            f"{result['peak_gib_plain']:.1f} GiB)"
+        )
+    print(line, flush=True)
+
+
+# ----------------------------------------------------------------------------- real size
+def llama32_11b_vision_config(tokenizer, cpu_dry_run: bool = False):
+    """The published Llama-3.2-11B-Vision(-Instruct) architecture; special-token ids from
+    `tokenizer`. `cpu_dry_run` keeps every count (layers, cross-attention layers, tiles, 560 px,
+    patches, vocabulary) and shrinks the widths so the same code path runs on a CPU."""
+    from transformers import MllamaConfig
+
+    image_token = tokenizer.convert_tokens_to_ids("<|image|>")
+    vision = {
+        "hidden_size": 1280, "intermediate_size": 5120, "attention_heads": 16,
+        "num_hidden_layers": 32, "num_global_layers": 8, "image_size": 560, "patch_size": 14,
+        "max_num_tiles": 4, "intermediate_layers_indices": [3, 7, 15, 23, 30],
+        "vision_output_dim": 7680,
+    }  # fmt: skip
+    text = {
+        "vocab_size": 128256, "hidden_size": 4096, "intermediate_size": 14336,
+        "num_hidden_layers": 40, "num_attention_heads": 32, "num_key_value_heads": 8,
+        "cross_attention_layers": [3, 8, 13, 18, 23, 28, 33, 38], "max_position_embeddings": 131072,
+        "rope_parameters": {
+            "rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0, "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0, "original_max_position_embeddings": 8192,
+        },
+        "bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id,
+        "pad_token_id": tokenizer.pad_token_id,
+    }  # fmt: skip
+    if cpu_dry_run:
+        vision.update(
+            hidden_size=32, intermediate_size=64, attention_heads=2, vision_output_dim=32 * 6
+        )
+        text.update(
+            hidden_size=64, intermediate_size=128, num_attention_heads=4, num_key_value_heads=2
+        )
+    return MllamaConfig(vision_config=vision, text_config=text, image_token_index=image_token)
+
+
+def real_size_adapter(cfg: LavenderConfig, device: torch.device, dtype: torch.dtype) -> VLMAdapter:
+    """Llama-3.2-11B-Vision with random weights on `device`, LoRA from `cfg.lora`, capture on."""
+    from transformers import (
+        MllamaForConditionalGeneration,
+        MllamaImageProcessorPil,
+        MllamaProcessor,
+    )
+
+    from lavender_ray.vlm.lora import apply_finetuning
+    from lavender_ray.vlm.registry import adapter_class
+    from lavender_ray.vlm.tiny import MLLAMA_TEMPLATE, tiny_mllama
+
+    _, tiny_processor = tiny_mllama()
+    tokenizer = tiny_processor.tokenizer
+    config = llama32_11b_vision_config(tokenizer, cpu_dry_run=device.type == "cpu")
+    image_processor = MllamaImageProcessorPil(size={"height": 560, "width": 560}, max_image_tiles=4)
+    processor = MllamaProcessor(image_processor, tokenizer, chat_template=MLLAMA_TEMPLATE)
+    with torch.device(device):
+        model = MllamaForConditionalGeneration._from_config(config, dtype=dtype)
+    adapter = adapter_class("mllama")(
+        model,
+        processor,
+        attention_layers=cfg.vlm.attention_layers,
+        map_size=cfg.sd.output_size,
+        max_length=cfg.vlm.max_length,
+    )
+    adapter.model = apply_finetuning(model, cfg.lora)
+    return adapter
+
+
+def run_real_size(
+    cfg: LavenderConfig, steps: int, warmup: int, cpu_dry_run: bool, image_size: int
+) -> None:
+    """Build the 11B model (or its CPU dry-run widths), time both steps, print one line."""
+    if cpu_dry_run:
+        device, dtype = torch.device("cpu"), torch.float32
+    else:
+        if not torch.cuda.is_available():
+            raise SystemExit(
+                "--real-size needs a CUDA GPU (about 30 GiB: 11B bf16 weights + activations); "
+                "none is visible. Use --cpu-dry-run to exercise the same code path at reduced "
+                "widths on a CPU."
+            )
+        device, dtype = torch.device("cuda"), torch.bfloat16
+    start = time.perf_counter()
+    adapter = real_size_adapter(cfg, device, dtype)
+    params = sum(p.numel() for p in adapter.model.parameters())
+    trainable = sum(p.numel() for p in adapter.model.parameters() if p.requires_grad)
+    print(
+        f"built in {time.perf_counter() - start:.0f} s: {params / 1e9:.2f} B parameters, "
+        f"{trainable / 1e6:.2f} M trainable (LoRA r={cfg.lora.r} on {cfg.lora.target_modules}), "
+        f"{adapter.num_layers} captured layers x {adapter.num_heads} heads, {dtype}, {device}",
+        flush=True,
+    )
+    batch = bench_batch(cfg, adapter, image_size)
+    batch.inputs = {
+        k: v.to(dtype) if v.is_floating_point() else v for k, v in batch.inputs.items()
+    }  # pixel values in the weights' dtype
+    tiles = int(batch.inputs["cross_attention_mask"].sum(dim=-1).amax())
+    tokens = batch.inputs["input_ids"].shape[1]
+    label = f"11B-Vision b={len(batch)} T={tokens} tiles={tiles}"
+    label += " [cpu dry run]" if cpu_dry_run else ""
+    report(label, compare(cfg, adapter, batch, steps, warmup))
+
+
+# ----------------------------------------------------------------------------- main
+def bench_config(preset: str, overrides: list[str], family: str | None) -> LavenderConfig:
+    defaults = ["loss.word_source=label"]  # random weights predict no real words
+    if family is not None:
+        defaults += [f"vlm.family={family}", f"vlm.model_id=tiny/{family}"]
+    return load_config(preset, defaults + overrides)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--preset", default="demo")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--families", default=",".join(FAMILIES), help="tiny families to run")
+    parser.add_argument("--steps", type=int, default=20, help="timed steps of each kind")
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    parser.add_argument("--real-size", action="store_true", help="Llama-3.2-11B-Vision, one GPU")
+    parser.add_argument(
+        "--cpu-dry-run", action="store_true", help="with --real-size: CPU, small widths"
+    )
+    parser.add_argument("--image-size", type=int, default=None, help="default 64 tiny, 1120 real")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    if args.real_size:
+        cfg = bench_config(args.preset, ["vlm.max_length=4096", *args.overrides], family=None)
+        if cfg.vlm.family != "mllama":
+            raise SystemExit(
+                f"--real-size builds Llama-3.2-11B-Vision (mllama); vlm.family={cfg.vlm.family!r}"
+            )
+        run_real_size(cfg, args.steps, args.warmup, args.cpu_dry_run, args.image_size or 1120)
+        return 0
+    for family in args.families.split(","):
+        cfg = bench_config(args.preset, args.overrides, family)
+        adapter = build_adapter(cfg.vlm, cfg.lora, cfg.sd.output_size)
+        batch = bench_batch(cfg, adapter, args.image_size or 64)
+        label = (
+            f"tiny/{family} b={len(batch)} s={cfg.sd.output_size} "
+            f"{cfg.aligner.variant}/{cfg.aligner.hidden_dim}"
+        )
+        report(label, compare(cfg, adapter, batch, args.steps, args.warmup))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Training: the single-process step and loop (`local`), the Ray Train + DeepSpeed trainer."""
