@@ -11,6 +11,9 @@ import sys
 # subcommand -> module under lavender_ray.commands (one line per command)
 COMMANDS: dict[str, str] = {
     "config": "config",
+    "demo": "demo",
+    "extract": "extract",
+    "show-targets": "show_targets",
 }
 
 

@@ -1,0 +1,1 @@
+"""Evaluation: attention probes and reports (benchmark metrics arrive with the evaluation issue)."""

@@ -1,0 +1,120 @@
+"""Attention probes: for records with SD targets, each answer word's SD map next to the VLM's raw
+map and the Aligner's map, as numbers and as PNG grids.
+
+Shapes::
+
+    n  words of a sample     L  captured layers     H  heads     s  map side
+
+The VLM map of a word shown here is its raw attention averaged over layers and heads, min-max
+normalised ([n, L, H, s, s] -> [n, s, s]); the aligned map is the Aligner's output. Words come
+from the label (the reference answer), matched exactly to the SD words, so a probe shows the
+same words whatever the model predicts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+
+from lavender_ray.align import Aligner
+from lavender_ray.align.aligner import minmax_normalise
+from lavender_ray.sd.render import CELL, MARGIN, _font, overlay
+from lavender_ray.train.local import collate_records
+from lavender_ray.words import select_words, word_attention
+
+LABEL_W = 110
+
+
+@dataclass
+class ProbeSample:
+    """One record's words with their maps, each float32 [n, s, s] in [0, 1]."""
+
+    record_id: str
+    image: Image.Image
+    text: str
+    words: list[str]
+    maps: dict[str, np.ndarray]  # panel name ("SD", "VLM", "aligned", ...) -> [n, s, s]
+
+
+@torch.no_grad()
+def probe_attention(
+    adapter: Any, aligner: Aligner, records: list[dict[str, Any]], map_size: int
+) -> list[ProbeSample]:
+    """SD, raw VLM and aligned maps of the label words of every record (records with targets)."""
+    was_training = adapter.model.training
+    adapter.model.eval()
+    aligner.eval()
+    samples = []
+    try:
+        for record in records:
+            batch = collate_records([record], adapter, map_size)
+            out = adapter.forward(batch.inputs, map_size)
+            matched = select_words(
+                batch.inputs["labels"], None, batch.sd_words, adapter.tokenizer,
+                source="label", matching="exact",
+            )[0]
+            if not matched:
+                continue
+            raw = word_attention(out.attention[0].float(), matched)  # [n, L, H, s, s]
+            vlm = minmax_normalise(raw.mean(dim=(1, 2)))  # [n, L, H, s, s] -> [n, s, s]
+            sd = batch.sd_maps[0][[w.sd_index for w in matched]]  # [n, s, s]
+            samples.append(
+                ProbeSample(
+                    record_id=str(record["id"]),
+                    image=batch_image(record),
+                    text=str(record["target_text"]),
+                    words=[w.sd_key for w in matched],
+                    maps={"SD": sd.numpy(), "VLM": vlm.cpu().numpy(),
+                          "aligned": aligner(raw).cpu().numpy()},
+                )
+            )
+    finally:
+        adapter.model.train(was_training)
+    return samples
+
+
+def batch_image(record: dict[str, Any]) -> Image.Image:
+    import io
+
+    return Image.open(io.BytesIO(record["image"])).convert("RGB")
+
+
+def render_probe(sample: ProbeSample, panels: list[str] | None = None) -> Image.Image:
+    """A grid: one row per word; columns = the image, then one heat overlay per panel."""
+    panels = panels or list(sample.maps)
+    font = _font(14)
+    header = 22
+    cols = 1 + len(panels)
+    width = LABEL_W + cols * (CELL + MARGIN) + MARGIN
+    height = header * 2 + len(sample.words) * (CELL + MARGIN) + MARGIN
+    canvas = Image.new("RGB", (width, height), (255, 255, 255))
+    draw = ImageDraw.Draw(canvas)
+    draw.text((MARGIN, MARGIN), f"{sample.record_id}: {sample.text}", fill=(0, 0, 0), font=font)
+    for c, name in enumerate(["image", *panels]):
+        x = LABEL_W + c * (CELL + MARGIN) + CELL // 2
+        draw.text((x, header + 4), name, fill=(0, 0, 0), font=font, anchor="mt")
+    thumb = sample.image.resize((CELL, CELL), Image.Resampling.BICUBIC)
+    for r, word in enumerate(sample.words):
+        y = header * 2 + r * (CELL + MARGIN)
+        draw.text((MARGIN, y + CELL // 2), word, fill=(0, 0, 0), font=font, anchor="lm")
+        canvas.paste(thumb, (LABEL_W, y))
+        for c, name in enumerate(panels, start=1):
+            canvas.paste(overlay(sample.image, sample.maps[name][r]), (LABEL_W + c * (CELL + MARGIN), y))
+    return canvas
+
+
+def write_probe_pngs(samples: list[ProbeSample], out_dir: str | Path) -> list[Path]:
+    """One `<record id>.png` per sample under `out_dir`."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for sample in samples:
+        path = out / f"{sample.record_id.replace('/', '_')}.png"
+        render_probe(sample).save(path)
+        paths.append(path)
+    return paths
