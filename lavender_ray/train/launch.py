@@ -16,6 +16,7 @@ from typing import Any
 
 from lavender_ray.config import ConfigError, LavenderConfig
 from lavender_ray.data.rejects import count_rejects
+from lavender_ray.train.placement import check_placement, cluster_nodes
 from lavender_ray.train.worker import EXPORT_DIR, train_fn_per_worker
 
 
@@ -26,6 +27,22 @@ class TrainSummary:
     export: str | None
     metrics: dict[str, Any]
     rejects: dict[str, int] = field(default_factory=dict)
+
+
+def describe(summary: TrainSummary) -> str:
+    """Where a run's outputs went, for people."""
+    keys = ["step", "loss/total", "loss/lm", "loss/att", "align/matched_words", "records"]
+    metrics = "  ".join(f"{k}={summary.metrics[k]:.4g}" for k in keys if k in summary.metrics)
+    rejects = sum(summary.rejects.values())
+    return "\n".join(
+        [
+            f"run:        {summary.run_dir}",
+            f"checkpoint: {summary.checkpoint}",
+            f"adapter:    {summary.export}  (PEFT adapter + aligner.safetensors + config.yaml)",
+            f"metrics:    {metrics}",
+            f"rejects:    {rejects} {summary.rejects or ''} under {summary.run_dir}/rejects",
+        ]
+    )
 
 
 def run_dir_of(cfg: LavenderConfig) -> str:
@@ -47,8 +64,11 @@ def check_storage(cfg: LavenderConfig, alive_nodes: int) -> None:
         )
 
 
-def build_trainer(cfg: LavenderConfig, datasets: dict[str, Any]):
-    """The `TorchTrainer` for `cfg`: workers, resources, accelerator type, failure handling."""
+def build_trainer(
+    cfg: LavenderConfig, datasets: dict[str, Any], callbacks: list[Any] | None = None
+):
+    """The `TorchTrainer` for `cfg`: workers, resources, accelerator type, failure handling;
+    `callbacks` go to its `RunConfig` (Ray Tune's `TuneReportCallback` in a Tune trial)."""
     import ray.train
     from ray.train.torch import TorchTrainer
 
@@ -68,6 +88,7 @@ def build_trainer(cfg: LavenderConfig, datasets: dict[str, Any]):
         storage_path=storage if "://" in storage else os.path.abspath(storage),
         failure_config=ray.train.FailureConfig(max_failures=t.max_failures),
         checkpoint_config=ray.train.CheckpointConfig(num_to_keep=t.keep_checkpoints),
+        callbacks=callbacks,
     )
     return TorchTrainer(
         train_fn_per_worker,
@@ -78,21 +99,24 @@ def build_trainer(cfg: LavenderConfig, datasets: dict[str, Any]):
     )
 
 
-def train(cfg: LavenderConfig) -> TrainSummary:
-    """Build the streaming pipeline and the trainer, train, and say where everything went."""
+def train(cfg: LavenderConfig, callbacks: list[Any] | None = None) -> TrainSummary:
+    """Build the streaming pipeline and the trainer, train, and say where everything went.
+    Storage and placement (`placement.check_placement`) are checked before anything starts."""
     import ray
 
     from lavender_ray.data.pipeline import build_train_dataset
 
     if not ray.is_initialized():
         ray.init()
-    check_storage(cfg, alive_nodes=sum(1 for n in ray.nodes() if n.get("Alive")))
+    nodes = cluster_nodes()
+    check_storage(cfg, alive_nodes=len(nodes))
+    check_placement(cfg, nodes)
     run_dir = run_dir_of(cfg)
     rejects_dir = cfg.data.rejects_path or f"{run_dir}/rejects"
     if "://" not in run_dir:
         cfg.save(run_dir)
     dataset = build_train_dataset(cfg, rejects_dir)
-    result = build_trainer(cfg, {"train": dataset}).fit()
+    result = build_trainer(cfg, {"train": dataset}, callbacks).fit()
     checkpoint = result.checkpoint.path if result.checkpoint else None
     return TrainSummary(
         run_dir=run_dir,

@@ -19,19 +19,19 @@ Shapes::
 
 from __future__ import annotations
 
-import io
 import math
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-from PIL import Image
 from torch import nn
 
 from lavender_ray.align import Aligner, build_aligner, load_aligner, save_aligner
 from lavender_ray.config import LavenderConfig, LossConfig, OptimConfig
+from lavender_ray.images import decode_image
 from lavender_ray.loss import LossOutput, alpha_at, attention_loss, lambda_at, lavender_loss
 from lavender_ray.schema import decode_maps, parse_messages
 from lavender_ray.vlm.base import VLMAdapter, VLMForwardOutput
@@ -91,7 +91,8 @@ def collate_records(
                 f"record {record.get('id')!r}: {len(record['sd_words'])} sd_words but "
                 f"{record_maps.shape[0]} maps"
             )
-        images.append(Image.open(io.BytesIO(record["image"])).convert("RGB"))
+        # the same decoding (EXIF, alpha, 16-bit, CMYK -> RGB) as the SD stage saw
+        images.append(decode_image(record["image"], max_pixels=sys.maxsize))
         conversations.append(parse_messages(record["messages"]))
         words.append(list(record["sd_words"]))
         maps.append(torch.from_numpy(record_maps.copy()))

@@ -148,7 +148,7 @@ def train_fn_per_worker(config: dict[str, Any]) -> None:
     dtype = DTYPES[precision]
     trainable = [p for p in engine.module.parameters() if p.requires_grad]
 
-    step, records_done, history = 0, 0, []
+    step, records_done, history, resumed_from = 0, 0, [], -1
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as ckpt_dir:
@@ -159,6 +159,7 @@ def train_fn_per_worker(config: dict[str, Any]) -> None:
                 with open(os.path.join(ckpt_dir, METRICS_FILE)) as f:
                     history = [json.loads(line) for line in f]
         step, records_done = state["step"], state["records"]
+        resumed_from = step
         if rank == 0:
             print(f"resumed from {checkpoint.path} at step {step}", flush=True)
 
@@ -194,6 +195,7 @@ def train_fn_per_worker(config: dict[str, Any]) -> None:
                             "time/data_wait_s": wait_s,
                             "time/step_s": (now - t_last) / cfg.train.report_every,
                             "optim/lr": scheduler.get_last_lr()[0],
+                            "train/resumed_from": resumed_from,  # -1: never resumed
                         }
                     )
                     t_last, wait_s = now, 0.0
