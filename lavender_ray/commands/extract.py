@@ -1,0 +1,49 @@
+"""`lavender extract`: SD per-word attention targets for the configured data sources.
+
+Reads `data.sources`, runs the SD stage (`lavender_ray.sd.stage`) on the local Ray or the cluster
+given by `RAY_ADDRESS` / `--address`, and appends Parquet shards to the target cache under
+`--out` (local path or pyarrow URI such as `s3://bucket/prefix`): records already cached under
+the same extraction config are skipped. Rejected records land in `<out>/rejects/<run id>/`.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from lavender_ray.cli import add_config_arguments
+from lavender_ray.config import load_config
+
+HELP = "extract SD per-word attention targets into a Parquet target cache"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_config_arguments(parser)
+    parser.add_argument("--out", required=True, help="cache root: local path or URI (s3://...)")
+    parser.add_argument(
+        "--authors-out",
+        default=None,
+        help="also write this config's targets in the authors' lpm_attention layout here",
+    )
+    parser.add_argument(
+        "--address", default=None, help="Ray address (default: RAY_ADDRESS or a local Ray)"
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    import ray
+
+    from lavender_ray.sd.cache import export_authors_layout, extract_to_cache
+
+    cfg = load_config(args.preset, args.overrides)
+    if not ray.is_initialized():
+        ray.init(address=args.address)
+    summary = extract_to_cache(cfg, args.out)
+    print(f"targets:  {summary.targets_dir}  (config hash {summary.config_hash})")
+    print(f"          {summary.written} written, {summary.cached_before} already cached")
+    rejected = sum(summary.rejects.values())
+    print(f"rejects:  {summary.rejects_dir}  ({rejected}: {summary.rejects or 'none'})")
+    print(f"config:   {summary.config_path}")
+    if args.authors_out:
+        n = export_authors_layout(args.out, summary.config_hash, args.authors_out)
+        print(f"authors:  {args.authors_out}  ({n} images)")
+    return 0

@@ -1,0 +1,183 @@
+"""The SD target cache: Parquet shards keyed by record id + image content hash + config hash.
+
+Layout under a root (local path or any pyarrow filesystem URI such as `s3://bucket/prefix`)::
+
+    <root>/targets/<config hash>/*.parquet   records + `image_sha256` + schema.TARGET_FIELDS
+    <root>/rejects/<run id>/*.parquet        schema.REJECT_SCHEMA, one folder per run
+    <root>/runs/<run id>.yaml                the resolved config of each run
+
+A record is cached when a shard under its config hash holds a row with the same `id` and the
+same `image_sha256` (SHA-256 of the encoded image bytes); a changed image or any change of the
+extraction config (`components.sd_config_hash`) means a new target. `extract_to_cache` is the
+write-through path: it skips cached records, extracts the others and appends new shards, so
+re-running with the same config does no SD work for what exists. Rejected records are retried
+on the next run (a source may have been fixed); each run's rejects are kept in their own folder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+import uuid
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from lavender_ray.config import LavenderConfig
+from lavender_ray.data.rejects import count_rejects, filesystem_and_path
+from lavender_ray.schema import TARGET_FIELDS
+
+if TYPE_CHECKING:
+    from ray.data import Dataset
+
+IMAGE_HASH = "image_sha256"
+TARGETS, REJECTS, RUNS = "targets", "rejects", "runs"
+
+CacheKeys = frozenset[tuple[str, str]]
+
+
+def join(root: str, *parts: str) -> str:
+    """Join path parts onto a local path or URI with `/`."""
+    return "/".join([root.rstrip("/"), *parts])
+
+
+def targets_dir(root: str, config_hash: str) -> str:
+    return join(root, TARGETS, config_hash)
+
+
+def image_sha256(data: bytes | None) -> str:
+    return hashlib.sha256(data or b"").hexdigest()
+
+
+def shard_paths(directory: str) -> tuple[pafs.FileSystem, list[str]]:
+    """The filesystem of `directory` and its `.parquet` files (none if it does not exist)."""
+    fs, path = filesystem_and_path(directory)
+    if fs.get_file_info(path).type == pafs.FileType.NotFound:
+        return fs, []
+    infos = fs.get_file_info(pafs.FileSelector(path, recursive=True))
+    return fs, sorted(i.path for i in infos if i.path.endswith(".parquet") and i.size)
+
+
+def read_shards(directory: str, columns: list[str] | None = None) -> pa.Table | None:
+    """All non-empty shards under `directory` as one table (None when there are none)."""
+    fs, paths = shard_paths(directory)
+    tables = [pq.read_table(p, columns=columns, filesystem=fs) for p in paths]
+    tables = [t for t in tables if t.num_rows]
+    return pa.concat_tables(tables, promote_options="default") if tables else None
+
+
+def count_rows(directory: str) -> int:
+    """Rows in the shards under `directory`, from the Parquet footers."""
+    fs, paths = shard_paths(directory)
+    total = 0
+    for path in paths:
+        with fs.open_input_file(path) as handle:
+            total += pq.ParquetFile(handle).metadata.num_rows
+    return total
+
+
+def cached_keys(root: str, config_hash: str) -> CacheKeys:
+    """(id, image_sha256) of every target cached under `config_hash`."""
+    table = read_shards(targets_dir(root, config_hash), columns=["id", IMAGE_HASH])
+    if table is None:
+        return frozenset()
+    return frozenset(zip(table["id"].to_pylist(), table[IMAGE_HASH].to_pylist()))
+
+
+def read_cached_targets(root: str, config_hash: str) -> pa.Table | None:
+    """Every cached row (records + image hash + targets) of `config_hash`, or None. A record
+    whose image changed has a row per image version: match on (`id`, `image_sha256`)."""
+    return read_shards(targets_dir(root, config_hash))
+
+
+def read_target_rows(location: str) -> pa.Table | None:
+    """Target rows from a cache root (all its config hashes), a folder of shards or one
+    Parquet file; None when there are none."""
+    fs, path = filesystem_and_path(location)
+    if path.endswith(".parquet"):
+        return pq.read_table(path, filesystem=fs)
+    if fs.get_file_info(join(path, TARGETS)).type == pafs.FileType.Directory:
+        location = join(location, TARGETS)
+    return read_shards(location)
+
+
+def key_and_skip_cached(batch: pa.Table, cached: CacheKeys) -> pa.Table:
+    """`map_batches` function: add `image_sha256`, drop rows whose key is in `cached`."""
+    hashes = [image_sha256(b) for b in batch["image"].to_pylist()]
+    if IMAGE_HASH in batch.column_names:
+        batch = batch.drop_columns([IMAGE_HASH])
+    batch = batch.append_column(IMAGE_HASH, pa.array(hashes, type=pa.string()))
+    keep = [(rid, h) not in cached for rid, h in zip(batch["id"].to_pylist(), hashes)]
+    return batch.filter(pa.array(keep, type=pa.bool_()))
+
+
+@dataclass(frozen=True)
+class ExtractSummary:
+    """What one `extract_to_cache` run did."""
+
+    config_hash: str
+    targets_dir: str
+    rejects_dir: str
+    config_path: str
+    cached_before: int
+    written: int
+    rejects: dict[str, int]
+
+
+def new_run_id() -> str:
+    return f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+
+
+def absolute(root: str) -> str:
+    """Local paths become absolute (Ray workers do not share the driver's cwd); URIs stay."""
+    return root if "://" in root else os.path.abspath(root)
+
+
+def save_run_config(cfg: LavenderConfig, root: str, run_id: str) -> str:
+    fs, path = filesystem_and_path(join(root, RUNS, f"{run_id}.yaml"))
+    fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
+    with fs.open_output_stream(path) as out:
+        out.write(cfg.to_yaml().encode())
+    return path
+
+
+def extract_to_cache(cfg: LavenderConfig, root: str, ds: Dataset | None = None) -> ExtractSummary:
+    """Read the configured sources (or take `ds`, a Dataset of records), skip what is cached
+    under this config, run the SD stage on the rest and append the results as Parquet shards."""
+    from lavender_ray.sd.components import sd_config_hash
+    from lavender_ray.sd.stage import add_sd_targets, stage_device
+
+    root = absolute(root)
+    run_id = new_run_id()
+    config_hash = sd_config_hash(cfg.sd, stage_device(cfg))
+    rejects_dir = join(root, REJECTS, run_id)
+    if ds is None:
+        from lavender_ray.data.sources import read_sources
+
+        ds = read_sources(cfg, rejects_dir)
+    config_path = save_run_config(cfg, root, run_id)
+    out_dir = targets_dir(root, config_hash)
+    cached = cached_keys(root, config_hash)
+    rows_before = count_rows(out_dir)
+    todo = ds.map_batches(key_and_skip_cached, fn_kwargs={"cached": cached}, batch_format="pyarrow")
+    add_sd_targets(todo, cfg, rejects_dir).write_parquet(out_dir)
+    written = count_rows(out_dir) - rows_before
+    rejects = count_rejects(rejects_dir)
+    return ExtractSummary(
+        config_hash, out_dir, rejects_dir, config_path, len(cached), written, rejects
+    )
+
+
+def export_authors_layout(root: str, config_hash: str, authors_root: str) -> int:
+    """Write every target cached under `config_hash` in the authors' layout (local folder)."""
+    from lavender_ray.sd.authors import export_targets
+
+    table = read_cached_targets(root, config_hash)
+    if table is None:
+        return 0
+    columns = ["id"] + [name for name, _ in TARGET_FIELDS]
+    return export_targets(table.select(columns).to_pylist(), authors_root)

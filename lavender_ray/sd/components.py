@@ -1,0 +1,91 @@
+"""Loading the SD components for a model id, device and precision, and the extraction hash.
+
+Offline ids (`tiny/sd`, `random/sd14`) are built from configs (`lavender_ray.sd.tiny`); any other
+id (a hub id or a local folder in the diffusers layout) goes through diffusers / transformers
+`from_pretrained(model_id, subfolder=..., revision=...)`.
+"""
+
+from __future__ import annotations
+
+import torch
+from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+from transformers import CLIPTextModel, CLIPTokenizer
+
+from lavender_ray.config import SDConfig, config_hash
+from lavender_ray.sd.tiny import OFFLINE_SD_IDS, SCHEDULER_KWARGS, SDComponents, build_offline_sd
+
+TORCH_DTYPES = {
+    "fp32": torch.float32,
+    "fp16": torch.float16,
+    "bf16": torch.bfloat16,
+    "fp64": torch.float64,
+}
+
+
+def resolve_dtype(dtype: str, device_type: str) -> str:
+    """`sd.dtype` -> a concrete name: `auto` is fp16 on CUDA and fp32 elsewhere."""
+    if dtype == "auto":
+        return "fp16" if device_type == "cuda" else "fp32"
+    if dtype not in TORCH_DTYPES:
+        raise ValueError(f"sd.dtype={dtype!r}; allowed: auto, {', '.join(TORCH_DTYPES)}")
+    return dtype
+
+
+def default_device_type() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def sd_config_hash(sd: SDConfig, device_type: str) -> str:
+    """Hash of everything that changes the maps: the `sd` section with the dtype resolved for
+    `device_type`, without `batch_size` (extraction is per sample, batching changes nothing)."""
+    resolved = sd.model_copy(update={"dtype": resolve_dtype(sd.dtype, device_type)})
+    return config_hash(resolved, exclude={"batch_size"})
+
+
+def load_components(sd: SDConfig, device: torch.device) -> SDComponents:
+    """UNet, VAE, text encoder, tokenizer and DDIM scheduler on `device`, in `sd.dtype`, eval mode,
+    gradients off (null-text inversion differentiates w.r.t. its embeddings only)."""
+    dtype = TORCH_DTYPES[resolve_dtype(sd.dtype, device.type)]
+    if sd.model_id in OFFLINE_SD_IDS:
+        parts = build_offline_sd(sd.model_id, seed=sd.seed, device=device)
+    else:
+        parts = _from_pretrained(sd.model_id, sd.revision, dtype)
+    for module in (parts.unet, parts.vae, parts.text_encoder):
+        if module.dtype != dtype:  # offline stacks are built in fp32
+            cast_floats(module, dtype)
+        module.to(device).eval().requires_grad_(False)
+    return parts
+
+
+def cast_floats(module: torch.nn.Module, dtype: torch.dtype) -> None:
+    """Cast floating-point weights with `half/bfloat16/float/double` (diffusers' `to(dtype)`
+    warns about modules kept in fp32 even for models that have none)."""
+    casts = {
+        torch.float16: module.half,
+        torch.bfloat16: module.bfloat16,
+        torch.float32: module.float,
+        torch.float64: module.double,
+    }
+    casts[dtype]()
+
+
+def _from_pretrained(model_id: str, revision: str | None, dtype: torch.dtype) -> SDComponents:
+    """A diffusers-layout SD 1.x repository (hub id or local folder), loaded in `dtype`."""
+    kwargs = {"revision": revision}
+    return SDComponents(
+        unet=UNet2DConditionModel.from_pretrained(
+            model_id, subfolder="unet", torch_dtype=dtype, **kwargs
+        ),
+        vae=AutoencoderKL.from_pretrained(model_id, subfolder="vae", torch_dtype=dtype, **kwargs),
+        text_encoder=CLIPTextModel.from_pretrained(
+            model_id, subfolder="text_encoder", dtype=dtype, **kwargs
+        ),
+        tokenizer=CLIPTokenizer.from_pretrained(model_id, subfolder="tokenizer", **kwargs),
+        scheduler=DDIMScheduler.from_pretrained(
+            model_id,
+            subfolder="scheduler",
+            clip_sample=SCHEDULER_KWARGS["clip_sample"],
+            set_alpha_to_one=SCHEDULER_KWARGS["set_alpha_to_one"],
+            **kwargs,
+        ),
+    )

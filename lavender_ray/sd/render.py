@@ -1,0 +1,112 @@
+"""Pictures of SD targets: the image, then one heat overlay per word, captioned with the word.
+
+Pure PIL + numpy. `render_target(image, text, words, maps)` returns a PIL image laid out as::
+
+    | target text (wrapped)                                  |
+    | image | overlay word 1 | overlay word 2 | ...          |   (rows of `columns` cells)
+    | image |  "word 1"      |  "word 2"      |              |
+"""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+CELL = 160
+CAPTION = 22
+MARGIN = 6
+OVERLAY_ALPHA = 0.55
+# control points of a black-body-like heat colour map: positions in [0, 1] and their RGB
+HEAT_STOPS = np.array([0.0, 0.25, 0.5, 0.75, 1.0], dtype=np.float32)
+HEAT_RGB = np.array(
+    [(0, 0, 4), (87, 16, 110), (188, 55, 84), (249, 142, 9), (252, 255, 164)], dtype=np.float32
+)
+
+
+def heat_colors(values: np.ndarray) -> np.ndarray:
+    """Values in [0, 1], any shape [...] -> uint8 RGB [..., 3] on the heat colour map."""
+    v = np.clip(values, 0.0, 1.0).astype(np.float32)
+    channels = [np.interp(v, HEAT_STOPS, HEAT_RGB[:, c]) for c in range(3)]
+    return np.stack(channels, axis=-1).round().astype(np.uint8)
+
+
+def overlay(image: Image.Image, word_map: np.ndarray, size: int = CELL) -> Image.Image:
+    """The image at `size` x `size` blended with the map [S, S] (bilinear up-sampled) as heat."""
+    base = image.convert("RGB").resize((size, size), Image.Resampling.BICUBIC)
+    heat_small = Image.fromarray(np.clip(word_map * 255.0, 0, 255).astype(np.uint8), mode="L")
+    heat = np.asarray(heat_small.resize((size, size), Image.Resampling.BILINEAR), np.float32) / 255
+    colored = Image.fromarray(heat_colors(heat))
+    return Image.blend(base, colored, OVERLAY_ALPHA)
+
+
+def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+    try:
+        return ImageFont.load_default(size=size)
+    except (TypeError, OSError):  # Pillow without FreeType: the bitmap font has one size
+        return ImageFont.load_default()
+
+
+def render_target(
+    image: Image.Image,
+    text: str,
+    words: list[str],
+    maps: np.ndarray,
+    columns: int = 5,
+    title: str | None = None,
+) -> Image.Image:
+    """One PNG-ready picture of a sample: the image and a captioned heat overlay per word."""
+    if len(words) != len(maps):
+        raise ValueError(f"{len(words)} words but {len(maps)} maps")
+    cells = [(image.convert("RGB").resize((CELL, CELL), Image.Resampling.BICUBIC), "image")]
+    cells += [(overlay(image, m), w) for w, m in zip(words, maps)]
+    columns = max(1, min(columns, len(cells)))
+    rows = -(-len(cells) // columns)
+    font = _font(14)
+    heading = f"{title}: {text}" if title else text
+    header = textwrap.wrap(heading, width=columns * CELL // 8) or [""]
+    header_h = 18 * len(header) + MARGIN
+    width = columns * (CELL + MARGIN) + MARGIN
+    height = header_h + rows * (CELL + CAPTION + MARGIN) + MARGIN
+    canvas = Image.new("RGB", (width, height), (255, 255, 255))
+    draw = ImageDraw.Draw(canvas)
+    for i, line in enumerate(header):
+        draw.text((MARGIN, MARGIN + 18 * i), line, fill=(0, 0, 0), font=font)
+    for index, (picture, caption) in enumerate(cells):
+        x = MARGIN + (index % columns) * (CELL + MARGIN)
+        y = header_h + (index // columns) * (CELL + CAPTION + MARGIN)
+        canvas.paste(picture, (x, y))
+        draw.text((x + CELL // 2, y + CELL + 3), caption, fill=(0, 0, 0), font=font, anchor="mt")
+    return canvas
+
+
+
+def write_target_pngs(
+    targets: str, out: Path, limit: int = 8, ids: list[str] | None = None
+) -> list[Path]:
+    """Render up to `limit` target rows found under `targets` (an extract root, a folder of
+    shards or one Parquet file) to `<out>/<id>-<config hash>.png`; returns the paths."""
+    from lavender_ray.images import decode_image
+    from lavender_ray.sd.cache import read_target_rows
+    from lavender_ray.sd.target import SDTarget
+
+    table = read_target_rows(targets)
+    if table is None:
+        return []
+    rows = table.to_pylist()
+    if ids:
+        wanted = set(ids)
+        rows = [r for r in rows if r["id"] in wanted]
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for row in rows[:limit]:
+        target = SDTarget.from_row(row)
+        image = decode_image(row["image"], max_pixels=2**31)
+        text, title = row["target_text"], row["id"]
+        picture = render_target(image, text, target.words, target.maps, title=title)
+        path = out / f"{row['id'].replace('/', '_')}-{target.config_hash}.png"
+        picture.save(path)
+        paths.append(path)
+    return paths

@@ -1,0 +1,63 @@
+"""The show-targets picture and the row form of `SDTarget`."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pytest
+from PIL import Image
+
+from lavender_ray.schema import TARGET_SCHEMA
+from lavender_ray.sd.render import CELL, CAPTION, MARGIN, heat_colors, overlay, render_target
+from lavender_ray.sd.target import SDTarget, with_targets
+
+
+def left_half_map(size: int = 32) -> np.ndarray:
+    word_map = np.zeros((size, size), np.float32)
+    word_map[:, : size // 2] = 1.0
+    return word_map
+
+
+def test_heat_colors_run_from_dark_to_bright() -> None:
+    colors = heat_colors(np.array([0.0, 0.5, 1.0, 7.0]))
+    assert colors.dtype == np.uint8 and colors.shape == (4, 3)
+    brightness = colors.astype(int).sum(axis=1)
+    assert brightness[0] < brightness[1] < brightness[2] == brightness[3]  # clipped above 1
+
+
+def test_overlay_is_bright_where_the_map_is_high() -> None:
+    grey = Image.new("RGB", (40, 40), (128, 128, 128))
+    picture = np.asarray(overlay(grey, left_half_map()), np.float32)
+    assert picture.shape == (CELL, CELL, 3)
+    assert picture[:, : CELL // 4].mean() > picture[:, -CELL // 4 :].mean() + 60
+
+
+def test_render_target_lays_out_image_and_one_cell_per_word() -> None:
+    maps = np.stack([left_half_map(), left_half_map()[:, ::-1]])
+    image = Image.new("RGB", (64, 48), "white")
+    picture = render_target(image, "a red dog", ["red", "dog"], maps, columns=2)
+    rows = 2  # image + 2 words in 2 columns
+    assert picture.width == 2 * (CELL + MARGIN) + MARGIN
+    assert picture.height > rows * (CELL + CAPTION + MARGIN)
+    with pytest.raises(ValueError, match="2 words but 1 maps"):
+        render_target(Image.new("RGB", (8, 8)), "x", ["red", "dog"], maps[:1])
+
+
+def test_target_row_round_trip_and_validation() -> None:
+    maps = np.random.default_rng(0).random((2, 32, 32), dtype=np.float32)
+    target = SDTarget(["red", "dog"], [(2, 5), (6, 9)], maps, 1, "h")
+    back = SDTarget.from_row(target.to_row())
+    assert back.words == target.words and back.spans == target.spans and back.words_cut == 1
+    np.testing.assert_allclose(back.maps, maps, atol=1e-3)  # float16 storage
+    with pytest.raises(ValueError, match=r"maps must be \[3, S, S\]"):
+        SDTarget(["a", "b", "c"], [(0, 1)] * 3, maps, 0, "h")
+
+
+def test_with_targets_appends_the_schema_columns() -> None:
+    target = SDTarget(["red"], [(0, 3)], np.zeros((1, 32, 32), np.float32), 0, "h")
+    names = ("id", "source", "image", "messages", "target_text")
+    records = pa.table({n: pa.array([None], type=TARGET_SCHEMA.field(n).type) for n in names})
+    table = with_targets(records, [target])
+    assert table.schema.equals(TARGET_SCHEMA)
+    with pytest.raises(ValueError, match="1 rows but 2 targets"):
+        with_targets(records, [target, target])
