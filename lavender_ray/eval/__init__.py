@@ -1,1 +1,9 @@
-"""Evaluation: attention probes and reports (benchmark metrics arrive with the evaluation issue)."""
+"""Evaluation of a trained run against its base model.
+
+- `metrics`: pure benchmark metrics with each benchmark's answer rules, the benchmark-name ->
+  metric registry, and attention-map agreement (MSE, Pearson, top-10% IoU).
+- `inference`: Ray Data batch inference, one model per actor, greedy decoding.
+- `attention`: attention probes (SD | VLM | aligned maps per word), before/after comparison, PNGs.
+- `synthetic_bench`: a synthetic benchmark written as VLMEvalKit TSV, Parquet and JSONL.
+- `evaluate`: the orchestration behind `lavender evaluate` and its report folder.
+"""

@@ -9,6 +9,11 @@ The VLM map of a word shown here is its raw attention averaged over layers and h
 normalised ([n, L, H, s, s] -> [n, s, s]); the aligned map is the Aligner's output. Words come
 from the label (the reference answer), matched exactly to the SD words, so a probe shows the
 same words whatever the model predicts.
+
+Before vs after training: `compare_probes` puts the probes of the base model and of the trained
+model side by side (panels SD | VLM before | VLM after | aligned before | aligned after) and
+`probe_agreement` scores every panel against the SD maps (per-word MSE, Pearson correlation,
+top-10% IoU; `eval.metrics.map_agreement`).
 """
 
 from __future__ import annotations
@@ -23,11 +28,15 @@ from PIL import Image, ImageDraw
 
 from lavender_ray.align import Aligner
 from lavender_ray.align.aligner import minmax_normalise
+from lavender_ray.eval.metrics import map_agreement
 from lavender_ray.sd.render import CELL, MARGIN, _font, overlay
 from lavender_ray.train.local import collate_records
 from lavender_ray.words import select_words, word_attention
 
 LABEL_W = 110
+TARGET_PANEL = "SD"
+RAW_PANEL = "VLM"
+ALIGNED_PANEL = "aligned"
 
 
 @dataclass
@@ -45,14 +54,16 @@ class ProbeSample:
 def probe_attention(
     adapter: Any, aligner: Aligner, records: list[dict[str, Any]], map_size: int
 ) -> list[ProbeSample]:
-    """SD, raw VLM and aligned maps of the label words of every record (records with targets)."""
+    """SD, raw VLM and aligned maps of the label words of every record (records with targets),
+    computed on the device of the adapter's model and returned on the CPU."""
+    device = next(adapter.model.parameters()).device
     was_training = adapter.model.training
     adapter.model.eval()
     aligner.eval()
     samples = []
     try:
         for record in records:
-            batch = collate_records([record], adapter, map_size)
+            batch = collate_records([record], adapter, map_size).to(device)
             out = adapter.forward(batch.inputs, map_size)
             matched = select_words(
                 batch.inputs["labels"], None, batch.sd_words, adapter.tokenizer,
@@ -69,8 +80,8 @@ def probe_attention(
                     image=batch_image(record),
                     text=str(record["target_text"]),
                     words=[w.sd_key for w in matched],
-                    maps={"SD": sd.numpy(), "VLM": vlm.cpu().numpy(),
-                          "aligned": aligner(raw).cpu().numpy()},
+                    maps={TARGET_PANEL: sd.cpu().numpy(), RAW_PANEL: vlm.cpu().numpy(),
+                          ALIGNED_PANEL: aligner(raw).cpu().numpy()},
                 )
             )
     finally:
@@ -118,3 +129,44 @@ def write_probe_pngs(samples: list[ProbeSample], out_dir: str | Path) -> list[Pa
         render_probe(sample).save(path)
         paths.append(path)
     return paths
+
+
+def compare_probes(
+    before: list[ProbeSample],
+    after: list[ProbeSample],
+    labels: tuple[str, str] = ("before", "after"),
+) -> list[ProbeSample]:
+    """The probes of two models on the same records, merged per record (in `after`'s order):
+    panels SD, "VLM <before>", "VLM <after>", "aligned <before>", "aligned <after>".
+
+    Raises `ValueError` when a record is probed by one model only or with other words (both
+    probes must come from `probe_attention` on the same records)."""
+    by_id = {sample.record_id: sample for sample in before}
+    if set(by_id) != {sample.record_id for sample in after}:
+        raise ValueError(
+            f"probed records differ: {sorted(by_id)} vs {sorted(s.record_id for s in after)}"
+        )
+    merged = []
+    for late in after:
+        early = by_id[late.record_id]
+        if early.words != late.words:
+            raise ValueError(f"record {late.record_id!r}: words {early.words} vs {late.words}")
+        maps = {TARGET_PANEL: late.maps[TARGET_PANEL]}
+        for panel in (RAW_PANEL, ALIGNED_PANEL):
+            maps[f"{panel} {labels[0]}"] = early.maps[panel]
+            maps[f"{panel} {labels[1]}"] = late.maps[panel]
+        merged.append(ProbeSample(late.record_id, late.image, late.text, late.words, maps))
+    return merged
+
+
+def probe_agreement(samples: list[ProbeSample]) -> dict[str, dict[str, float]]:
+    """Every non-SD panel's agreement with the SD maps over all words of all samples:
+    panel -> {"mse", "pearson", "iou_top10"} (per-word means; {} without samples)."""
+    if not samples:
+        return {}
+    target = np.concatenate([s.maps[TARGET_PANEL] for s in samples])  # [words, s, s]
+    panels = [p for p in samples[0].maps if p != TARGET_PANEL]
+    return {
+        panel: map_agreement(np.concatenate([s.maps[panel] for s in samples]), target)
+        for panel in panels
+    }

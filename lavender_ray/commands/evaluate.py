@@ -1,0 +1,36 @@
+"""`lavender evaluate`: a trained run vs its base model on benchmarks and the attention probe."""
+
+from __future__ import annotations
+
+import argparse
+
+from lavender_ray.cli import add_config_arguments
+from lavender_ray.config import load_config
+
+HELP = (
+    "evaluate a trained run (--adapter DIR) against its base model: benchmark metrics by Ray Data "
+    "batch inference, attention alignment with SD maps, Markdown/JSON report with PNG grids"
+)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_config_arguments(parser, default_preset="demo")
+    parser.add_argument(
+        "--adapter", required=True,
+        help="a saved run: vlm/ + aligner.safetensors + config.yaml (the trainer's export)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--bench", required=True,
+        help="comma-separated keys of eval.benchmarks, or 'synthetic' (generated on the fly)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--out", default=None, help="report folder (default: <adapter>/eval-<timestamp>)"
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    from lavender_ray.eval.evaluate import describe, evaluate, split_names
+
+    cfg = load_config(args.preset, args.overrides)
+    print(describe(evaluate(cfg, args.adapter, split_names(args.bench), args.out)))
+    return 0

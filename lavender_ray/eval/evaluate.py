@@ -1,0 +1,396 @@
+"""Evaluation of a trained run against its base model: benchmark metrics and attention alignment.
+
+    report = evaluate(cfg, trained_dir, ["TextVQA_VAL", "synthetic"], out_dir)
+
+1. Benchmarks: each name is a key of `eval.benchmarks` (a local path or URI of a VLMEvalKit TSV,
+   Parquet or JSONL file, read by `data.benchmarks.read_benchmark`) or ``synthetic`` (generated
+   into `<out>/benchmarks/` in every format, the TSV evaluated). All benchmarks stream through
+   one pipeline: the base model's actor pool, then the adapter's (`eval.inference`). Each
+   benchmark is scored with its metric (`eval.metrics.metric_for`) for both models.
+2. Attention alignment: on a held-out probe set with SD targets (`eval.probe_path`, else
+   `eval.probe_samples` synthetic records with targets from the run's `sd` section), per-word MSE,
+   Pearson correlation and top-10% IoU of the raw and the aligned VLM maps against the SD maps,
+   before (base model) and after (adapter). Both use the run's trained Aligner, so the change
+   between them is what training did to the VLM's attention.
+3. Report folder::
+
+       results.md, results.json      the tables (benchmarks x models, attention, rejects)
+       predictions/<benchmark>.jsonl one line per row: question, answers, each model's answer
+                                     and score
+       probes/<record id>.png        image | SD | VLM before | VLM after | aligned before | after
+       rejects/                      rows that could not be used, with id, stage and reason
+       config.yaml                   the resolved evaluation config
+
+A malformed row never stops the run: the reader, the inference stage and the scorer write it to
+`rejects/` with its id and reason and it is left out of every model's score.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from lavender_ray.config import ConfigError, LavenderConfig
+from lavender_ray.data.rejects import filesystem_and_path, read_rejects, write_rejects
+from lavender_ray.eval.inference import (
+    ADAPTER, BASE, ModelSpec, inference_device, trained_config,
+)
+from lavender_ray.eval.metrics import Metric, MetricResult, Prediction, metric_for, score_rows
+from lavender_ray.schema import Reject
+
+SYNTHETIC = "synthetic"
+SCORE_STAGE = "score"
+MODELS = (BASE, ADAPTER)
+
+
+@dataclass
+class EvalReport:
+    """Where an evaluation wrote its outputs, and the results as written to `results.json`."""
+
+    out_dir: Path
+    markdown: Path
+    json: Path
+    probes: list[Path]
+    results: dict[str, Any]
+
+
+# ------------------------------------------------------------------------------ resolution
+def split_names(text: str) -> list[str]:
+    """`--bench` value "A, B,,C" -> ["A", "B", "C"]."""
+    return [name.strip() for name in text.split(",") if name.strip()]
+
+
+def benchmark_sources(cfg: LavenderConfig, names: list[str], out_dir: Path) -> dict[str, str]:
+    """Benchmark name -> file to read; ``synthetic`` (unless a configured key) is generated now
+    into `<out_dir>/benchmarks/`. Names must have passed `benchmark_metrics`. Raises
+    `FileNotFoundError` for a configured file that does not exist."""
+    from lavender_ray.eval.synthetic_bench import write_synthetic_benchmark
+
+    sources = {}
+    for name in names:
+        if name in cfg.eval.benchmarks:
+            sources[name] = check_exists(cfg.eval.benchmarks[name], name)
+        else:
+            files = write_synthetic_benchmark(out_dir / "benchmarks", cfg.eval.synthetic_samples,
+                                              seed=cfg.data.seed + 2000)
+            sources[name] = str(files["tsv"])
+    return sources
+
+
+def check_exists(path: str, name: str) -> str:
+    """`path` if the file exists (local or URI), else `FileNotFoundError` naming the benchmark."""
+    import pyarrow.fs as pafs
+
+    fs, inner = filesystem_and_path(path)
+    if fs.get_file_info(inner).type == pafs.FileType.NotFound:
+        raise FileNotFoundError(f"eval.benchmarks.{name}={path!r}: the file does not exist")
+    return path
+
+
+def benchmark_metrics(cfg: LavenderConfig, names: list[str]) -> dict[str, Metric]:
+    """Each benchmark's metric. Raises `ConfigError` (before anything runs) when no name is
+    given, a name is neither an `eval.benchmarks` key nor ``synthetic``, or has no metric."""
+    if not names:
+        raise ConfigError("no benchmark given; name one or more with --bench NAME[,NAME]")
+    for name in names:
+        if name not in cfg.eval.benchmarks and name != SYNTHETIC:
+            known = ", ".join(sorted(cfg.eval.benchmarks)) or "none configured"
+            raise ConfigError(
+                f"benchmark {name!r} is not a key of eval.benchmarks ({known}) nor {SYNTHETIC!r}"
+            )
+    try:
+        return {name: metric_for(name, cfg.eval.metrics) for name in names}
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+
+
+# --------------------------------------------------------------------------------- scoring
+def to_prediction(row: dict[str, Any], column: str) -> Prediction:
+    """An output row of `inference.add_predictions` -> the `Prediction` of one model."""
+    return Prediction(
+        id=str(row["id"]),
+        prediction=row[column] or "",
+        answers=tuple(json.loads(row["answers"])),
+        options=json.loads(row["options"]),
+        category=row["category"],
+        image_key=row["image_key"],
+        extras=json.loads(row["extras"]),
+    )
+
+
+@dataclass
+class BenchmarkScores:
+    """One benchmark's results: per model the summary and the per-row scores (same rows)."""
+
+    metric: Metric
+    rows: list[dict[str, Any]]
+    results: dict[str, MetricResult]
+    row_scores: dict[str, list[float]]
+    unscorable: dict[str, str]
+
+
+def score_benchmark(
+    metric: Metric, rows: list[dict[str, Any]], models: tuple[ModelSpec, ...]
+) -> BenchmarkScores:
+    """Score every model on the rows every model can be scored on; rows the metric cannot score
+    (`score_rows`) are left out for all models and returned as {id: reason}."""
+    unscorable: dict[str, str] = {}
+    for spec in models:
+        unscorable.update(score_rows(metric, [to_prediction(r, spec.column) for r in rows])[2])
+    kept = [r for r in rows if str(r["id"]) not in unscorable]
+    results, row_scores = {}, {}
+    for spec in models:
+        row_scores[spec.name], results[spec.name] = metric.evaluate(
+            [to_prediction(r, spec.column) for r in kept]
+        )
+    return BenchmarkScores(metric, kept, results, row_scores, unscorable)
+
+
+def write_predictions(scores: BenchmarkScores, path: Path, models: tuple[ModelSpec, ...]) -> Path:
+    """One JSON line per scored row: id, category, question, options, answers, and per model
+    its answer and score."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", encoding="utf-8") as handle:
+        for i, row in enumerate(scores.rows):
+            line = {"id": row["id"], "category": row["category"], "question": row["question"],
+                    "options": json.loads(row["options"]), "answers": json.loads(row["answers"])}
+            for spec in models:
+                line[spec.name] = {"answer": row[spec.column],
+                                   "score": scores.row_scores[spec.name][i]}
+            handle.write(json.dumps(line, ensure_ascii=False) + "\n")
+    return path
+
+
+# ------------------------------------------------------------------------------ benchmarks
+def run_benchmarks(
+    cfg: LavenderConfig, trained_dir: Path, sources: dict[str, str], metrics: dict[str, Metric],
+    rejects_dir: str,
+) -> dict[str, BenchmarkScores]:
+    """Every benchmark through both models' actor pools in one pipeline, then scored."""
+    from lavender_ray.data.benchmarks import read_benchmark
+    from lavender_ray.eval.inference import add_predictions, tag_benchmark
+
+    tagged = [
+        tag_benchmark(read_benchmark(path, name, rejects_dir), name, metrics[name].prompt)
+        for name, path in sources.items()
+    ]
+    ds = tagged[0].union(*tagged[1:]) if len(tagged) > 1 else tagged[0]
+    rows = add_predictions(ds, cfg, str(trained_dir), list(MODELS), rejects_dir).take_all()
+    by_benchmark: dict[str, list[dict[str, Any]]] = {name: [] for name in sources}
+    for row in sorted(rows, key=lambda r: (r["benchmark"], _id_order(r["id"]))):
+        by_benchmark[row["benchmark"]].append(row)
+    scored = {name: score_benchmark(metrics[name], bench_rows, MODELS)
+              for name, bench_rows in by_benchmark.items()}
+    rejects = [Reject(rid, name, SCORE_STAGE, "unscorable", why)
+               for name, result in scored.items() for rid, why in result.unscorable.items()]
+    write_rejects(rejects, rejects_dir, SCORE_STAGE)
+    return scored
+
+
+def _id_order(rid: str) -> tuple[int, int | str]:
+    """Numeric ids in numeric order, then the others alphabetically."""
+    return (0, int(rid)) if rid.isdigit() else (1, rid)
+
+
+# ------------------------------------------------------------------------------- attention
+def probe_records(cfg: LavenderConfig, run_cfg: LavenderConfig) -> list[dict[str, Any]]:
+    """The held-out probe records with SD targets: the first `eval.probe_samples` rows of
+    `eval.probe_path` (Parquet with the target columns), else synthetic records (another seed
+    than training) with targets extracted with the run's `sd` section."""
+    if cfg.eval.probe_path:
+        import pyarrow.parquet as pq
+
+        fs, inner = filesystem_and_path(cfg.eval.probe_path)
+        table = pq.read_table(inner, filesystem=fs)
+        return table.slice(0, cfg.eval.probe_samples).to_pylist()
+    from lavender_ray.demo import report_records
+
+    return report_records(run_cfg, cfg.eval.probe_samples)
+
+
+def probe_before_after(config: dict[str, Any], trained_dir: str) -> list[Any]:
+    """Ray task body: the probe records through the base model and the adapter (one model in
+    memory at a time), both with the trained Aligner, merged per record (`compare_probes`)."""
+    from lavender_ray.eval.attention import compare_probes, probe_attention
+    from lavender_ray.eval.inference import computing, load_model
+
+    cfg = LavenderConfig.from_dict(config)
+    device = inference_device(cfg)
+    run_cfg, adapter, aligner = load_model(ADAPTER, trained_dir, device)
+    records = probe_records(cfg, run_cfg)
+    map_size = run_cfg.sd.output_size
+    after = probe_attention(adapter, aligner, records, map_size)
+    del adapter
+    _, base, _ = load_model(BASE, trained_dir, device)
+    with computing(base, BASE):
+        before = probe_attention(base, aligner, records, map_size)
+    return compare_probes(before, after, labels=(BASE.name, ADAPTER.name))
+
+
+def start_probe(cfg: LavenderConfig, trained_dir: Path) -> Any:
+    """Submit `probe_before_after` as a Ray task (`eval.num_cpus`, `eval.num_gpus`)."""
+    import ray
+
+    task = ray.remote(probe_before_after).options(num_cpus=cfg.eval.num_cpus,
+                                                  num_gpus=cfg.eval.num_gpus)
+    return task.remote(cfg.to_dict(), str(trained_dir))
+
+
+# --------------------------------------------------------------------------------- report
+def _finite(value: Any) -> Any:
+    """NaN/inf -> None, recursively, so the JSON is standard."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return value
+
+
+def results_dict(
+    trained_dir: Path, run_cfg: LavenderConfig, sources: dict[str, str],
+    scored: dict[str, BenchmarkScores], agreement: dict[str, dict[str, float]],
+    probe_words: int, probe_samples: int, rejects: list[dict[str, str]],
+) -> dict[str, Any]:
+    """The JSON-ready results (see `results.json`)."""
+    return _finite({
+        "models": {BASE.name: run_cfg.vlm.model_id, ADAPTER.name: str(trained_dir)},
+        "benchmarks": {
+            name: {"metric": s.metric.name, "path": sources[name], "rows": len(s.rows),
+                   "results": {m: asdict(r) for m, r in s.results.items()} if s.rows else {}}
+            for name, s in scored.items()
+        },
+        "attention": {"probe_samples": probe_samples, "words": probe_words, "maps": agreement},
+        "rejects": rejects,
+    })  # fmt: skip
+
+
+def _number(value: float | None, unit: str = "") -> str:
+    if value is None:
+        return "n/a"
+    if unit == "hits":
+        return f"{value:.0f}"
+    return f"{value:.2f}" if abs(value) < 10 else f"{value:.1f}"
+
+
+def markdown_report(results: dict[str, Any]) -> str:
+    """The Markdown tables of `results_dict`'s output."""
+    lines = ["# Evaluation", "",
+             f"base model: `{results['models'][BASE.name]}`  ",
+             f"adapter: `{results['models'][ADAPTER.name]}`", "",
+             "## Benchmarks", "",
+             f"| benchmark | metric | rows | {BASE.name} | {ADAPTER.name} | change |",
+             "|---|---|---:|---:|---:|---:|"]  # fmt: skip
+    for name, bench in results["benchmarks"].items():
+        if not bench["results"]:
+            lines.append(f"| {name} | {bench['metric']} | 0 | n/a | n/a | no row could be scored |")
+            continue
+        base, adapter = bench["results"][BASE.name], bench["results"][ADAPTER.name]
+        unit = base["unit"]
+        change = adapter["score"] - base["score"]
+        lines.append(
+            f"| {name} | {bench['metric']} ({unit}, max {_number(base['max_score'], unit)}) "
+            f"| {bench['rows']} | {_number(base['score'], unit)} | "
+            f"{_number(adapter['score'], unit)} | {change:+.2f} |"
+        )
+    for name, bench in results["benchmarks"].items():
+        details = bench["results"][BASE.name]["details"] if bench["results"] else {}
+        if details:
+            lines += ["", f"### {name}: details", "", f"| | {BASE.name} | {ADAPTER.name} |",
+                      "|---|---:|---:|"]
+            for key in details:
+                lines.append(f"| {key} | {_number(details[key])} | "
+                             f"{_number(bench['results'][ADAPTER.name]['details'].get(key))} |")
+    attention = results["attention"]
+    lines += ["", "## Attention alignment with the SD maps", "",
+              f"{attention['probe_samples']} probe samples, {attention['words']} words; "
+              "per-word means (MSE lower is better, Pearson and IoU higher).", "",
+              "| maps | MSE | Pearson | IoU top-10% |", "|---|---:|---:|---:|"]  # fmt: skip
+    for panel, values in attention["maps"].items():
+        lines.append(f"| {panel} | {_number(values['mse'])} | {_number(values['pearson'])} | "
+                     f"{_number(values['iou_top10'])} |")
+    lines += ["", f"## Rejected rows ({len(results['rejects'])})", ""]
+    if results["rejects"]:
+        lines += ["| id | benchmark | stage | reason | detail |", "|---|---|---|---|---|"]
+        lines += [f"| {r['id']} | {r['source']} | {r['stage']} | {r['reason']} | "
+                  f"{r['detail'][:80].replace('|', '/')} |" for r in results["rejects"]]
+    else:
+        lines.append("none")
+    return "\n".join(lines) + "\n"
+
+
+# ----------------------------------------------------------------------------------- entry
+def default_out_dir(trained_dir: str | Path) -> Path:
+    """`<trained dir>/eval-<timestamp>`."""
+    return Path(trained_dir) / f"eval-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def evaluate(
+    cfg: LavenderConfig, trained_dir: str | Path, benchmarks: list[str],
+    out_dir: str | Path | None = None,
+) -> EvalReport:
+    """Evaluate the run saved in `trained_dir` and its base model on `benchmarks` (names of
+    `eval.benchmarks` keys or ``synthetic``) and on the attention probe; write the report into
+    `out_dir` (default `<trained dir>/eval-<timestamp>`). Runs on the connected Ray, else
+    `ray.init()` (RAY_ADDRESS or a new local Ray)."""
+    import ray
+
+    from lavender_ray.eval.attention import probe_agreement, write_probe_pngs
+
+    trained_dir = Path(trained_dir).resolve()
+    run_cfg = trained_config(trained_dir)
+    if cfg.vlm.model_id != run_cfg.vlm.model_id:
+        warnings.warn(
+            f"vlm.model_id={cfg.vlm.model_id!r} of the given config is not the run's "
+            f"{run_cfg.vlm.model_id!r}; the models come from the run (its config.yaml), the "
+            "eval and data sections from the given config",
+            stacklevel=2,
+        )
+    metrics = benchmark_metrics(cfg, benchmarks)
+    out = Path(out_dir) if out_dir is not None else default_out_dir(trained_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    cfg.save(out)
+    rejects_dir = str(out / "rejects")
+    sources = benchmark_sources(cfg, benchmarks, out)
+    if not ray.is_initialized():
+        ray.init()
+    probe = start_probe(cfg, trained_dir)  # runs while the benchmarks stream
+    scored = run_benchmarks(cfg, trained_dir, sources, metrics, rejects_dir)
+    for name, scores in scored.items():
+        write_predictions(scores, out / "predictions" / f"{name}.jsonl", MODELS)
+    samples = ray.get(probe)
+    pngs = write_probe_pngs(samples, out / "probes")
+    results = results_dict(
+        trained_dir, run_cfg, sources, scored, probe_agreement(samples),
+        sum(len(s.words) for s in samples), len(samples), read_rejects(rejects_dir).to_pylist(),
+    )  # fmt: skip
+    json_path = out / "results.json"
+    json_path.write_text(json.dumps(results, indent=2, ensure_ascii=False))
+    md_path = out / "results.md"
+    md_path.write_text(markdown_report(results))
+    return EvalReport(out, md_path, json_path, pngs, results)
+
+
+def describe(report: EvalReport) -> str:
+    """The headline numbers and where the report went, for people."""
+    lines = []
+    for name, bench in report.results["benchmarks"].items():
+        scores = "  ".join(
+            f"{model}={_number(r['score'], r['unit'])}" for model, r in bench["results"].items()
+        )
+        lines.append(f"{name:<20} {bench['metric']} ({bench['rows']} rows): {scores}")
+    lines += [
+        f"report:      {report.markdown}",
+        f"results:     {report.json}",
+        f"predictions: {report.out_dir / 'predictions'}/",
+        f"probes:      {report.out_dir / 'probes'}/  ({len(report.probes)} PNGs: image | SD | "
+        "VLM before | after | aligned before | after)",
+        f"rejects:     {len(report.results['rejects'])} under {report.out_dir / 'rejects'}/",
+    ]
+    return "\n".join(lines)

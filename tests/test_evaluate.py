@@ -1,0 +1,212 @@
+"""`lavender evaluate` on the synthetic benchmark with the tiny Mllama and an adapter trained by
+`fit_local`; the synthetic benchmark's formats; prompts; greedy batch decoding; base vs adapter."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from lavender_ray.cli import main
+from lavender_ray.config import LavenderConfig, load_config
+from lavender_ray.demo import report_records
+from lavender_ray.eval.evaluate import MODELS, markdown_report, results_dict, score_benchmark
+from lavender_ray.eval.inference import (
+    ADAPTER, BASE, build_prompt, computing, generate_answers, load_model,
+)
+from lavender_ray.eval.metrics import METRICS
+from lavender_ray.eval.synthetic_bench import (
+    synthetic_benchmark_rows, write_jsonl, write_synthetic_benchmark,
+)
+from lavender_ray.train.local import fit_local, save_trained
+
+EVAL_SETTINGS = ["eval.batch_size=4", "eval.max_new_tokens=3", "eval.synthetic_samples=6",
+                 "eval.probe_samples=2", "eval.num_cpus=0.5"]  # fmt: skip
+
+
+def run_config(*overrides: str) -> LavenderConfig:
+    return load_config("demo", ["loss.word_source=label", "lora.dropout=0.0", *overrides])
+
+
+@pytest.fixture(scope="module")
+def trained_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A run saved by `save_trained` after 4 `fit_local` steps (records: another seed than the
+    probe set)."""
+    cfg = run_config()
+    records = report_records(run_config("data.seed=1"), 2)
+    fit = fit_local(cfg, records, steps=4)
+    return save_trained(tmp_path_factory.mktemp("run") / "adapter", fit.adapter, fit.aligner, cfg)
+
+
+# ----------------------------------------------------------------------------------- prompts
+def test_prompts_follow_vlmevalkit() -> None:
+    options = {"A": "red", "B": "blue"}
+    assert build_prompt("What color?", options, "Two shapes.", "short") == (
+        "Hint: Two shapes.\nQuestion: What color?\nOptions:\nA. red\nB. blue\n"
+        "Please select the correct answer from the options above."
+    )
+    assert build_prompt("What shape?", {}, None, "short") == (
+        "What shape?\nAnswer the question using a single word or phrase."
+    )
+    assert build_prompt("Is there a dog?", {}, None, "yes_no") == (
+        "Is there a dog? Please answer yes or no."
+    )
+    asked = "Is there a dog? Please answer yes or no."
+    assert build_prompt(asked, {}, None, "yes_no") == asked  # not asked twice
+
+
+# ------------------------------------------------------------------------ synthetic benchmark
+def test_synthetic_benchmark_reads_back_in_every_format(ray_local, tmp_path: Path) -> None:
+    """The files read back to the generated rows: TSV and JSONL through `read_benchmark` on Ray,
+    Parquet through the same row converter on the pyarrow table (Ray's Parquet datasource costs
+    ~20 s per read on 2 busy cores; it hands the converter the same rows)."""
+    import pyarrow.parquet as pq
+
+    from lavender_ray.data.benchmarks import benchmark_row, read_benchmark
+    from lavender_ray.data.formats import read_bytes_pyarrow
+
+    expected = synthetic_benchmark_rows(6, seed=3)
+    assert [json.loads(r["options"]) == {} for r in expected] == [False, True, False] * 2
+    assert json.loads(expected[2]["extras"])["hint"]  # position questions carry a hint
+    files = write_synthetic_benchmark(tmp_path, 6, seed=3)
+    assert sorted(files) == ["jsonl", "parquet", "tsv"]
+    rejects = str(tmp_path / "rejects")
+    datasets = [read_benchmark(str(files[fmt]), fmt, rejects) for fmt in ("tsv", "jsonl")]
+    rows = datasets[0].union(datasets[1]).take_all()  # each row once per format
+    by_id = lambda r: int(r["id"])  # noqa: E731
+    assert sorted(rows, key=by_id) == sorted(expected * 2, key=by_id)
+    assert not (tmp_path / "rejects").exists()
+    parquet = [benchmark_row(raw, refs={}, image_root=None, read_bytes=read_bytes_pyarrow)
+               for raw in pq.read_table(files["parquet"]).to_pylist()]
+    assert parquet == expected
+
+
+# ----------------------------------------------------------------------------- the models
+def test_batched_greedy_decoding_matches_one_by_one(trained_dir: Path) -> None:
+    _, adapter, _ = load_model(ADAPTER, str(trained_dir), "cpu")
+    rows = synthetic_benchmark_rows(3, seed=5)
+    images = [Image.open(io.BytesIO(r["image"])).convert("RGB") for r in rows]
+    prompts = [build_prompt(r["question"], json.loads(r["options"]), None, "short") for r in rows]
+    batched = generate_answers(adapter, images, prompts, max_new_tokens=4)
+    single = [generate_answers(adapter, [image], [prompt], max_new_tokens=4)[0]
+              for image, prompt in zip(images, prompts)]
+    assert batched == single
+    assert len({len(p) for p in prompts}) > 1  # prompts of different lengths: padding is exercised
+
+
+def test_base_is_the_trained_run_without_its_lora(trained_dir: Path) -> None:
+    """The base model (fresh build, LoRA off) equals the trained run with its LoRA switched off,
+    and differs from the trained run (the LoRA was trained)."""
+    _, trained, _ = load_model(ADAPTER, str(trained_dir), "cpu")
+    _, base, _ = load_model(BASE, str(trained_dir), "cpu")
+    record = report_records(run_config(), 1)[0]
+    image = Image.open(io.BytesIO(record["image"])).convert("RGB")
+    conversation = [{"role": "user", "content": "Describe the image."},
+                    {"role": "assistant", "content": record["target_text"]}]
+    inputs = trained.build_inputs([image], [conversation])
+    with torch.no_grad():
+        with_lora = trained.model(**inputs).logits
+        with computing(trained, BASE):
+            trained_off = trained.model(**inputs).logits
+        with computing(base, BASE):
+            fresh_base = base.model(**inputs).logits
+    torch.testing.assert_close(trained_off, fresh_base)
+    assert not torch.allclose(with_lora, fresh_base)
+
+
+# ---------------------------------------------------------------------------- end to end
+def broken_benchmark(path: Path) -> tuple[Path, int]:
+    """Synthetic rows + three malformed ones: an undecodable image (caught by inference), no
+    answer (caught by the reader), an answer letter that is not an option (caught by scoring)."""
+    rows = synthetic_benchmark_rows(3, seed=11)
+    write_jsonl(rows, path)
+    good_image = base64.b64encode(rows[0]["image"]).decode()
+    bad = [
+        {"index": "bad-image", "image": base64.b64encode(b"not an image, " * 8).decode(),
+         "question": "What color?", "answers": ["red"]},
+        {"index": "no-answer", "image": good_image, "question": "What color?"},
+        {"index": "bad-letter", "image": good_image, "question": "What color?",
+         "options": {"A": "red", "B": "blue"}, "answers": ["Z"]},
+    ]  # fmt: skip
+    with path.open("a") as handle:
+        handle.writelines(json.dumps(row) + "\n" for row in bad)
+    return path, len(rows)
+
+
+def test_lavender_evaluate_end_to_end(ray_local, trained_dir: Path, tmp_path: Path) -> None:
+    bench, good_rows = broken_benchmark(tmp_path / "broken.jsonl")
+    out = tmp_path / "report"
+    code = main([
+        "evaluate", "--preset", "demo", "--adapter", str(trained_dir),
+        "--bench", "synthetic,broken",
+        "--out", str(out), "--set", f"eval.benchmarks={{broken: {bench}}}",
+        "--set", "eval.metrics={broken: multiple_choice}", *(f"--set={o}" for o in EVAL_SETTINGS),
+    ])  # fmt: skip
+    assert code == 0
+    results = json.loads((out / "results.json").read_text())
+
+    # benchmark table: both models on every benchmark, numbers in range, malformed rows left out
+    assert results["benchmarks"]["synthetic"]["rows"] == 6
+    assert results["benchmarks"]["broken"]["rows"] == good_rows
+    for bench_result in results["benchmarks"].values():
+        assert bench_result["metric"] == "multiple_choice"
+        assert set(bench_result["results"]) == {"base", "adapter"}
+        for model in bench_result["results"].values():
+            assert 0.0 <= model["score"] <= model["max_score"] == 100.0
+            assert model["n"] == bench_result["rows"]
+            assert all(0.0 <= v <= 100.0 for v in model["details"].values())
+    markdown = (out / "results.md").read_text()
+    assert "| benchmark | metric | rows | base | adapter | change |" in markdown
+    assert "| synthetic | multiple_choice (%" in markdown and "| broken |" in markdown
+
+    # malformed rows: reported with id, stage and reason, never scored
+    rejects = {r["id"]: (r["source"], r["stage"], r["reason"]) for r in results["rejects"]}
+    assert rejects == {
+        "bad-image": ("broken", "inference", "corrupt_image"),
+        "no-answer": ("broken", "benchmark", "missing_answer"),
+        "bad-letter": ("broken", "score", "unscorable"),
+    }
+    assert all(f"| {rid} | broken |" in markdown for rid in rejects)
+
+    # per-row predictions of both models
+    lines = [json.loads(x) for x in (out / "predictions" / "broken.jsonl").read_text().splitlines()]
+    assert [x["id"] for x in lines] == ["0", "1", "2"]
+    assert all(isinstance(x[m]["answer"], str) and x[m]["score"] in (0.0, 1.0)
+               for x in lines for m in ("base", "adapter"))
+
+    # attention alignment before (base) vs after (adapter), raw and aligned
+    attention = results["attention"]
+    assert attention["probe_samples"] == 2 and attention["words"] > 0
+    assert set(attention["maps"]) == {"VLM base", "VLM adapter", "aligned base", "aligned adapter"}
+    for values in attention["maps"].values():
+        assert 0.0 <= values["mse"] <= 1.0 and 0.0 <= values["iou_top10"] <= 1.0
+        assert values["pearson"] is None or -1.0 <= values["pearson"] <= 1.0
+    base, adapter = attention["maps"]["VLM base"], attention["maps"]["VLM adapter"]
+    assert not all(math.isclose(base[k], adapter[k]) for k in ("mse", "iou_top10"))  # LoRA moved it
+    pngs = sorted((out / "probes").glob("*.png"))
+    assert len(pngs) == 2
+    with Image.open(pngs[0]) as grid:
+        assert grid.width > 5 * 160  # image + SD + 4 model panels
+
+
+def test_report_of_a_benchmark_without_scorable_rows() -> None:
+    scores = score_benchmark(METRICS["pope"], [], MODELS)
+    results = results_dict(Path("run"), run_config(), {"POPE": "pope.tsv"}, {"POPE": scores},
+                           {}, 0, 0, [])
+    assert results["benchmarks"]["POPE"] == {"metric": "pope", "path": "pope.tsv", "rows": 0,
+                                             "results": {}}
+    assert "| POPE | pope | 0 | n/a | n/a | no row could be scored |" in markdown_report(results)
+
+
+def test_unknown_benchmark_fails_before_running(trained_dir: Path, tmp_path: Path, capsys) -> None:
+    code = main(["evaluate", "--adapter", str(trained_dir), "--bench", "nope", "--out",
+                 str(tmp_path / "out")])
+    assert code == 2
+    assert "'nope' is not a key of eval.benchmarks" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
