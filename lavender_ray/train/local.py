@@ -113,7 +113,7 @@ def step_loss(
     Words come from `loss.word_source` (argmax of `outputs.logits` or the labels), are matched
     to the SD words (`loss.matching`, `loss.skip_stop_words`), their VLM maps go through the
     Aligner and are compared with the SD maps. With lambda_t = 0 the alignment term is computed
-    without gradients (for the metric only) and left out of the total.
+    for the metric only and left out of the total.
     """
     alpha = alpha_at(step, loss_cfg)
     lambda_t = lambda_at(step, total_steps, loss_cfg)
@@ -127,21 +127,38 @@ def step_loss(
         skip_stop_words=loss_cfg.skip_stop_words,
     )
     num_matched = sum(len(sample) for sample in matched)
-    side = outputs.attention.shape[-1]
-    with torch.set_grad_enabled(torch.is_grad_enabled() and lambda_t != 0):
-        if num_matched == 0:
-            predicted = outputs.attention.new_zeros((0, side, side), dtype=torch.float32)
-            target = predicted
-        else:
-            vlm_maps = torch.cat(
-                [word_attention(outputs.attention[i], words) for i, words in enumerate(matched)]
-            )  # [n, L, H, s, s]
-            target = torch.cat(
-                [batch.sd_maps[i][[w.sd_index for w in words]] for i, words in enumerate(matched)]
-            ).to(vlm_maps.device)  # [n, s, s]
-            predicted = aligner(vlm_maps)  # [n, L, H, s, s] -> [n, s, s]
-        att = attention_loss(predicted, target)
-    return lavender_loss(outputs.lm_loss, att, num_matched, alpha, lambda_t)
+    if num_matched == 0:
+        aligned = aligner_anchor(aligner, outputs.attention)  # [1, s, s]
+        predicted = target = aligned[:0]  # no words: L_att is exactly 0
+    else:
+        vlm_maps = torch.cat(
+            [word_attention(outputs.attention[i], words) for i, words in enumerate(matched)]
+        )  # [n, L, H, s, s]
+        target = torch.cat(
+            [batch.sd_maps[i][[w.sd_index for w in words]] for i, words in enumerate(matched)]
+        ).to(vlm_maps.device)  # [n, s, s]
+        aligned = predicted = aligner(vlm_maps)  # [n, L, H, s, s] -> [n, s, s]
+    att = attention_loss(predicted if lambda_t != 0 else predicted.detach(), target)
+    out = lavender_loss(outputs.lm_loss, att, num_matched, alpha, lambda_t)
+    # Every rank runs the Aligner exactly once per step and every Aligner parameter is in the
+    # graph (a zero-weighted term; the value is unchanged): ZeRO gathers (stage 3) and reduces
+    # parameters collectively, so ranks must agree on which parameters a step uses.
+    out.total = out.total + 0.0 * aligned.sum()
+    return out
+
+
+def aligner_anchor(aligner: Aligner, attention: torch.Tensor) -> torch.Tensor:
+    """The Aligner on one all-zero word map (eval mode: batch-norm statistics stay untouched).
+
+    attention: [b, L, H, T, s, s] (for the shape) -> [1, s, s]."""
+    _, num_layers, num_heads, _, side, _ = attention.shape
+    dummy = attention.new_zeros((1, num_layers, num_heads, side, side))  # [1, L, H, s, s]
+    was_training = aligner.training
+    aligner.eval()
+    try:
+        return aligner(dummy)
+    finally:
+        aligner.train(was_training)
 
 
 class LavenderModule(nn.Module):

@@ -65,15 +65,6 @@ def cast_inputs(batch: TrainBatch, device: torch.device, dtype: torch.dtype) -> 
     return moved
 
 
-def touch_all(loss: torch.Tensor, params: list[torch.nn.Parameter]) -> torch.Tensor:
-    """`loss + 0 * sum(params)`: every trainable parameter gets a (zero) gradient each step.
-
-    ZeRO reduces gradients bucket by bucket from backward hooks; a rank whose batch matched no
-    word (the Aligner unused) or ran with lambda_t = 0 would otherwise reduce fewer buckets than
-    the others and the collectives would mismatch."""
-    return loss + 0.0 * sum(p.sum() for p in params)
-
-
 def _fault_marker(cfg: LavenderConfig) -> str:
     return os.path.join(cfg.train.storage_path, cfg.train.run_name, "fault_injected")
 
@@ -146,7 +137,6 @@ def train_fn_per_worker(config: dict[str, Any]) -> None:
         config=deepspeed_config(cfg, world, precision),
     )
     dtype = DTYPES[precision]
-    trainable = [p for p in engine.module.parameters() if p.requires_grad]
 
     step, records_done, history, resumed_from = 0, 0, [], -1
     checkpoint = ray.train.get_checkpoint()
@@ -178,7 +168,7 @@ def train_fn_per_worker(config: dict[str, Any]) -> None:
             got_any = True
             maybe_inject_fault(cfg, step, rank)
             out = engine(cast_inputs(batch, engine.device, dtype), step, cfg.train.max_steps)
-            engine.backward(touch_all(out.total, trainable))
+            engine.backward(out.total)
             engine.step()
             micro += 1
             records_done += len(batch)
