@@ -12,8 +12,12 @@ import sys
 COMMANDS: dict[str, str] = {
     "config": "config",
     "demo": "demo",
+    "train": "train",
     "extract": "extract",
     "show-targets": "show_targets",
+    "data": "data",
+    "tune": "tune",
+    "evaluate": "evaluate",
 }
 
 

@@ -38,11 +38,18 @@ class Section(BaseModel):
 
 
 # --------------------------------------------------------------------------------------- data
-SourceFormat = Literal["synthetic", "records", "messages", "llava"]
+SourceFormat = Literal[
+    "synthetic", "records", "messages", "llava", "flickr30k", "laion", "rlaif_v", "ocrvqa"
+]
+FlickrSplit = Literal["train", "val", "test", "restval"]
 
 
 class SourceConfig(Section):
-    """One data source. `path` is a local path or any pyarrow filesystem URI (`s3://...`)."""
+    """One data source. `path` is a local path or any pyarrow filesystem URI (`s3://...`).
+
+    Sampling (`lavender_ray.data.sources`): a record is kept with probability `fraction`, decided
+    by a hash of (data.seed, name, record id), so the sample is deterministic and order-free;
+    then `max_samples` caps the count (the first ones read)."""
 
     name: str = "synthetic"
     format: SourceFormat = "synthetic"
@@ -50,20 +57,50 @@ class SourceConfig(Section):
     image_root: str | None = Field(
         default=None, description="folder image paths in the source are relative to"
     )
-    weight: float = Field(default=1.0, gt=0)
+    weight: float = Field(
+        default=1.0, gt=0, description="share of data.total_samples (relative to the others)"
+    )
+    fraction: float | None = Field(
+        default=None, gt=0, le=1,
+        description="keep each record with this probability; null = from data.total_samples "
+        "and weight (the source is counted once), or 1 without a total",
+    )
     max_samples: int | None = Field(default=None, gt=0)
     num_samples: int = Field(default=48, gt=0, description="synthetic only: how many to generate")
+    splits: list[FlickrSplit] | None = Field(
+        default=None, min_length=1,
+        description="flickr30k only: Karpathy splits to read; null = all",
+    )
+    captions: Literal["all", "first"] = Field(
+        default="all", description="flickr30k only: one sample per caption, or the first only"
+    )
 
     @model_validator(mode="after")
     def _path_needed(self) -> SourceConfig:
         if self.format != "synthetic" and not self.path:
             raise ValueError(f"source {self.name!r}: format {self.format!r} needs a 'path'")
+        if self.format == "flickr30k" and not self.image_root:
+            raise ValueError(
+                f"source {self.name!r}: format 'flickr30k' needs 'image_root' (the folder "
+                "holding the images the Karpathy JSON names)"
+            )
+        flickr_options = {"splits": self.splits is not None, "captions": self.captions != "all"}
+        for option, is_set in flickr_options.items():
+            if is_set and self.format != "flickr30k":
+                raise ValueError(
+                    f"source {self.name!r}: {option!r} applies to format 'flickr30k' only, "
+                    f"not {self.format!r}"
+                )
         return self
 
 
 class DataConfig(Section):
     sources: list[SourceConfig] = Field(default_factory=lambda: [SourceConfig()])
     seed: int = 0
+    total_samples: int | None = Field(
+        default=None, gt=0,
+        description="mixture size: source i gets about total * weight_i / sum(weights) records",
+    )
     max_text_chars: int = Field(default=2000, gt=0, description="longer texts are rejected")
     max_image_pixels: int = Field(
         default=8192 * 8192, gt=0, description="larger images are rejected"
@@ -72,6 +109,17 @@ class DataConfig(Section):
         default=None, description="where rejected records go; default <run dir>/rejects"
     )
     read_num_cpus: float = Field(default=0.25, gt=0, description="CPUs per read/convert task")
+
+    @model_validator(mode="after")
+    def _unique_source_names(self) -> DataConfig:
+        names = [s.name for s in self.sources]
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        if repeated:
+            raise ValueError(
+                f"data.sources: names must be unique (they key sampling and rejects), "
+                f"repeated: {repeated}"
+            )
+        return self
 
 
 # ----------------------------------------------------------------------------------------- sd
@@ -222,6 +270,9 @@ class PipelineConfig(Section):
     sd_num_cpus: float = Field(default=1.0, gt=0)
     sd_accelerator: str | None = Field(default=None, description="e.g. V100; null = any")
     decode_num_cpus: float = Field(default=0.25, gt=0)
+    sd_fail_at_batch: int | None = Field(
+        default=None, gt=0, description="testing: an SD actor dies once at this batch"
+    )
 
     @model_validator(mode="after")
     def _pool_bounds(self) -> PipelineConfig:
@@ -244,18 +295,60 @@ class TuneConfig(Section):
     grace_period: int = Field(default=1, gt=0)
     reduction_factor: float = Field(default=2.0, gt=1)
     max_concurrent_trials: int | None = Field(default=None, gt=0)
+    targets: Literal["cache", "precomputed", "stream"] = Field(
+        default="cache",
+        description="SD targets of the trials: extracted once into pipeline.cache_path before the "
+        "trials, then read in pipeline.mode=cache (cache) or from the cache's targets folder "
+        "without SD actors (precomputed); stream: every trial runs SD itself",
+    )
+    trial_resources: dict[str, float] = Field(
+        default_factory=lambda: {"CPU": 0.1},
+        description="resources of each trial's driver (its TorchTrainer's workers ask for their "
+        "own), e.g. {lavender_driver: 1} to run drivers on the cluster head",
+    )
+    seed: int = Field(default=0, ge=0, description="seed of the search-space sampling")
+
+    @model_validator(mode="after")
+    def _trial_resources_positive(self) -> TuneConfig:
+        bad = {k: v for k, v in self.trial_resources.items() if not v > 0}
+        if not self.trial_resources or bad:
+            raise ValueError(
+                f"tune.trial_resources={self.trial_resources!r}: give at least one resource, "
+                "every amount > 0 (Ray Tune refuses trials that ask for nothing)"
+            )
+        return self
 
 
 # --------------------------------------------------------------------------------------- eval
+# the metrics of `lavender_ray.eval.metrics.METRICS` (a test keeps the two lists equal)
+MetricName = Literal[
+    "vqa_accuracy", "anls", "relaxed_accuracy", "exact_match", "multiple_choice",
+    "multiple_choice_circular", "multiple_choice_language", "pope", "mme", "ocrbench",
+]  # fmt: skip
+
+
 class EvalConfig(Section):
     benchmarks: dict[str, str] = Field(
         default_factory=dict, description="benchmark name -> local Parquet/JSONL/TSV path"
+    )
+    metrics: dict[str, MetricName] = Field(
+        default_factory=dict,
+        description="benchmark name -> metric, for names that do not start with a known benchmark",
     )
     batch_size: int = Field(default=8, gt=0)
     max_new_tokens: int = Field(default=32, gt=0)
     pool_size: int = Field(default=1, gt=0)
     num_gpus: float = Field(default=0.0, ge=0)
+    num_cpus: float = Field(default=1.0, gt=0, description="CPUs per inference actor")
     probe_samples: int = Field(default=8, gt=0)
+    probe_path: str | None = Field(
+        default=None,
+        description="Parquet of held-out records with SD targets for the attention probe; "
+        "null = synthetic probe records with targets from the sd section",
+    )
+    synthetic_samples: int = Field(
+        default=16, gt=0, description="rows of the generated benchmark `--bench synthetic`"
+    )
 
 
 # ----------------------------------------------------------------------------------------- root

@@ -18,6 +18,18 @@ The SD stage adds the **target** columns (METHOD.md section 2, step 6)::
     sd_words_cut   int32               words dropped by CLIP's 77-token window
     sd_config_hash string              hash of the extraction config (see `config.config_hash`)
 
+A **benchmark row** is one evaluation question (`BENCHMARK_SCHEMA`, built by `make_benchmark_row`;
+read by `lavender_ray.data.benchmarks.read_benchmark`)::
+
+    id         string   the benchmark's own row id (VLMEvalKit `index`), unique within the file
+    image      binary   encoded image bytes
+    question   string   the question text (a benchmark `hint`, if any, stays in `extras`)
+    options    string   JSON object {"A": text, "B": text, ...} in letter order; "{}" if open-ended
+    answers    string   JSON list of accepted answers (strings): ["B"] for multiple choice, all
+                        annotator answers for VQA-style benchmarks
+    category   string   the benchmark's category ("" when it has none)
+    extras     string   JSON object of every other column (hint, split, l2-category, ...)
+
 A **reject** is a record a stage could not use: `REJECT_SCHEMA`. Nothing is dropped silently.
 
 Pure module: pyarrow and numpy only (no Ray, torch, diffusers or transformers).
@@ -59,6 +71,18 @@ REJECT_SCHEMA = pa.schema(
         ("stage", pa.string()),
         ("reason", pa.string()),
         ("detail", pa.string()),
+    ]
+)
+
+BENCHMARK_SCHEMA = pa.schema(
+    [
+        ("id", pa.string()),
+        ("image", pa.binary()),
+        ("question", pa.string()),
+        ("options", pa.string()),
+        ("answers", pa.string()),
+        ("category", pa.string()),
+        ("extras", pa.string()),
     ]
 )
 
@@ -125,6 +149,44 @@ def make_record(
         "image": bytes(image),
         "messages": json.dumps(messages, ensure_ascii=False),
         "target_text": target_text,
+    }
+
+
+def make_benchmark_row(
+    *,
+    id: str,
+    image: bytes | None,
+    question: str | None,
+    options: dict[str, str],
+    answers: list[str],
+    category: str = "",
+    extras: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Validate and build one benchmark row (`BENCHMARK_SCHEMA`).
+
+    Raises `RecordError` with a reject code: missing_image, empty_question, missing_answer,
+    bad_options (a key that is not one capital letter, or an empty option text).
+    """
+    if not image:
+        raise RecordError("missing_image", "no image bytes")
+    if not question or not question.strip():
+        raise RecordError("empty_question", "question is empty or missing")
+    for key, text in options.items():
+        if len(key) != 1 or not key.isupper() or not str(text).strip():
+            raise RecordError(
+                "bad_options", f"option {key!r}={text!r:.80}: keys are A-Z, texts non-empty"
+            )
+    answers = [str(a).strip() for a in answers if str(a).strip()]
+    if not answers:
+        raise RecordError("missing_answer", "no answer to score against")
+    return {
+        "id": str(id),
+        "image": bytes(image),
+        "question": question.strip(),
+        "options": json.dumps(dict(sorted(options.items())), ensure_ascii=False),
+        "answers": json.dumps(answers, ensure_ascii=False),
+        "category": category or "",
+        "extras": json.dumps(extras or {}, ensure_ascii=False, default=str),
     }
 
 

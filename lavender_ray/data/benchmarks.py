@@ -1,0 +1,313 @@
+"""Benchmark files -> a Ray Dataset of benchmark rows (`schema.BENCHMARK_SCHEMA`).
+
+Input formats, chosen by the file's extension (local path or any pyarrow filesystem URI):
+
+- ``.tsv``: VLMEvalKit's layout, as its `pandas.to_csv(sep="\\t")` writes it (quoted fields may
+  hold tabs and newlines, NaN is an empty field)::
+
+      index  image  question  A  B  C  D ...  answer  category  hint  l2-category  split ...
+
+  `image` is base64 of the encoded image; a value of at most 64 characters is not an image but
+  the `index` of another row whose image it shares (MMBench's circular copies); a value starting
+  with ``[`` is a Python list of base64 images (multi-image benchmarks, rejected here). Option
+  columns are the single capital letters present in the row (empty = not an option of this
+  row). `answer` is a string, or a Python/JSON list literal of accepted answers (TextVQA,
+  DocVQA, OCRBench). Every cell is read as a string (no type inference: option "1" stays "1").
+- ``.parquet`` / ``.jsonl``: the same columns (a JSONL line is one JSON object). Also accepted:
+  `id` for `index`, `options` as a JSON object `{"A": ...}` or a list (lettered A, B, ...),
+  `answers` as a list, and `image` as raw bytes or `{"bytes": ...}`.
+
+An image may instead come from `image_path` (relative to `image_root`) when `image` is empty.
+Everything else (hint, split, l2-category, image_path, ...) goes to `extras` as JSON.
+Rows that cannot be used go to the rejects folder (stage "benchmark", source = the benchmark's
+name) with one of: bad_json, missing_id, bad_base64, missing_image, multiple_images, empty_question,
+bad_options, missing_answer.
+
+Streaming: the file is read in blocks (`TSV_BLOCK_BYTES` must exceed the longest row). Image
+references need the referenced images: one extra pass collects the indices that are referenced
+(small), and only when there are any, a second pass collects those rows' images into the
+converter's arguments (for MMBench that is every distinct image once).
+"""
+
+from __future__ import annotations
+
+import ast
+import base64
+import binascii
+import hashlib
+import json
+import math
+import string
+from collections.abc import Mapping
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+
+from lavender_ray.data.formats import (
+    ReadBytes, read_bytes_pyarrow, resolve_image, unwrap_text_row,
+)
+from lavender_ray.data.rejects import filesystem_and_path, write_rejects
+from lavender_ray.schema import BENCHMARK_SCHEMA, RecordError, Reject, make_benchmark_row
+
+BENCHMARK_STAGE = "benchmark"
+BENCHMARK_EXTENSIONS = (".tsv", ".parquet", ".jsonl")
+IMAGE_REF_MAX_CHARS = 64  # VLMEvalKit: an `image` this short is the index of another row
+TSV_BLOCK_BYTES = 64 << 20  # pyarrow's CSV block; one row (one base64 image) must fit
+CORE_COLUMNS = frozenset(
+    {"index", "id", "image", "question", "answer", "answers", "options", "category"}
+)
+
+
+# ------------------------------------------------------------------------------ pure converter
+def is_missing(value: Any) -> bool:
+    """None, NaN and blank strings are missing (pandas writes NaN as an empty TSV field)."""
+    if value is None:
+        return True
+    if isinstance(value, float) and math.isnan(value):
+        return True
+    return isinstance(value, str) and not value.strip()
+
+
+def cell_text(value: Any) -> str:
+    """A cell as text; an integral float (`1.0`, pandas' NaN-padded int column) prints as `1`."""
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value).strip()
+
+
+def benchmark_id(row: Mapping[str, Any]) -> str | None:
+    """The row's `index` (or `id`) as text, None when it has neither."""
+    for key in ("index", "id"):
+        if not is_missing(row.get(key)):
+            return cell_text(row[key])
+    return None
+
+
+def _literal_list(text: str) -> list[Any] | None:
+    """`"['a', 'b']"` (Python or JSON list literal) -> list, None if `text` is not one."""
+    if not (text.startswith("[") and text.endswith("]")):
+        return None
+    try:
+        value = ast.literal_eval(text)
+    except (ValueError, SyntaxError, MemoryError, RecursionError):
+        return None
+    return value if isinstance(value, list) else None
+
+
+def benchmark_options(row: Mapping[str, Any]) -> dict[str, str]:
+    """`options` (object, list or their JSON text) or the A..Z columns -> {"A": text, ...}."""
+    options = row.get("options")
+    if isinstance(options, str) and not is_missing(options):
+        try:
+            options = json.loads(options)
+        except json.JSONDecodeError as err:
+            raise RecordError("bad_options", f"'options' is not JSON: {err}") from None
+    if isinstance(options, list):
+        if len(options) > len(string.ascii_uppercase):
+            raise RecordError("bad_options", f"{len(options)} options; at most 26 (A-Z)")
+        options = dict(zip(string.ascii_uppercase, options))
+    if isinstance(options, dict):
+        return {str(k): cell_text(v) for k, v in options.items() if not is_missing(v)}
+    if not is_missing(options):
+        raise RecordError(
+            "bad_options", f"'options' must be an object or a list, got {options!r:.80}"
+        )
+    return {k: cell_text(row[k]) for k in string.ascii_uppercase if not is_missing(row.get(k))}
+
+
+def benchmark_answers(row: Mapping[str, Any]) -> list[str]:
+    """`answers` (list) or `answer` (text or a list literal of accepted answers) -> list."""
+    value = row.get("answers") if not is_missing(row.get("answers")) else row.get("answer")
+    if is_missing(value):
+        return []
+    if isinstance(value, str):
+        value = _literal_list(value.strip()) or [value]
+    if not isinstance(value, (list, tuple)):
+        value = [value]
+    return [cell_text(v) for v in value if not is_missing(v)]
+
+
+def decode_base64_image(text: str) -> bytes:
+    """Base64 text -> bytes, or RecordError('bad_base64')."""
+    try:
+        return base64.b64decode("".join(text.split()), validate=True)
+    except (binascii.Error, ValueError) as err:
+        raise RecordError("bad_base64", f"image is not valid base64: {err}") from None
+
+
+def benchmark_image(
+    row: Mapping[str, Any], refs: Mapping[str, str], image_root: str | None,
+    read_bytes: ReadBytes,
+) -> bytes:
+    """The row's encoded image: base64 / reference / bytes in `image`, else `image_path`."""
+    image = row.get("image")
+    if is_missing(image):
+        if is_missing(row.get("image_path")):
+            raise RecordError("missing_image", "neither 'image' nor 'image_path'")
+        return resolve_image(cell_text(row["image_path"]), image_root, read_bytes)
+    if not isinstance(image, str):
+        return resolve_image(image, None, read_bytes)
+    image = image.strip()
+    listed = _literal_list(image)
+    if listed is not None:
+        if not listed:
+            raise RecordError("missing_image", "'image' is an empty list")
+        if len(listed) > 1 or not isinstance(listed[0], str):
+            raise RecordError(
+                "multiple_images", f"{len(listed)} images; one per question is supported"
+            )
+        image = listed[0]
+    if len(image) <= IMAGE_REF_MAX_CHARS:
+        if image not in refs:
+            raise RecordError("missing_image", f"image refers to row {image!r}, which has no image")
+        image = refs[image]
+    return decode_base64_image(image)
+
+
+def benchmark_row(
+    row: Mapping[str, Any], *, refs: Mapping[str, str], image_root: str | None,
+    read_bytes: ReadBytes,
+) -> dict[str, Any]:
+    """One raw benchmark row -> a `BENCHMARK_SCHEMA` row, or RecordError(reason)."""
+    rid = benchmark_id(row)
+    if rid is None:
+        raise RecordError("missing_id", "no 'index' or 'id'")
+    options = benchmark_options(row)
+    extras = {  # every other column; single capital letters are option columns
+        k: (cell_text(v) if isinstance(v, float) else v) for k, v in row.items()
+        if k not in CORE_COLUMNS and not (len(k) == 1 and k.isupper()) and not is_missing(v)
+    }
+    question = row.get("question")
+    return make_benchmark_row(
+        id=rid,
+        image=benchmark_image(row, refs, image_root, read_bytes),
+        question=None if is_missing(question) else str(question),
+        options=options,
+        answers=benchmark_answers(row),
+        category="" if is_missing(row.get("category")) else cell_text(row["category"]),
+        extras=extras,
+    )
+
+
+def image_reference(row: Mapping[str, Any]) -> str | None:
+    """The index a row's `image` refers to (a short string), else None."""
+    image = row.get("image")
+    if isinstance(image, str) and 0 < len(image.strip()) <= IMAGE_REF_MAX_CHARS:
+        return image.strip()
+    return None
+
+
+# ------------------------------------------------------------------------------- Ray reading
+def _parsed(batch: pa.Table) -> list[tuple[dict[str, Any], RecordError | None]]:
+    """A raw batch -> (row, None), or (raw row, error) for a JSONL line that is not an object."""
+    out: list[tuple[dict[str, Any], RecordError | None]] = []
+    for raw in batch.to_pylist():
+        try:
+            out.append((unwrap_text_row(raw), None))
+        except RecordError as err:
+            out.append((raw, err))
+    return out
+
+
+def _references(batch: pa.Table) -> pa.Table:
+    """`map_batches`: the indices this batch's rows refer to for their image."""
+    refs = [image_reference(row) for row, err in _parsed(batch) if err is None]
+    return pa.table({"ref": pa.array([r for r in refs if r is not None], type=pa.string())})
+
+
+def _referenced_images(batch: pa.Table, wanted: frozenset[str]) -> pa.Table:
+    """`map_batches`: (index, base64 image) of the rows in `wanted`."""
+    pairs = [
+        (benchmark_id(row), row["image"]) for row, err in _parsed(batch)
+        if err is None and benchmark_id(row) in wanted and isinstance(row.get("image"), str)
+    ]
+    return pa.table({"index": pa.array([p[0] for p in pairs], type=pa.string()),
+                     "image": pa.array([p[1] for p in pairs], type=pa.string())})
+
+
+def to_benchmark_rows(
+    batch: pa.Table, name: str, rejects_dir: str, image_root: str | None, refs: dict[str, str]
+) -> pa.Table:
+    """`map_batches` function: raw rows -> benchmark rows; failures go to `rejects_dir`."""
+    out, rejects = [], []
+    for row, parse_error in _parsed(batch):
+        try:
+            if parse_error is not None:
+                raise parse_error
+            out.append(benchmark_row(row, refs=refs, image_root=image_root,
+                                     read_bytes=read_bytes_pyarrow))
+        except RecordError as err:
+            rid = (benchmark_id(row) if parse_error is None else None) or (
+                f"{name}-{hashlib.sha1(repr(row).encode()).hexdigest()[:12]}")
+            rejects.append(Reject(rid, name, BENCHMARK_STAGE, err.reason, err.detail))
+    write_rejects(rejects, rejects_dir, BENCHMARK_STAGE)
+    return pa.Table.from_pylist(out, schema=BENCHMARK_SCHEMA)
+
+
+def tsv_header(path: str) -> list[str]:
+    """The column names on a TSV's first line (reads only the start of the file)."""
+    fs, inner = filesystem_and_path(path)
+    head = b""
+    with fs.open_input_stream(inner) as stream:
+        while b"\n" not in head:
+            chunk = stream.read(1 << 16)
+            if not chunk:
+                break
+            head += chunk
+    return head.split(b"\n", 1)[0].decode("utf-8-sig").rstrip("\r").split("\t")
+
+
+def read_benchmark_raw(path: str):
+    """The raw rows of a benchmark file (TSV cells as strings, JSONL as `{"text": line}`)."""
+    import ray
+    from pyarrow import csv
+
+    if path.endswith(".parquet"):
+        return ray.data.read_parquet(path)
+    if path.endswith(".jsonl"):
+        return ray.data.read_text(path)
+    if path.endswith(".tsv"):
+        fs, inner = filesystem_and_path(path)
+        if fs.get_file_info(inner).type == pafs.FileType.NotFound:
+            raise FileNotFoundError(f"benchmark file {path!r} does not exist")
+        columns = tsv_header(path)
+        return ray.data.read_csv(
+            path,
+            read_options=csv.ReadOptions(block_size=TSV_BLOCK_BYTES, use_threads=False),
+            parse_options=csv.ParseOptions(delimiter="\t", newlines_in_values=True),
+            convert_options=csv.ConvertOptions(
+                column_types={c: pa.string() for c in columns}, strings_can_be_null=True
+            ),
+        )
+    raise ValueError(
+        f"benchmark file {path!r}: unknown extension; allowed: {', '.join(BENCHMARK_EXTENSIONS)}"
+    )
+
+
+def collect_image_references(raw) -> dict[str, str]:
+    """{index: base64 image} of every row some other row's `image` refers to ({} if none)."""
+    wanted = frozenset(r["ref"] for r in raw.map_batches(_references, batch_format="pyarrow")
+                       .take_all())
+    if not wanted:
+        return {}
+    found = raw.map_batches(_referenced_images, fn_kwargs={"wanted": wanted},
+                            batch_format="pyarrow").take_all()
+    return {r["index"]: r["image"] for r in found}
+
+
+def read_benchmark(path: str, name: str, rejects_dir: str, *, image_root: str | None = None,
+                   num_cpus: float = 0.25):
+    """A benchmark file -> Ray Dataset of `BENCHMARK_SCHEMA` rows; bad rows to `rejects_dir`.
+
+    `name` labels the rejects (their `source`). Runs the reference passes eagerly (see the
+    module docstring); the conversion itself is lazy and streams."""
+    raw = read_benchmark_raw(path)
+    refs = collect_image_references(raw)
+    return raw.map_batches(
+        to_benchmark_rows,
+        fn_kwargs={"name": name, "rejects_dir": rejects_dir, "image_root": image_root,
+                   "refs": refs},
+        batch_format="pyarrow",
+        num_cpus=num_cpus,
+    )
