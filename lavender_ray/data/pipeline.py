@@ -10,8 +10,10 @@ with targets, ready for `iter_torch_batches` in each train worker.
   are written through to it. The sources are read twice: once for the keys (no SD), once to
   stream.
 - ``precomputed``: targets come from `pipeline.precomputed_path`: Parquet with the target
-  columns (a cache root, a folder of shards or one file) or the authors' layout
-  (`<image name>/lpm_attention/<stem>/attention_<word>.jpg`); joined to the records by id.
+  columns (a cache root, a folder of shards or one file), joined to the records by id, or the
+  authors' layout (`pipeline.precomputed_format=authors`:
+  `<image name>/lpm_attention/<stem>/attention_<word>.jpg`, image name = record id + `.jpg`
+  unless the id ends with an image suffix; local or shared folder).
 
 Records without targets are rejected with their reason (`no_targets`), never dropped silently.
 """
@@ -115,26 +117,48 @@ def cached_dataset(cfg: LavenderConfig, rejects_dir: str):
 
 # -------------------------------------------------------------------------------- precomputed
 def read_precomputed_targets(cfg: LavenderConfig) -> pa.Table:
-    """`id` + target columns from `pipeline.precomputed_path` (Parquet or the authors' layout)."""
+    """`id` + target columns from `pipeline.precomputed_path` (Parquet: a cache root, a folder
+    of shards or one file)."""
+    from lavender_ray.sd.cache import read_target_rows
+
     path = cfg.pipeline.precomputed_path
-    if not path:
-        raise ConfigError("pipeline.mode=precomputed needs pipeline.precomputed_path")
-    if cfg.pipeline.precomputed_format == "authors":
-        from lavender_ray.sd.authors import read_targets_table
-
-        table = read_targets_table(path)
-    else:
-        from lavender_ray.sd.cache import read_target_rows
-
-        table = read_target_rows(path)
+    table = read_target_rows(path) if path else None
     if table is None or table.num_rows == 0:
-        raise ConfigError(f"pipeline.precomputed_path={path!r} holds no targets")
+        raise ConfigError(f"pipeline.precomputed_path={path!r} holds no target Parquet")
     missing = [c for c in ["id"] + TARGET_NAMES if c not in table.column_names]
     if missing:
         raise ConfigError(
             f"pipeline.precomputed_path={path!r}: target table lacks columns {missing}"
         )
     return table.select(["id"] + TARGET_NAMES)
+
+
+def _attach(batch: pa.Table, found: list[dict[str, Any] | None], rejects_dir: str) -> pa.Table:
+    """Keep the rows whose target was found (target columns appended), reject the others."""
+    ids, sources = batch["id"].to_pylist(), batch["source"].to_pylist()
+    rejects = [
+        Reject(rid, src, JOIN_STAGE, "no_targets", "no precomputed targets for this id")
+        for rid, src, target in zip(ids, sources, found) if target is None
+    ]
+    write_rejects(rejects, rejects_dir, JOIN_STAGE)
+    keep = [i for i, target in enumerate(found) if target is not None]
+    records = batch.take(pa.array(keep, type=pa.int64()))
+    records = records.drop_columns([c for c in TARGET_NAMES if c in records.column_names])
+    for name, kind in TARGET_FIELDS:
+        records = records.append_column(name, pa.array([found[i][name] for i in keep], type=kind))
+    return records
+
+
+def attach_authors_targets(batch: pa.Table, root: str, rejects_dir: str) -> pa.Table:
+    """`map_batches` function: targets read from the authors' layout under `root` for each
+    record (`<image_name_for(id)>/lpm_attention/...`), words ordered by the record's text."""
+    from lavender_ray.sd.authors import image_name_for, read_word_maps, target_from_word_maps
+
+    found: list[dict[str, Any] | None] = []
+    for rid, text in zip(batch["id"].to_pylist(), batch["target_text"].to_pylist()):
+        maps = read_word_maps(root, image_name_for(rid))
+        found.append(target_from_word_maps(maps, text).to_row() if maps else None)
+    return _attach(batch, found, rejects_dir)
 
 
 class AttachTargets:
@@ -150,26 +174,27 @@ class AttachTargets:
         self.rejects_dir = rejects_dir
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        ids = batch["id"].to_pylist()
-        keep = [i for i, rid in enumerate(ids) if rid in self.rows]
-        rejects = [
-            Reject(rid, src, JOIN_STAGE, "no_targets", "no precomputed targets for this id")
-            for rid, src in zip(ids, batch["source"].to_pylist()) if rid not in self.rows
-        ]
-        write_rejects(rejects, self.rejects_dir, JOIN_STAGE)
-        records = batch.take(pa.array(keep, type=pa.int64()))
-        records = records.drop_columns([c for c in TARGET_NAMES if c in records.column_names])
-        found = self.table.take(pa.array([self.rows[ids[i]] for i in keep], type=pa.int64()))
-        for name in TARGET_NAMES:
-            records = records.append_column(name, found[name])
-        return records
+        found = []
+        for rid in batch["id"].to_pylist():
+            row = self.rows.get(rid)
+            found.append(None if row is None else self.table.slice(row, 1).to_pylist()[0])
+        return _attach(batch, found, self.rejects_dir)
 
 
 def precomputed_dataset(cfg: LavenderConfig, rejects_dir: str):
     import ray
 
+    records = read_sources(cfg, rejects_dir)
+    if cfg.pipeline.precomputed_format == "authors":
+        root = cfg.pipeline.precomputed_path
+        if not root:
+            raise ConfigError("pipeline.mode=precomputed needs pipeline.precomputed_path")
+        return records.map_batches(
+            attach_authors_targets, fn_kwargs={"root": root, "rejects_dir": rejects_dir},
+            batch_format="pyarrow", num_cpus=cfg.data.read_num_cpus,
+        )
     targets = ray.put(read_precomputed_targets(cfg))
-    return read_sources(cfg, rejects_dir).map_batches(
+    return records.map_batches(
         AttachTargets,
         fn_constructor_kwargs={"targets_ref": targets, "rejects_dir": rejects_dir},
         batch_format="pyarrow",
