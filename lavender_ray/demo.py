@@ -2,7 +2,8 @@
 
 The synthetic data set streams through the tiny SD actor pool into a 2-worker DeepSpeed ZeRO-2
 trainer on the tiny Mllama; the run writes checkpoints, the verified adapter, the metrics
-history and a PNG attention report (image | SD map | VLM map | aligned map, per word).
+history and a PNG attention report (image | SD map | VLM map | aligned map, per word), then
+evaluates base model vs adapter on the synthetic benchmark (`eval/`).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ class DemoOutputs:
     report: list[Path]
     rejects: dict[str, int]
     final_metrics: dict[str, float]
+    evaluation: str  # `lavender_ray.eval.evaluate.describe` of the synthetic-benchmark run
 
 
 def start_local_ray(num_cpus: int = 4) -> None:
@@ -54,6 +56,7 @@ def report_records(cfg: LavenderConfig, n: int) -> list[dict]:
 def run_demo(cfg: LavenderConfig) -> DemoOutputs:
     """Train on the local Ray, then write the attention report next to the run's outputs."""
     from lavender_ray.eval.attention import probe_attention, write_probe_pngs
+    from lavender_ray.eval.evaluate import describe, evaluate
     from lavender_ray.train.launch import train
     from lavender_ray.train.local import load_trained
     from lavender_ray.train.worker import METRICS_FILE
@@ -72,4 +75,7 @@ def run_demo(cfg: LavenderConfig) -> DemoOutputs:
     samples = probe_attention(adapter, aligner, report_records(cfg, REPORT_SAMPLES),
                               cfg.sd.output_size)
     report = write_probe_pngs(samples, run_dir / "report")
-    return DemoOutputs(run_dir, adapter_dir, metrics, report, summary.rejects, summary.metrics)
+    evaluation = describe(evaluate(cfg, adapter_dir, ["synthetic"], run_dir / "eval"))
+    return DemoOutputs(
+        run_dir, adapter_dir, metrics, report, summary.rejects, summary.metrics, evaluation
+    )

@@ -10,7 +10,8 @@ from lavender_ray.config import load_config
 
 HELP = (
     "run the whole method on an embedded local Ray with tiny models: synthetic data -> tiny SD "
-    "actor pool -> 2-worker DeepSpeed ZeRO-2 trainer on tiny Mllama -> adapter + PNG report"
+    "actor pool -> 2-worker DeepSpeed ZeRO-2 trainer on tiny Mllama -> adapter, PNG attention "
+    "report and an evaluation of base vs adapter on the synthetic benchmark"
 )
 
 
@@ -38,4 +39,6 @@ def run(args: argparse.Namespace) -> int:
     print(f"  metrics:      {out.metrics}")
     print(f"  checkpoints:  {out.run_dir}/checkpoint_step*/  (DeepSpeed state of every rank)")
     print(f"  report:       {out.run_dir / 'report'}/  ({len(out.report)} PNGs: image | SD | VLM | aligned)")
+    print(f"  evaluation:   {out.run_dir / 'eval'}/  (base model vs adapter, synthetic benchmark)")
+    print("\n" + out.evaluation)
     return 0
