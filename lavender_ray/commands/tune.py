@@ -1,0 +1,34 @@
+"""`lavender tune`: a Ray Tune search over the config (ASHA), resumable with `--resume`."""
+
+from __future__ import annotations
+
+import argparse
+
+from lavender_ray.cli import add_config_arguments
+from lavender_ray.config import load_config
+
+HELP = (
+    "search hyperparameters with Ray Tune + ASHA (tune.search_space: dotted keys -> "
+    "'loguniform(1, 30)', 'choice([...])', ...); writes a trials table and best.yaml"
+)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_config_arguments(parser, default_preset="demo")
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the interrupted experiment of this config (same preset and --set)",
+    )
+    parser.add_argument(
+        "--address", default=None, help="Ray address (default: RAY_ADDRESS or a new local Ray)"
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    from lavender_ray.tune import describe, run_tune
+
+    cfg = load_config(args.preset, args.overrides)
+    summary = run_tune(cfg, resume=args.resume, address=args.address)
+    print(describe(summary))
+    return 1 if summary.interrupted else 0

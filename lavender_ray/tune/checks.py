@@ -1,0 +1,116 @@
+"""Checks `run_tune` makes before any trial starts: the metric and ASHA settings, the State API,
+the concurrency the cluster allows, and whether the experiment may start or resume."""
+
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Any
+
+import yaml
+
+from lavender_ray.config import ConfigError, LavenderConfig
+from lavender_ray.tune.layout import TuneLayout, read_text
+
+TUNABLE_METRICS = ("loss/total", "loss/lm", "loss/att", "align/matched_words")
+
+
+def check_tune_config(cfg: LavenderConfig) -> int:
+    """Metric and ASHA settings; returns the number of reports per trial (ASHA's `max_t`)."""
+    t = cfg.tune
+    if t.metric not in TUNABLE_METRICS:
+        raise ConfigError(
+            f"tune.metric={t.metric!r} is not a metric trials report; allowed: "
+            + ", ".join(TUNABLE_METRICS)
+        )
+    reports = math.ceil(cfg.train.max_steps / cfg.train.report_every)
+    if t.grace_period >= reports:
+        raise ConfigError(
+            f"tune.grace_period={t.grace_period} (in reports) must be < the reports per trial "
+            f"({reports} = ceil(train.max_steps={cfg.train.max_steps} / "
+            f"train.report_every={cfg.train.report_every})), or ASHA can never stop a trial"
+        )
+    return reports
+
+
+def require_state_api() -> None:
+    """Refuse a Ray without the dashboard (State API): stopped trials would keep their
+    placement groups and the next trials would wait forever."""
+    import ray
+    from ray.util.state import list_nodes
+
+    context = ray.get_runtime_context()
+    try:
+        nodes = list_nodes(address=context.gcs_address, timeout=30)
+        answered = context.get_node_id() in {n.node_id for n in nodes}
+        reason = "its State API answered for another cluster"
+    except Exception as err:  # ServerUnavailable, ConnectionError, RayStateApiException
+        answered, reason = False, f"{type(err).__name__}: {err}"
+    if not answered:
+        raise RuntimeError(
+            "lavender tune needs the Ray dashboard's State API (Ray Train frees the placement "
+            "group of a trial stopped early through it); connect to a Ray started with the "
+            "dashboard (`ray start --head`, `ray.init(include_dashboard=True)`; "
+            f"ray[default] installed). Here: {reason}"
+        )
+
+
+def max_concurrent_trials(cfg: LavenderConfig, nodes: list[dict[str, float]]) -> int:
+    """`tune.max_concurrent_trials` capped by how many trials' worker groups fit on `nodes`
+    (GPUs of `train.accelerator` with GPU workers, CPUs otherwise); a warning says when the
+    cap applies or when no node fits a worker yet (autoscaling: `tune.max_concurrent_trials`
+    or 1)."""
+    from lavender_ray.train.placement import worker_request, worker_slots
+
+    requested = cfg.tune.max_concurrent_trials
+    request = worker_request(cfg)
+    fit = worker_slots(request, nodes) // cfg.train.num_workers
+    if fit == 0:
+        limit = requested or 1
+        warnings.warn(
+            f"no node of the cluster fits a train worker {request} yet (autoscaling?): running "
+            f"at most {limit} trial(s) at once (tune.max_concurrent_trials)",
+            stacklevel=2,
+        )
+        return limit
+    if requested and requested > fit:
+        warnings.warn(
+            f"tune.max_concurrent_trials={requested} but the cluster fits {fit} trial(s) of "
+            f"{cfg.train.num_workers} workers {request}: running at most {fit} at once",
+            stacklevel=2,
+        )
+    return min(requested or fit, fit)
+
+
+def _flatten(raw: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(raw, dict):
+        return {prefix: raw}
+    out: dict[str, Any] = {}
+    for key, value in raw.items():
+        out.update(_flatten(value, f"{prefix}.{key}" if prefix else key))
+    return out
+
+
+def check_experiment(cfg: LavenderConfig, layout: TuneLayout, resume: bool) -> None:
+    """A new experiment must not exist yet; a resumed one must exist with this very config."""
+    from ray.tune import Tuner
+
+    exists = Tuner.can_restore(layout.experiment_dir)
+    if not resume:
+        if exists:
+            raise ConfigError(
+                f"a Tune experiment exists at {layout.experiment_dir}: continue it with "
+                "--resume, or choose another train.run_name"
+            )
+        return
+    saved = read_text(layout.config)
+    if not exists or saved is None:
+        raise ConfigError(f"--resume: no Tune experiment to resume at {layout.experiment_dir}")
+    before, now = _flatten(yaml.safe_load(saved)), _flatten(cfg.to_dict())
+    changed = sorted(k for k in before.keys() | now.keys() if before.get(k) != now.get(k))
+    if changed:
+        details = ", ".join(f"{k}: {before.get(k)!r} -> {now.get(k)!r}" for k in changed[:8])
+        raise ConfigError(
+            f"--resume: the config differs from the experiment's ({layout.config}) in "
+            f"{len(changed)} key(s): {details}. Resume with the same preset and --set values"
+        )

@@ -1,0 +1,68 @@
+"""Where a `lavender tune` experiment keeps its pieces, and small text I/O on local paths or URIs.
+
+    <train.storage_path>/<train.run_name>/      the experiment (Tune's own state in it)
+        tune_config.yaml                        the experiment's resolved config (for --resume)
+        trial_<n>/                              Tune's folder of each trial
+        runs/trial_<n>/                         each trial's Ray Train run and checkpoints
+        sd_cache/                               the shared SD targets (or pipeline.cache_path)
+        trials.md, trials.csv, best.yaml        the outputs (`report`)
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from lavender_ray.config import LavenderConfig
+from lavender_ray.data.rejects import filesystem_and_path
+
+
+@dataclass(frozen=True)
+class TuneLayout:
+    """Where an experiment's pieces live (local paths or URIs)."""
+
+    experiment_dir: str
+    runs_dir: str
+    cache_dir: str
+    config: str
+    table_md: str
+    table_csv: str
+    best_preset: str
+
+
+def layout_of(cfg: LavenderConfig) -> TuneLayout:
+    """`<train.storage_path>/<train.run_name>/...`; a local storage path is made absolute."""
+    from lavender_ray.train.launch import run_dir_of
+
+    root = run_dir_of(cfg)
+    cache = cfg.pipeline.cache_path or f"{root}/sd_cache"
+    if "://" not in cache:
+        cache = os.path.abspath(cache)
+    return TuneLayout(
+        experiment_dir=root,
+        runs_dir=f"{root}/runs",
+        cache_dir=cache,
+        config=f"{root}/tune_config.yaml",
+        table_md=f"{root}/trials.md",
+        table_csv=f"{root}/trials.csv",
+        best_preset=f"{root}/best.yaml",
+    )
+
+
+def write_text(path: str, text: str) -> None:
+    """Write `text` to a local path or URI, creating its folder."""
+    fs, local = filesystem_and_path(path)
+    fs.create_dir(local.rsplit("/", 1)[0], recursive=True)
+    with fs.open_output_stream(local) as out:
+        out.write(text.encode())
+
+
+def read_text(path: str) -> str | None:
+    """The text at a local path or URI, None when it does not exist."""
+    import pyarrow.fs as pafs
+
+    fs, local = filesystem_and_path(path)
+    if fs.get_file_info(local).type == pafs.FileType.NotFound:
+        return None
+    with fs.open_input_stream(local) as f:
+        return f.read().decode()

@@ -1,0 +1,53 @@
+"""One Tune trial, Ray Train V2 style: a driver function that builds and fits a `TorchTrainer`.
+
+`run_trial` is the function trainable. It receives the trial's sampled values (dotted key ->
+value) and, through `tune.with_parameters`, the experiment's trial base config; it rebuilds its
+own `LavenderConfig` from those (nothing else from the driver) and calls `train.launch.train` with
+`TuneReportCallback`, which forwards rank 0's reported metrics and each checkpoint's path to Tune.
+
+Trial names are deterministic: `trial_<index>` from the trial's position in the search (the
+search is seeded by `tune.seed`), and the trial's Ray Train run has the same name, under the
+experiment's `runs/` folder. A trial restored by `Tuner.restore` therefore finds its own Ray Train
+run again and resumes from that run's latest checkpoint.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import TYPE_CHECKING, Any
+
+from lavender_ray.config import LavenderConfig, apply_overrides
+
+if TYPE_CHECKING:
+    from ray.tune.experiment import Trial
+
+TRIAL_ID = re.compile(r"_(\d+)$")
+
+
+def trial_index(trial_id: str) -> int:
+    """The position of a trial in its search: Tune's ids end in a counter (`4f2a1_00003` -> 3)."""
+    match = TRIAL_ID.search(trial_id)
+    if match is None:
+        raise ValueError(f"Tune trial id {trial_id!r} does not end in _<counter>")
+    return int(match.group(1))
+
+
+def trial_name(trial: Trial) -> str:
+    """`trial_003`: Tune's `trial_name_creator` and `trial_dirname_creator`."""
+    return f"trial_{trial_index(trial.trial_id):03d}"
+
+
+def trial_config(base: dict[str, Any], sampled: dict[str, Any], name: str) -> LavenderConfig:
+    """The config of trial `name`: `base` + its sampled dotted values, Ray Train run `name`."""
+    return LavenderConfig.from_dict(apply_overrides(base, {**sampled, "train.run_name": name}))
+
+
+def run_trial(config: dict[str, Any], base: dict[str, Any]) -> None:
+    """Tune function trainable: train one sampled config, reporting to Tune through Ray Train."""
+    import ray.tune
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from lavender_ray.train.launch import train
+
+    cfg = trial_config(base, config, ray.tune.get_context().get_trial_name())
+    train(cfg, callbacks=[TuneReportCallback()])
