@@ -31,8 +31,8 @@ def free_port() -> int:
 
 def kill_cluster(temp_dir: str) -> None:
     """Terminate every process whose command line names this cluster's temp dir."""
-    procs = [p for p in psutil.process_iter(["cmdline"])
-             if any(temp_dir in part for part in (p.info["cmdline"] or []))]
+    procs = [p for p in psutil.process_iter(["cmdline"]) if p.pid != os.getpid()
+             and any(temp_dir in part for part in (p.info["cmdline"] or []))]
     for p in procs:
         try:
             p.terminate()
@@ -70,7 +70,8 @@ def token_head():
 
 def ray_job(env: dict, address: str, *args: str, timeout: int = 60) -> tuple[int, str]:
     """Run `ray job ...`; returns (exit code, stdout + stderr: the CLI logs status to stderr)."""
-    done = subprocess.run([str(BIN / "ray"), "job", *args, "--address", address], env=env,
+    verb, *rest = args  # --address goes before `--` and the entrypoint
+    done = subprocess.run([str(BIN / "ray"), "job", verb, "--address", address, *rest], env=env,
                           capture_output=True, text=True, timeout=timeout)
     return done.returncode, done.stdout + done.stderr
 
@@ -89,21 +90,24 @@ def test_ray_job_submit_tiny_train_succeeds(token_head, tmp_path):
     overrides = ["train.max_steps=4", "train.checkpoint_every=4", "train.report_every=2",
                  f"train.storage_path={storage}", "train.run_name=job",
                  "data.sources=[{name: synthetic, format: synthetic, num_samples: 8}]"]
-    code, submitted = ray_job(
-        env, address, "submit", "--no-wait", "--working-dir", str(REPO),
-        "--runtime-env-json", json.dumps(runtime_env), "--",
-        sys.executable, "jobs/train.py", "--preset", "demo", *sum((["--set", o] for o in overrides), []),
-    )
+    command = ["submit", "--no-wait", "--working-dir", str(REPO),
+               "--runtime-env-json", json.dumps(runtime_env), "--", sys.executable, "jobs/train.py",
+               "--preset", "demo", *sum((["--set", o] for o in overrides), [])]
+    for _ in range(30):  # the head's job agent comes up a few seconds after `ray start`
+        code, submitted = ray_job(env, address, *command)
+        if "No available agent" not in submitted:
+            break
+        time.sleep(2)
     assert code == 0, submitted
     job_id = re.search(r"raysubmit_\w+", submitted).group(0)
     deadline, status = time.time() + 800, ""
     while time.time() < deadline:
-        status = ray_job(env, address, "status", job_id)[1]
-        if any(s in status for s in ("SUCCEEDED", "FAILED", "STOPPED")):
+        status = ray_job(env, address, "status", job_id)[1].lower()
+        if any(s in status for s in ("succeeded", "failed", "stopped")):
             break
         time.sleep(5)
     logs = ray_job(env, address, "logs", job_id)[1]
-    assert "SUCCEEDED" in status, f"{status}\n{logs[-4000:]}"
+    assert "succeeded" in status, f"{status}\n{logs[-4000:]}"
     assert "adapter:" in logs
     run = storage / "job"
     assert (run / "config.yaml").is_file()
