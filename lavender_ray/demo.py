@@ -24,6 +24,7 @@ class DemoOutputs:
     adapter: Path
     metrics: Path
     report: list[Path]
+    data: list[str]  # the synthetic sources, as the Parquet files they were generated into
     rejects: dict[str, int]
     final_metrics: dict[str, float]
     evaluation: str  # `lavender_ray.eval.evaluate.describe` of the synthetic-benchmark run
@@ -63,6 +64,7 @@ def run_demo(cfg: LavenderConfig) -> DemoOutputs:
 
     start_local_ray()
     summary = train(cfg)
+    data = save_synthetic_sources(cfg, Path(summary.run_dir) / "data")
     if summary.checkpoint is None or summary.export is None:
         raise RuntimeError(f"training wrote no checkpoint under {summary.run_dir}")
     run_dir = Path(summary.run_dir)
@@ -77,5 +79,16 @@ def run_demo(cfg: LavenderConfig) -> DemoOutputs:
     report = write_probe_pngs(samples, run_dir / "report")
     evaluation = describe(evaluate(cfg, adapter_dir, ["synthetic"], run_dir / "eval"))
     return DemoOutputs(
-        run_dir, adapter_dir, metrics, report, summary.rejects, summary.metrics, evaluation
+        run_dir, adapter_dir, metrics, report, data, summary.rejects, summary.metrics, evaluation
     )
+
+
+def save_synthetic_sources(cfg: LavenderConfig, out_dir: Path) -> list[str]:
+    """Write each synthetic source's records (the same ones training read) as Parquet."""
+    from lavender_ray.data.synthetic import write_synthetic_parquet
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    return [
+        write_synthetic_parquet(str(out_dir / f"{s.name}.parquet"), s.num_samples, cfg.data.seed)
+        for s in cfg.data.sources if s.format == "synthetic"
+    ]

@@ -35,6 +35,15 @@ def test_synthetic_is_deterministic_and_names_what_is_drawn():
     pa.Table.from_pylist(a, schema=RECORD_SCHEMA)  # fits the schema
 
 
+def test_synthetic_parquet_reads_back_as_records(tmp_path):
+    from lavender_ray.data.synthetic import write_synthetic_parquet
+
+    path = write_synthetic_parquet(str(tmp_path / "synthetic.parquet"), 4, seed=2)
+    table = pq.read_table(path)
+    assert table.schema.equals(RECORD_SCHEMA)
+    assert table.to_pylist() == make_synthetic_records(4, seed=2)
+
+
 def _png(color=(255, 0, 0)) -> bytes:
     buf = io.BytesIO()
     Image.new("RGB", (8, 8), color).save(buf, format="PNG")

@@ -35,6 +35,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"rejected records: {sum(out.rejects.values())} {out.rejects or ''}")
     print(f"outputs:        {out.run_dir}")
     print(f"  config:       {out.run_dir / 'config.yaml'}")
+    for path in out.data:
+        print(f"  data:         {path}  (synthetic records, Parquet)")
     print(f"  adapter:      {out.adapter}  (PEFT adapter + aligner.safetensors + config.yaml)")
     print(f"  metrics:      {out.metrics}")
     print(f"  checkpoints:  {out.run_dir}/checkpoint_step*/  (DeepSpeed state of every rank)")

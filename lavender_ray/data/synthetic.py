@@ -11,9 +11,11 @@ import io
 import random
 from dataclasses import dataclass
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 from PIL import Image, ImageDraw
 
-from lavender_ray.schema import make_record
+from lavender_ray.schema import RECORD_SCHEMA, make_record
 
 CAPTION_PROMPT = "Describe the image in a single sentence as a caption."
 COLORS: dict[str, tuple[int, int, int]] = {
@@ -108,3 +110,11 @@ def make_synthetic_records(n: int, seed: int = 0, image_size: int = 64) -> list[
             )
         )
     return records
+
+
+def write_synthetic_parquet(path: str, n: int, seed: int = 0, image_size: int = 64) -> str:
+    """Write `make_synthetic_records(n, seed, image_size)` as one Parquet file in the record
+    schema (readable as a `records` source); returns `path`."""
+    table = pa.Table.from_pylist(make_synthetic_records(n, seed, image_size), schema=RECORD_SCHEMA)
+    pq.write_table(table, path)
+    return path
