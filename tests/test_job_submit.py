@@ -58,6 +58,10 @@ def token_head():
     subprocess.run(
         [str(BIN / "ray"), "start", "--head", "--node-ip-address=127.0.0.1", f"--port={free_port()}",
          "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}", "--num-cpus=4",
+         # own agent ports: the defaults (e.g. 52365) are taken when another Ray runs here
+         *(f"--{flag}={free_port()}" for flag in (
+             "dashboard-agent-listen-port", "dashboard-agent-grpc-port", "runtime-env-agent-port",
+             "metrics-export-port", "ray-client-server-port")),
          f"--temp-dir={temp_dir}", "--disable-usage-stats"],
         env=env, check=True, capture_output=True, timeout=120,
     )
