@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from lavender_ray.config import MetricName
+from lavender_ray.eval import map_metrics as mm
 from lavender_ray.eval import metrics as m
 from lavender_ray.eval.metrics import Prediction
 
@@ -268,14 +269,14 @@ def test_score_rows_skips_unscorable_rows_with_their_id() -> None:
 def test_map_mse_and_pearson() -> None:
     a = np.array([[0.0, 1.0], [0.0, 1.0]])
     b = np.array([[0.0, 0.5], [0.5, 1.0]])
-    assert m.map_mse(a, b) == pytest.approx((0.25 + 0.25) / 4)
-    assert m.map_pearson(a, 2 * a + 1) == pytest.approx(1.0)
-    assert m.map_pearson(a, 1 - a) == pytest.approx(-1.0)
+    assert mm.map_mse(a, b) == pytest.approx((0.25 + 0.25) / 4)
+    assert mm.map_pearson(a, 2 * a + 1) == pytest.approx(1.0)
+    assert mm.map_pearson(a, 1 - a) == pytest.approx(-1.0)
     # a - mean = [-.5, .5, -.5, .5]; b - mean = [-.5, 0, 0, .5] -> 0.5 / sqrt(1 * 0.5)
-    assert m.map_pearson(a, b) == pytest.approx(1 / math.sqrt(2))
-    assert math.isnan(m.map_pearson(a, np.ones((2, 2))))
+    assert mm.map_pearson(a, b) == pytest.approx(1 / math.sqrt(2))
+    assert math.isnan(mm.map_pearson(a, np.ones((2, 2))))
     with pytest.raises(ValueError, match="different shapes"):
-        m.map_mse(a, np.zeros((3, 3)))
+        mm.map_mse(a, np.zeros((3, 3)))
 
 
 def test_top10_iou() -> None:
@@ -284,17 +285,17 @@ def test_top10_iou() -> None:
     b = np.zeros((10, 10))
     b[0, :5] = 1.0
     b[1, :5] = 1.0  # top 10: half of row 0, half of row 1 -> intersection 5, union 15
-    assert m.top_fraction_iou(a, b) == pytest.approx(1 / 3)
-    assert m.top_fraction_iou(a, a) == 1.0
+    assert mm.top_fraction_iou(a, b) == pytest.approx(1 / 3)
+    assert mm.top_fraction_iou(a, a) == 1.0
     # 32 x 32: ceil(102.4) = 103 pixels; ties go to the earlier pixels
-    assert m.top_fraction_mask(np.zeros((32, 32)), 0.1).sum() == 103
-    assert m.top_fraction_mask(np.zeros((2, 2)), 0.1).tolist() == [[True, False], [False, False]]
+    assert mm.top_fraction_mask(np.zeros((32, 32)), 0.1).sum() == 103
+    assert mm.top_fraction_mask(np.zeros((2, 2)), 0.1).tolist() == [[True, False], [False, False]]
 
 
 def test_map_agreement_means_over_words() -> None:
     target = np.stack([np.eye(10), np.eye(10)])
     predicted = np.stack([np.eye(10), np.zeros((10, 10))])  # a perfect word and a constant one
-    scores = m.map_agreement(predicted, target)
+    scores = mm.map_agreement(predicted, target)
     assert scores["mse"] == pytest.approx((0 + 0.1) / 2)
     assert scores["pearson"] == pytest.approx(1.0)  # the constant map's NaN is left out
     assert scores["iou_top10"] == pytest.approx((1.0 + 1 / 19) / 2)

@@ -13,7 +13,7 @@ same words whatever the model predicts.
 Before vs after training: `compare_probes` puts the probes of the base model and of the trained
 model side by side (panels SD | VLM before | VLM after | aligned before | aligned after) and
 `probe_agreement` scores every panel against the SD maps (per-word MSE, Pearson correlation,
-top-10% IoU; `eval.metrics.map_agreement`).
+top-10% IoU; `eval.map_metrics.map_agreement`).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from PIL import Image, ImageDraw
 
 from lavender_ray.align import Aligner
 from lavender_ray.align.aligner import minmax_normalise
-from lavender_ray.eval.metrics import map_agreement
+from lavender_ray.eval.map_metrics import map_agreement
 from lavender_ray.sd.render import CELL, MARGIN, _font, overlay
 from lavender_ray.train.local import collate_records
 from lavender_ray.words import select_words, word_attention
