@@ -28,13 +28,11 @@ normalised name, e.g. "MMBench_DEV_CN_V11" -> "mmbench"), or explicitly through 
 
 from __future__ import annotations
 
-import math
 import re
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
-
 
 PromptStyle = Literal["short", "yes_no"]
 
