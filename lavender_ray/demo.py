@@ -37,8 +37,9 @@ def start_local_ray(num_cpus: int = 4) -> None:
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     os.environ.setdefault("DS_ACCELERATOR", "cpu")
     if not ray.is_initialized():
-        ray.init(num_cpus=num_cpus, include_dashboard=False, _node_ip_address="127.0.0.1",
-                 configure_logging=False)
+        # The dashboard (on loopback) serves the State API Ray Train's clean-up polls.
+        ray.init(num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1",
+                 _node_ip_address="127.0.0.1", configure_logging=False)
 
 
 def report_records(cfg: LavenderConfig, n: int) -> list[dict]:
