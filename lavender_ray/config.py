@@ -269,7 +269,6 @@ class PipelineConfig(Section):
     sd_num_gpus: float = Field(default=0.0, ge=0, description="GPUs per SD actor; 0 = CPU")
     sd_num_cpus: float = Field(default=1.0, gt=0)
     sd_accelerator: str | None = Field(default=None, description="e.g. V100; null = any")
-    decode_num_cpus: float = Field(default=0.25, gt=0)
     sd_fail_at_batch: int | None = Field(
         default=None, gt=0, description="testing: an SD actor dies once at this batch"
     )
