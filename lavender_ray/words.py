@@ -2,8 +2,7 @@
 
 Shapes::
 
-    T  text (sequence) length     L  captured layers     H  heads     s  map side
-    n  matched words of one sample
+    T  text (sequence) length     V  vocabulary     n  matched words of one sample
 
 Which token, which attention row: HF labels are unshifted, so the answer token at position `t`
 (`labels[t] != -100`) is predicted by `logits[t - 1]`, and the attention row that produced it is
@@ -246,25 +245,6 @@ def select_words(
         words = words_from_tokens(tokens, tokenizer, special)
         out.append(match_words(words, sd_words[b], matching, skip_stop_words))
     return out
-
-
-def word_attention(attention: torch.Tensor, matched: Sequence[MatchedWord]) -> torch.Tensor:
-    """Per-word VLM maps of one sample: the mean of its rows' maps (sub-tokens and repeats).
-
-    attention: [L, H, T, s, s] -> [n, L, H, s, s] (n = len(matched); differentiable).
-    """
-    num_layers, num_heads, _, side, _ = attention.shape
-    if not matched:
-        return attention.new_zeros((0, num_layers, num_heads, side, side))
-    unique_rows = sorted({row for word in matched for row in word.rows})
-    column = {row: c for c, row in enumerate(unique_rows)}
-    weights = torch.zeros(len(matched), len(unique_rows), dtype=attention.dtype)
-    for i, word in enumerate(matched):
-        for row in word.rows:
-            weights[i, column[row]] += 1.0 / len(word.rows)
-    index = torch.tensor(unique_rows, dtype=torch.long, device=attention.device)
-    picked = attention.index_select(2, index)  # [L, H, T, s, s] -> [L, H, R, s, s]
-    return torch.einsum("nr,lhrxy->nlhxy", weights.to(attention.device), picked)
 
 
 def _decode(tokenizer: Any, ids: list[int]) -> str:

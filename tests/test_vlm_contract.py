@@ -120,6 +120,30 @@ def test_attention_loss_reaches_lora_of_captured_layers(family):
         assert grad is not None and grad.abs().sum() > 0, f"no gradient into layer {layer} q_proj"
 
 
+def test_word_maps_equal_the_mean_of_the_laid_out_rows(family):
+    """Pooling a word's rows before the layout (training's path) gives the maps of laying out
+    every row and averaging them, and its gradient reaches the captured layers' LoRA."""
+    adapter = make_adapter(family)
+    inputs = adapter.build_inputs(images(), CONVERSATIONS)
+    out = adapter.forward(inputs)
+    every_row = out.attention.detach()  # [b, L, H, T, s, s]
+    length = inputs["input_ids"].shape[1]
+    words = [[3], [length - 4, length - 2, length - 2], [1, length - 1]]  # a repeated row counts twice
+    pooled = out.captured.word_maps(1, words)  # [n, L, H, s, s]
+    assert pooled.shape == (3, adapter.num_layers, adapter.num_heads, MAP_SIZE, MAP_SIZE)
+    for word, maps in zip(words, pooled):
+        expected = every_row[1][:, :, word].mean(dim=2)  # [L, H, rows, s, s] -> [L, H, s, s]
+        torch.testing.assert_close(maps.detach(), expected.float(), rtol=1e-5, atol=1e-6)
+    pooled.square().sum().backward()
+    for layer in adapter.layers:
+        assert captured_q_lora_b(adapter, layer).grad.abs().sum() > 0
+    assert out.captured.word_maps(0, []).shape == (0, *pooled.shape[1:])
+    with pytest.raises(ValueError, match=rf"positions in 0..{length - 1}"):
+        out.captured.word_maps(0, [[length]])
+    with pytest.raises(ValueError, match="non-empty groups"):
+        out.captured.word_maps(0, [[1], []])
+
+
 def test_selected_layer_only_and_checkpointing_records_once(family):
     """One selected layer; with activation checkpointing the maps and gradients are the same as
     without (a recomputed layer does not record again)."""

@@ -19,7 +19,6 @@ from lavender_ray.words import (
     normalise,
     select_words,
     token_spans,
-    word_attention,
     words_from_tokens,
 )
 
@@ -208,20 +207,6 @@ def test_select_words_batch_and_bad_arguments(byte_bpe):
         answer_tokens(labels[0], None, "both")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="1 SD word lists for a batch of 2"):
         select_words(labels, None, [[]], byte_bpe, source="label", matching="exact")
-
-
-def test_word_attention_is_the_mean_over_rows_and_differentiable():
-    attention = torch.randn(2, 3, 6, 4, 4, requires_grad=True)  # [L, H, T, s, s]
-    matched = [MatchedWord("dog", 0, ("dog",), (1, 4, 4)), MatchedWord("red", 1, ("red",), (2,))]
-    maps = word_attention(attention, matched)
-    assert maps.shape == (2, 2, 3, 4, 4)
-    expected_dog = (attention[:, :, 1] + 2 * attention[:, :, 4]) / 3
-    torch.testing.assert_close(maps[0], expected_dog)
-    torch.testing.assert_close(maps[1], attention[:, :, 2])
-    maps.sum().backward()
-    assert attention.grad[:, :, [1, 2, 4]].abs().sum() > 0
-    assert attention.grad[:, :, [0, 3, 5]].abs().sum() == 0
-    assert word_attention(attention, []).shape == (0, 2, 3, 4, 4)
 
 
 def test_answer_tokens_dataclass_contract():

@@ -31,7 +31,7 @@ from lavender_ray.align.aligner import minmax_normalise
 from lavender_ray.eval.map_metrics import map_agreement
 from lavender_ray.sd.render import CELL, MARGIN, _font, overlay
 from lavender_ray.train.local import collate_records
-from lavender_ray.words import select_words, word_attention
+from lavender_ray.words import select_words
 
 LABEL_W = 110
 TARGET_PANEL = "SD"
@@ -71,7 +71,7 @@ def probe_attention(
             )[0]
             if not matched:
                 continue
-            raw = word_attention(out.attention[0].float(), matched)  # [n, L, H, s, s]
+            raw = out.captured.word_maps(0, [w.rows for w in matched])  # [n, L, H, s, s]
             vlm = minmax_normalise(raw.mean(dim=(1, 2)))  # [n, L, H, s, s] -> [n, s, s]
             sd = batch.sd_maps[0][[w.sd_index for w in matched]]  # [n, s, s]
             samples.append(

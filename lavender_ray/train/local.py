@@ -34,8 +34,8 @@ from lavender_ray.config import LavenderConfig, LossConfig, OptimConfig
 from lavender_ray.images import decode_image
 from lavender_ray.loss import LossOutput, alpha_at, attention_loss, lambda_at, lavender_loss
 from lavender_ray.schema import decode_maps, parse_messages
-from lavender_ray.vlm.base import VLMAdapter, VLMForwardOutput
-from lavender_ray.words import select_words, word_attention
+from lavender_ray.vlm.base import CapturedAttention, VLMAdapter, VLMForwardOutput
+from lavender_ray.words import select_words
 
 TARGET_COLUMNS = ("sd_words", "sd_maps", "sd_map_size")
 VLM_DIR = "vlm"
@@ -128,11 +128,14 @@ def step_loss(
     )
     num_matched = sum(len(sample) for sample in matched)
     if num_matched == 0:
-        aligned = aligner_anchor(aligner, outputs.attention)  # [1, s, s]
+        aligned = aligner_anchor(aligner, outputs.captured)  # [1, s, s]
         predicted = target = aligned[:0]  # no words: L_att is exactly 0
     else:
         vlm_maps = torch.cat(
-            [word_attention(outputs.attention[i], words) for i, words in enumerate(matched)]
+            [
+                outputs.captured.word_maps(i, [word.rows for word in words])
+                for i, words in enumerate(matched)
+            ]
         )  # [n, L, H, s, s]
         target = torch.cat(
             [batch.sd_maps[i][[w.sd_index for w in words]] for i, words in enumerate(matched)]
@@ -147,12 +150,12 @@ def step_loss(
     return out
 
 
-def aligner_anchor(aligner: Aligner, attention: torch.Tensor) -> torch.Tensor:
+def aligner_anchor(aligner: Aligner, captured: CapturedAttention) -> torch.Tensor:
     """The Aligner on one all-zero word map (eval mode: batch-norm statistics stay untouched).
 
-    attention: [b, L, H, T, s, s] (for the shape) -> [1, s, s]."""
-    _, num_layers, num_heads, _, side, _ = attention.shape
-    dummy = attention.new_zeros((1, num_layers, num_heads, side, side))  # [1, L, H, s, s]
+    captured: the forward's attention (for L, H, s and the device) -> [1, s, s]."""
+    dummy = captured.word_maps(0, [])  # [0, L, H, s, s]
+    dummy = dummy.new_zeros((1, *dummy.shape[1:]))  # [1, L, H, s, s]
     was_training = aligner.training
     aligner.eval()
     try:

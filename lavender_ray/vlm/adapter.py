@@ -1,7 +1,7 @@
 """`CapturingAdapter`: what every family adapter shares (inputs, capture, forward).
 
 A family subclass says where its text->image attention modules are (`attention_modules`) and how
-one layer's probabilities become maps on the image grid (`image_maps`); everything else is here:
+one sample's probabilities become maps on the image grid (`sample_maps`); everything else is here:
 chat-templated inputs with assistant-only labels (`chat.py`), per-layer capture through the
 CAPTURE_ATTENTION attention function (`capture.py`), and the forward that returns the maps.
 
@@ -22,7 +22,7 @@ from PIL import Image
 from torch import nn
 from transformers import AutoProcessor, PreTrainedModel
 
-from lavender_ray.vlm.base import ImageInput, VLMForwardOutput
+from lavender_ray.vlm.base import CapturedAttention, ImageInput, VLMForwardOutput
 from lavender_ray.vlm.capture import CAPTURE_ATTENTION, AttentionRecorder
 from lavender_ray.vlm.chat import (
     IGNORE_INDEX,
@@ -62,7 +62,7 @@ def to_pil(image: ImageInput) -> Image.Image:
 class CapturingAdapter(ABC):
     """Base of the family adapters (see `base.VLMAdapter` for the contract).
 
-    Subclasses set `family`, `model_class`, and implement `attention_modules` and `image_maps`;
+    Subclasses set `family`, `model_class`, and implement `attention_modules` and `sample_maps`;
     `sequence_keys` lists the processor outputs that have the sequence on dim 1.
     """
 
@@ -109,10 +109,19 @@ class CapturingAdapter(ABC):
         """Decoder-layer index -> the attention module whose probabilities are text->image."""
 
     @abstractmethod
+    def sample_maps(
+        self, probs: torch.Tensor, inputs: dict[str, torch.Tensor], sample: int, size: int
+    ) -> torch.Tensor:
+        """Sample `sample`'s probabilities over its layer's keys `[H, q, K]` -> maps on its
+        image `[H, q, s, s]` (q: any number of query rows, e.g. one pooled row per word)."""
+
     def image_maps(
         self, probs: torch.Tensor, inputs: dict[str, torch.Tensor], size: int
     ) -> torch.Tensor:
         """One layer's probabilities `[b, H, T, K]` -> maps on the image `[b, H, T, s, s]`."""
+        return torch.stack(
+            [self.sample_maps(probs[i], inputs, i, size) for i in range(probs.shape[0])]
+        )
 
     def processor_images(self, images: list[Image.Image]) -> list[Any]:
         """Images in the nesting the family's processor expects (one image per sample)."""
@@ -200,9 +209,12 @@ class CapturingAdapter(ABC):
                 f"no attention recorded for layers {missing}; every sample needs an image "
                 "(a forward without pixel values skips cross-attention)"
             )
-        per_layer = [self.image_maps(records[layer], inputs, size) for layer in self.layers]
-        maps = torch.stack(per_layer, dim=1)  # L x [b, H, T, s, s] -> [b, L, H, T, s, s]
-        return VLMForwardOutput(logits=output.logits, lm_loss=output.loss, attention=maps)
+        captured = CapturedAttention(
+            [records[layer] for layer in self.layers],
+            lambda probs, sample: self.sample_maps(probs, inputs, sample, size),
+            size,
+        )
+        return VLMForwardOutput(logits=output.logits, lm_loss=output.loss, captured=captured)
 
     def image_key_positions(self, input_ids: torch.Tensor, row: int) -> torch.Tensor:
         """Positions of the image tokens of sample `row` (self-attention families' key columns)."""

@@ -13,6 +13,7 @@ Protocol.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
@@ -22,12 +23,85 @@ from PIL import Image
 ImageInput = Image.Image | bytes
 
 
+class CapturedAttention:
+    """The text->image attention probabilities captured in one forward, laid out on demand.
+
+    `probs` holds one `[b, H, T, K]` tensor per captured layer (K = the layer's image keys);
+    `layout(probs_i [H, q, K], i) -> [H, q, s, s]` puts sample i's image keys on its 2-D grid
+    and resizes to s x s (the family adapter's `sample_maps`). Laying out is linear in the
+    probabilities (a re-indexing of keys, then a bilinear resize), so a word's map, the mean of
+    its rows' maps, is the layout of the mean of its rows: `word_maps` pools the rows first and
+    lays out one row per word, not one per token. `maps()` lays out every row (probes, tests):
+    `b*L*H*T*s*s` floats, about 1 GiB for Llama-3.2-11B-Vision at T=1024.
+    """
+
+    def __init__(
+        self,
+        probs: list[torch.Tensor],
+        layout: Callable[[torch.Tensor, int], torch.Tensor],
+        size: int,
+    ) -> None:
+        if not probs:
+            raise ValueError("no captured attention layer")
+        self.probs = probs
+        self.layout = layout
+        self.size = size
+        self.num_layers = len(probs)
+        self.batch_size, self.num_heads, self.length, _ = probs[0].shape
+
+    def word_maps(self, sample: int, words: Sequence[Sequence[int]]) -> torch.Tensor:
+        """Maps of the words of `sample`, each the mean over its query rows (sub-tokens, repeats).
+
+        words: one group of row indices (< T) per word -> `[n, L, H, s, s]` float32,
+        differentiable with respect to the captured probabilities.
+        """
+        shape = (len(words), self.num_layers, self.num_heads, self.size, self.size)
+        device = self.probs[0].device
+        if not words:
+            return torch.zeros(shape, device=device)
+        rows = sorted({row for word in words for row in word})
+        bad = [row for row in rows if not 0 <= row < self.length]
+        if bad or any(not word for word in words):
+            raise ValueError(
+                f"word rows must be non-empty groups of positions in 0..{self.length - 1}, "
+                f"got {[list(word) for word in words]}"
+            )
+        column = {row: c for c, row in enumerate(rows)}
+        weights = torch.zeros(len(words), len(rows))  # [n, R]: 1/len(word) on the word's rows
+        for i, word in enumerate(words):
+            for row in word:
+                weights[i, column[row]] += 1.0 / len(word)
+        weights = weights.to(device)
+        index = torch.tensor(rows, dtype=torch.long, device=device)
+        per_layer = []
+        for probs in self.probs:
+            picked = probs[sample].index_select(1, index).float()  # [H, T, K] -> [H, R, K]
+            pooled = torch.einsum("nr,hrk->hnk", weights, picked)  # [H, R, K] -> [H, n, K]
+            per_layer.append(self.layout(pooled, sample))  # [H, n, K] -> [H, n, s, s]
+        return torch.stack(per_layer).permute(2, 0, 1, 3, 4)  # [L, H, n, s, s] -> [n, L, H, s, s]
+
+    def maps(self) -> torch.Tensor:
+        """Every query row laid out: `[b, L, H, T, s, s]` in the probabilities' dtype."""
+        return torch.stack(
+            [
+                torch.stack([self.layout(probs[i], i) for probs in self.probs])  # [L, H, T, s, s]
+                for i in range(self.batch_size)
+            ]
+        )
+
+
 @dataclass
 class VLMForwardOutput:
     logits: torch.Tensor  # [b, T, vocab]
     lm_loss: torch.Tensor  # scalar: next-token CE over label positions (labels != -100)
-    attention: torch.Tensor  # [b, L, H, T, s, s]: row t = attention of query position t over
-    #                          the image, laid out on the image's 2-D grid, resized to s x s
+    captured: CapturedAttention  # per-layer text->image probabilities, laid out on demand
+
+    @property
+    def attention(self) -> torch.Tensor:
+        """[b, L, H, T, s, s]: row t = attention of query position t over the image, laid out on
+        the image's 2-D grid, resized to s x s. Lays out every row; training uses
+        `captured.word_maps`, which lays out one row per word."""
+        return self.captured.maps()
 
 
 @runtime_checkable

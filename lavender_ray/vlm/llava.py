@@ -9,6 +9,7 @@ captured (`vlm.attention_layers`, default all).
 Shapes::
 
     b  batch   H  heads   T  sequence (queries and keys)   n  image tokens of one sample
+    q  query rows laid out (T, or one pooled row per word)
     g  patches per side   s  map side
 """
 
@@ -40,16 +41,13 @@ class LlavaAdapter(CapturingAdapter):
     def processor_images(self, images: list) -> list:
         return list(images)
 
-    def image_maps(
-        self, probs: torch.Tensor, inputs: dict[str, torch.Tensor], size: int
+    def sample_maps(
+        self, probs: torch.Tensor, inputs: dict[str, torch.Tensor], sample: int, size: int
     ) -> torch.Tensor:
-        maps = []
-        for row in range(probs.shape[0]):
-            positions = self.image_key_positions(inputs["input_ids"], row)  # [n]
-            grid_h, grid_w, skip = llava_grid(
-                self.vision_image_size, self.vision_patch_size, len(positions)
-            )
-            columns = probs[row][..., positions[skip:]]  # [H, T, T] -> [H, T, g*g]
-            grid = token_grid(columns, grid_h, grid_w)  # [H, T, g*g] -> [H, T, g, g]
-            maps.append(resize_maps(grid, size))  # [H, T, g, g] -> [H, T, s, s]
-        return torch.stack(maps)  # b x [H, T, s, s] -> [b, H, T, s, s]
+        positions = self.image_key_positions(inputs["input_ids"], sample)  # [n]
+        grid_h, grid_w, skip = llava_grid(
+            self.vision_image_size, self.vision_patch_size, len(positions)
+        )
+        columns = probs[..., positions[skip:]]  # [H, q, T] -> [H, q, g*g]
+        grid = token_grid(columns, grid_h, grid_w)  # [H, q, g*g] -> [H, q, g, g]
+        return resize_maps(grid, size)  # [H, q, g, g] -> [H, q, s, s]

@@ -10,6 +10,7 @@ aspect-ratio id, resize the canvas to s x s. p = vision image_size / patch_size,
 Shapes::
 
     b  batch   H  text heads   T  sequence   K  max_tiles * (1 + p*p) vision keys
+    q  query rows laid out (T, or one pooled row per word)
     R, C  tile rows / columns of one image's canvas   s  map side
 """
 
@@ -49,16 +50,12 @@ class MllamaAdapter(CapturingAdapter):
         text = model.model.language_model
         return {i: text.layers[i].cross_attn for i in text.config.cross_attention_layers}
 
-    def image_maps(
-        self, probs: torch.Tensor, inputs: dict[str, torch.Tensor], size: int
+    def sample_maps(
+        self, probs: torch.Tensor, inputs: dict[str, torch.Tensor], sample: int, size: int
     ) -> torch.Tensor:
         ratio_ids = inputs["aspect_ratio_ids"]  # [b, images]
         if ratio_ids.shape[1] != 1:
             raise ValueError(f"one image per sample is supported, got {ratio_ids.shape[1]}")
-        maps = []
-        for row in range(probs.shape[0]):
-            rows, cols = tile_grid(int(ratio_ids[row, 0]), self.supported_aspect_ratios)
-            p = self.patches_per_side
-            canvas = mllama_canvas(probs[row], p, rows, cols)  # [H, T, K] -> [H, T, R*p, C*p]
-            maps.append(resize_maps(canvas, size))  # [H, T, R*p, C*p] -> [H, T, s, s]
-        return torch.stack(maps)  # b x [H, T, s, s] -> [b, H, T, s, s]
+        rows, cols = tile_grid(int(ratio_ids[sample, 0]), self.supported_aspect_ratios)
+        canvas = mllama_canvas(probs, self.patches_per_side, rows, cols)  # -> [H, q, R*p, C*p]
+        return resize_maps(canvas, size)  # [H, q, R*p, C*p] -> [H, q, s, s]

@@ -8,6 +8,7 @@ Every decoder self-attention layer can be captured (`vlm.attention_layers`, defa
 Shapes::
 
     b  batch   H  heads   T  sequence (queries and keys)   n  image tokens of one sample
+    q  query rows laid out (T, or one pooled row per word)
     gh, gw  merged token grid   s  map side
 """
 
@@ -82,18 +83,17 @@ class Qwen2VLAdapter(CapturingAdapter):
     def processor_images(self, images: list) -> list:
         return list(images)
 
-    def image_maps(
-        self, probs: torch.Tensor, inputs: dict[str, torch.Tensor], size: int
+    def sample_maps(
+        self, probs: torch.Tensor, inputs: dict[str, torch.Tensor], sample: int, size: int
     ) -> torch.Tensor:
         grids = inputs["image_grid_thw"]  # [images, 3]; one image per sample, in batch order
-        if grids.shape[0] != probs.shape[0]:
-            raise ValueError(f"one image per sample is supported: {grids.shape[0]} images, "
-                             f"{probs.shape[0]} samples")
-        maps = []
-        for row in range(probs.shape[0]):
-            grid_h, grid_w = merged_grid(grids[row].tolist(), self.merge_size)
-            positions = self.image_key_positions(inputs["input_ids"], row)  # [n]
-            columns = probs[row][..., positions]  # [H, T, T] -> [H, T, gh*gw]
-            grid = token_grid(columns, grid_h, grid_w)  # [H, T, gh*gw] -> [H, T, gh, gw]
-            maps.append(resize_maps(grid, size))  # [H, T, gh, gw] -> [H, T, s, s]
-        return torch.stack(maps)  # b x [H, T, s, s] -> [b, H, T, s, s]
+        samples = inputs["input_ids"].shape[0]
+        if grids.shape[0] != samples:
+            raise ValueError(
+                f"one image per sample is supported: {grids.shape[0]} images, {samples} samples"
+            )
+        grid_h, grid_w = merged_grid(grids[sample].tolist(), self.merge_size)
+        positions = self.image_key_positions(inputs["input_ids"], sample)  # [n]
+        columns = probs[..., positions]  # [H, q, T] -> [H, q, gh*gw]
+        grid = token_grid(columns, grid_h, grid_w)  # [H, q, gh*gw] -> [H, q, gh, gw]
+        return resize_maps(grid, size)  # [H, q, gh, gw] -> [H, q, s, s]
