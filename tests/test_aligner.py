@@ -54,7 +54,18 @@ def test_variant_depths_and_channels(variant, convs3x3):
     assert all(c.bias is None for c in convs[:-1]) and convs[-1].bias is not None
     assert all(c.padding == (1, 1) for c in convs[:-1])
     default = [type(m) for m in Aligner(6).net]
-    assert default[:3] == [nn.Conv2d, nn.InstanceNorm2d, nn.ReLU6]
+    assert default[:3] == [nn.Conv2d, nn.GroupNorm, nn.ReLU6]  # instance norm, see below
+
+
+def test_instance_norm_is_per_channel_per_map_with_no_parameters():
+    norm = Aligner(4, AlignerConfig(hidden_dim=8)).net[1]
+    x = torch.randn(5, 8, 6, 6, requires_grad=True)
+    expected = nn.functional.instance_norm(x)  # mean 0, variance 1 per map and channel
+    torch.testing.assert_close(norm(x), expected, rtol=1e-5, atol=1e-5)
+    grad_norm = torch.autograd.grad(norm(x).sin().sum(), x)[0]
+    grad_reference = torch.autograd.grad(expected.sin().sum(), x)[0]
+    torch.testing.assert_close(grad_norm, grad_reference, rtol=1e-4, atol=1e-5)
+    assert not list(norm.parameters()) and not list(norm.buffers())
 
 
 def test_layer_reductions_differ_and_mean_first_ignores_layer_order():

@@ -13,8 +13,9 @@ Networks (3x3 convs: padding 1, no bias; every conv but the last is followed by 
     sim    conv3x3(H->d) conv3x3(d->d) conv3x3(d->H)                          conv1x1(H->1, bias)
     deep   conv3x3(H->d) conv3x3(d->d) x3 conv3x3(d->H)                       conv1x1(H->1, bias)
 
-(`d` = `aligner.hidden_dim`; "deep" has 5 3x3 convs.) Norms: instance (no affine), batch, group
-(`gcd(channels, 8)` groups, affine), none. Activations: ReLU6, LeakyReLU(0.1).
+(`d` = `aligner.hidden_dim`; "deep" has 5 3x3 convs.) Norms: instance (no affine; computed as
+GroupNorm with one group per channel), batch, group (`gcd(channels, 8)` groups, affine), none.
+Activations: ReLU6, LeakyReLU(0.1).
 Layer reduction: `aligner_then_mean` runs the one (shared) net on each layer's maps and averages
 the outputs over layers; `mean_then_aligner` averages the layers first. The min-max normalisation
 comes last, after the layer mean.
@@ -105,7 +106,9 @@ def build_network(num_heads: int, cfg: AlignerConfig) -> nn.Sequential:
 def make_norm(kind: str, channels: int) -> nn.Module:
     """The configured normalisation over `channels` feature maps."""
     if kind == "instance":
-        return nn.InstanceNorm2d(channels, affine=False)
+        # instance norm = group norm with one group per channel (same statistics, eps 1e-5,
+        # no parameters); PyTorch's CPU group-norm kernel runs it 3x faster than InstanceNorm2d
+        return nn.GroupNorm(channels, channels, affine=False)
     if kind == "batch":
         return nn.BatchNorm2d(channels)
     if kind == "group":
