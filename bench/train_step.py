@@ -1,6 +1,7 @@
 """Step time of a Lavender training step vs a plain LoRA SFT step, same model, same batch.
 
     python bench/train_step.py                         # tiny models of every family, CPU
+    python bench/train_step.py --text-widths 32,256,1024   # the same, language models widened
     python bench/train_step.py --families mllama --steps 30 --set aligner.variant=deep
     python bench/train_step.py --real-size             # Llama-3.2-11B-Vision layout, random
                                                        # weights, LoRA, bf16, one CUDA GPU
@@ -9,7 +10,11 @@
 Lavender step: forward with attention capture + words + Aligner + loss, backward, AdamW step.
 Plain step: the same model with SDPA everywhere (capture off), HF's LM loss, backward, AdamW
 step. Steps alternate (one Lavender, one plain) so machine noise hits both alike; the medians
-are reported with their ratio (goal: <= 1.3x). The real-size model is built from the published
+are reported with their ratio (goal: <= 1.3x), and the Aligner's share of the difference (its
+forward + backward alone on the step's word maps). The Aligner and the capture cost the same
+whatever the size of the language model (they scale with words x layers x heads x s^2), so the
+ratio falls as the model grows: `--text-widths` widens the tiny language models (hidden size,
+MLP; same layers, heads and maps) to show that trend on a CPU. The real-size model is built from the published
 Llama-3.2-11B-Vision hyper-parameters with random weights (nothing is downloaded); its text
 comes from the tiny Mllama tokenizer (ids < 400 are valid ids of the 128k vocabulary) and words
 come from the labels (`loss.word_source=label`): random weights predict no real words.
@@ -42,7 +47,11 @@ from lavender_ray.train.local import (  # noqa: E402
     collate_records,
     optimizer_step,
 )
-from lavender_ray.vlm import VLMAdapter, build_adapter  # noqa: E402
+from lavender_ray.vlm import VLMAdapter  # noqa: E402
+from lavender_ray.vlm.lora import apply_finetuning  # noqa: E402
+from lavender_ray.vlm.registry import adapter_class  # noqa: E402
+from lavender_ray.vlm.tiny import TEXT_HIDDEN, build_tiny  # noqa: E402
+from lavender_ray.words import select_words  # noqa: E402
 
 GOAL_RATIO = 1.3
 FAMILIES = ("mllama", "llava", "qwen2_vl")
@@ -130,18 +139,42 @@ def compare(
         times["plain"].append(timed(plain, device))
     result = {name: statistics.median(values) for name, values in times.items()}
     result["ratio"] = result["lavender"] / result["plain"]
+    result["aligner"] = aligner_time(module, batch, steps, device)
     result["matched_words"] = statistics.mean(matched)
     for name, peak in peaks.items():
         result[f"peak_gib_{name}"] = peak
     return result
 
 
+def aligner_time(module: LavenderModule, batch: TrainBatch, steps: int, device) -> float:
+    """Median seconds of the Aligner's forward + backward alone on the step's word maps."""
+    with torch.no_grad():
+        outputs = module.adapter.forward(batch.inputs, module.map_size)
+        matched = select_words(
+            batch.inputs["labels"], outputs.logits, batch.sd_words, module.adapter.tokenizer,
+            source=module.loss_cfg.word_source, matching=module.loss_cfg.matching,
+            skip_stop_words=module.loss_cfg.skip_stop_words,
+        )  # fmt: skip
+        maps = torch.cat(
+            [outputs.captured.word_maps(i, [w.rows for w in words]) for i, words in
+             enumerate(matched)]
+        )  # fmt: skip
+    if len(maps) == 0:
+        return 0.0
+    maps.requires_grad_(True)
+
+    def step() -> None:
+        module.aligner(maps).square().mean().backward()
+
+    return statistics.median(timed(step, device) for _ in range(max(steps, 1)))
+
+
 def report(label: str, result: dict[str, float]) -> None:
     verdict = "ok" if result["ratio"] <= GOAL_RATIO else f"above the {GOAL_RATIO}x goal"
     line = (
-        f"{label:<34} lavender {1e3 * result['lavender']:9.1f} ms   "
+        f"{label:<38} lavender {1e3 * result['lavender']:9.1f} ms   "
         f"plain {1e3 * result['plain']:9.1f} ms   ratio {result['ratio']:.2f}x ({verdict})   "
-        f"words/batch {result['matched_words']:.1f}"
+        f"words/batch {result['matched_words']:.1f}   Aligner fwd+bwd {1e3 * result['aligner']:.1f} ms"
     )
     if "peak_gib_lavender" in result:
         line += (
@@ -194,8 +227,6 @@ def real_size_adapter(cfg: LavenderConfig, device: torch.device, dtype: torch.dt
         MllamaProcessor,
     )
 
-    from lavender_ray.vlm.lora import apply_finetuning
-    from lavender_ray.vlm.registry import adapter_class
     from lavender_ray.vlm.tiny import MLLAMA_TEMPLATE, tiny_mllama
 
     _, tiny_processor = tiny_mllama()
@@ -205,14 +236,19 @@ def real_size_adapter(cfg: LavenderConfig, device: torch.device, dtype: torch.dt
     processor = MllamaProcessor(image_processor, tokenizer, chat_template=MLLAMA_TEMPLATE)
     with torch.device(device):
         model = MllamaForConditionalGeneration._from_config(config, dtype=dtype)
-    adapter = adapter_class("mllama")(
+    return adapter_around(cfg, model, processor)
+
+
+def adapter_around(cfg: LavenderConfig, model, processor) -> VLMAdapter:
+    """The `cfg.vlm.family` adapter around `model` (capture on), LoRA/full from `cfg.lora`."""
+    adapter = adapter_class(cfg.vlm.family)(
         model,
         processor,
         attention_layers=cfg.vlm.attention_layers,
         map_size=cfg.sd.output_size,
         max_length=cfg.vlm.max_length,
     )
-    adapter.model = apply_finetuning(model, cfg.lora)
+    adapter.model = apply_finetuning(model, cfg.lora, seed=cfg.vlm.seed)
     return adapter
 
 
@@ -264,6 +300,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--preset", default="demo")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--families", default=",".join(FAMILIES), help="tiny families to run")
+    parser.add_argument(
+        "--text-widths",
+        default=str(TEXT_HIDDEN),
+        help=f"language-model hidden sizes to run each family at (tiny: {TEXT_HIDDEN})",
+    )
     parser.add_argument("--steps", type=int, default=20, help="timed steps of each kind")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
@@ -283,15 +324,19 @@ def main(argv: list[str] | None = None) -> int:
             )
         run_real_size(cfg, args.steps, args.warmup, args.cpu_dry_run, args.image_size or 1120)
         return 0
+    widths = [int(w) for w in args.text_widths.split(",")]
     for family in args.families.split(","):
         cfg = bench_config(args.preset, args.overrides, family)
-        adapter = build_adapter(cfg.vlm, cfg.lora, cfg.sd.output_size)
-        batch = bench_batch(cfg, adapter, args.image_size or 64)
-        label = (
-            f"tiny/{family} b={len(batch)} s={cfg.sd.output_size} "
-            f"{cfg.aligner.variant}/{cfg.aligner.hidden_dim}"
-        )
-        report(label, compare(cfg, adapter, batch, args.steps, args.warmup))
+        for width in widths:
+            model, processor = build_tiny(cfg.vlm.model_id, cfg.vlm.seed, text_width=width)
+            adapter = adapter_around(cfg, model, processor)
+            params = sum(p.numel() for p in model.parameters()) / 1e6
+            batch = bench_batch(cfg, adapter, args.image_size or 64)
+            label = (
+                f"tiny/{family} w={width} {params:.1f}M b={len(batch)} "
+                f"{cfg.aligner.variant}/{cfg.aligner.hidden_dim}"
+            )
+            report(label, compare(cfg, adapter, batch, args.steps, args.warmup))
     return 0
 
 

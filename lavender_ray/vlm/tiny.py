@@ -129,7 +129,9 @@ MLLAMA_TEMPLATE = (
 )
 
 
-def tiny_mllama(seed: int = 0, tile_size: int = 56) -> tuple[PreTrainedModel, ProcessorMixin]:
+def tiny_mllama(
+    seed: int = 0, tile_size: int = 56, text_width: int = TEXT_HIDDEN
+) -> tuple[PreTrainedModel, ProcessorMixin]:
     """Tiny Mllama; `tile_size=560` gives Llama-3.2-Vision's real tile geometry (40x40 patches)."""
     specials = (
         "<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>",
@@ -153,9 +155,9 @@ def tiny_mllama(seed: int = 0, tile_size: int = 56) -> tuple[PreTrainedModel, Pr
             "vision_output_dim": hidden * (len(layer_indices) + 1),
         },
         text_config={
-            "vocab_size": text_vocab, "hidden_size": TEXT_HIDDEN, "num_hidden_layers": 4,
+            "vocab_size": text_vocab, "hidden_size": text_width, "num_hidden_layers": 4,
             "num_attention_heads": TEXT_HEADS, "num_key_value_heads": TEXT_KV_HEADS,
-            "intermediate_size": 64, "cross_attention_layers": [1, 3],
+            "intermediate_size": 2 * text_width, "cross_attention_layers": [1, 3],
             "max_position_embeddings": 1024,
             "bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id,
             "pad_token_id": tokenizer.pad_token_id,
@@ -195,7 +197,9 @@ LLAVA_TEMPLATE = (
 )
 
 
-def tiny_llava(seed: int = 0) -> tuple[PreTrainedModel, ProcessorMixin]:
+def tiny_llava(
+    seed: int = 0, text_width: int = TEXT_HIDDEN
+) -> tuple[PreTrainedModel, ProcessorMixin]:
     tokenizer = tiny_tokenizer(
         ("<unk>", "<s>", "</s>", "<pad>", "<image>"),
         unk_token="<unk>", bos_token="<s>", eos_token="</s>", pad_token="<pad>",
@@ -207,7 +211,7 @@ def tiny_llava(seed: int = 0) -> tuple[PreTrainedModel, ProcessorMixin]:
             image_size=image_size, patch_size=patch_size, projection_dim=16,
         ),
         text_config=LlamaConfig(
-            vocab_size=len(tokenizer), hidden_size=TEXT_HIDDEN, intermediate_size=64,
+            vocab_size=len(tokenizer), hidden_size=text_width, intermediate_size=2 * text_width,
             num_hidden_layers=2, num_attention_heads=TEXT_HEADS,
             num_key_value_heads=TEXT_KV_HEADS, max_position_embeddings=1024,
             bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
@@ -249,17 +253,20 @@ QWEN2_VL_TEMPLATE = (
 )
 
 
-def tiny_qwen2_vl(seed: int = 0) -> tuple[PreTrainedModel, ProcessorMixin]:
+def tiny_qwen2_vl(
+    seed: int = 0, text_width: int = TEXT_HIDDEN
+) -> tuple[PreTrainedModel, ProcessorMixin]:
     specials = (
         "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
         "<|image_pad|>", "<|video_pad|>",
     )  # fmt: skip
     tokenizer = tiny_tokenizer(specials, eos_token="<|im_end|>", pad_token="<|endoftext|>")
     ids = tokenizer.convert_tokens_to_ids
-    head_dim = TEXT_HIDDEN // TEXT_HEADS
+    head_dim = text_width // TEXT_HEADS
     config = Qwen2VLConfig(
         text_config={
-            "vocab_size": len(tokenizer), "hidden_size": TEXT_HIDDEN, "intermediate_size": 64,
+            "vocab_size": len(tokenizer), "hidden_size": text_width,
+            "intermediate_size": 2 * text_width,
             "num_hidden_layers": 2, "num_attention_heads": TEXT_HEADS,
             "num_key_value_heads": TEXT_KV_HEADS, "max_position_embeddings": 1024,
             "rope_parameters": {
@@ -270,7 +277,7 @@ def tiny_qwen2_vl(seed: int = 0) -> tuple[PreTrainedModel, ProcessorMixin]:
             "pad_token_id": ids("<|endoftext|>"),
         },
         vision_config={
-            "depth": 2, "embed_dim": 16, "hidden_size": TEXT_HIDDEN, "mlp_ratio": 2,
+            "depth": 2, "embed_dim": 16, "hidden_size": text_width, "mlp_ratio": 2,
             "num_heads": 2, "patch_size": 14, "spatial_merge_size": 2, "temporal_patch_size": 2,
         },
         image_token_id=ids("<|image_pad|>"), video_token_id=ids("<|video_pad|>"),
@@ -293,12 +300,17 @@ def tiny_names() -> list[str]:
     return [TINY_PREFIX + name for name in TINY_BUILDERS]
 
 
-def build_tiny(model_id: str, seed: int = 0) -> tuple[PreTrainedModel, ProcessorMixin]:
-    """`tiny/<family>` -> (model in eval mode, processor). Raises listing the tiny ids."""
+def build_tiny(
+    model_id: str, seed: int = 0, text_width: int = TEXT_HIDDEN
+) -> tuple[PreTrainedModel, ProcessorMixin]:
+    """`tiny/<family>` -> (model in eval mode, processor). Raises listing the tiny ids.
+
+    `text_width`: hidden size of the language model (MLP 2x wider, still 4 heads, same layers),
+    for benchmarks that grow the model around fixed attention maps."""
     name = model_id.removeprefix(TINY_PREFIX)
     if not model_id.startswith(TINY_PREFIX) or name not in TINY_BUILDERS:
         raise ValueError(f"unknown tiny model {model_id!r}; tiny models: {', '.join(tiny_names())}")
-    model, processor = TINY_BUILDERS[name](seed)
+    model, processor = TINY_BUILDERS[name](seed, text_width=text_width)
     model.config.name_or_path = model_id  # what PEFT writes as base_model_name_or_path
     model.name_or_path = model_id
     return model, processor
