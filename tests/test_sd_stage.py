@@ -84,6 +84,26 @@ def test_stage_call_keeps_good_rows_and_rejects_the_rest(tmp_path) -> None:
     check_targets(out, sd_config_hash(cfg.sd, "cpu"))
 
 
+def test_stage_rejects_a_sample_whose_maps_are_not_finite(tmp_path) -> None:
+    """A numerical blow-up in one sample's extraction rejects that sample, keeps the others."""
+    cfg = load_config("demo", OVERRIDES)
+    records = make_synthetic_records(3, seed=0, image_size=48)
+    stage = SDTargetStage(cfg.to_dict(), str(tmp_path / "rejects"))
+    extract = stage.extractor.extract_planned
+
+    def second_sample_overflows(images, plans):
+        results = extract(images, plans)
+        results[1].maps[0, 0, 0] = np.inf
+        return results
+
+    stage.extractor.extract_planned = second_sample_overflows
+    out = stage(pa.Table.from_pylist(records, schema=RECORD_SCHEMA))
+    rejects = read_rejects(str(tmp_path / "rejects")).to_pylist()
+    assert [(r["id"], r["reason"]) for r in rejects] == [(records[1]["id"], "non_finite_maps")]
+    assert out["id"].to_pylist() == [records[0]["id"], records[2]["id"]]
+    check_targets(out, sd_config_hash(cfg.sd, "cpu"))
+
+
 def test_ray_extract_counts_every_record_then_the_cli_reruns_from_cache(
     ray_local, tmp_path, capsys
 ) -> None:
