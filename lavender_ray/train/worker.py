@@ -14,6 +14,7 @@ worker group resumes from `ray.train.get_checkpoint()`.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import tempfile
@@ -36,6 +37,9 @@ from lavender_ray.train.local import (
 )
 from lavender_ray.train.precision import Device, deepspeed_config, resolve_precision
 
+# Progress goes through logging: Ray Train patches `print` in its workers to both print and log,
+# which shows every printed line twice in the driver's output.
+log = logging.getLogger(__name__)
 DS_TAG = "deepspeed"
 METRICS_FILE = "metrics.jsonl"  # rank 0's reported metrics so far, in every checkpoint
 EXPORT_DIR = "export"
@@ -151,7 +155,7 @@ def train_fn_per_worker(config: dict[str, Any]) -> None:
         step, records_done = state["step"], state["records"]
         resumed_from = step
         if rank == 0:
-            print(f"resumed from {checkpoint.path} at step {step}", flush=True)
+            log.info("resumed from %s at step %d", checkpoint.path, step)
 
     shard = ray.train.get_dataset_shard("train")
     collate = partial(collate_numpy, adapter=adapter, map_size=cfg.sd.output_size)
@@ -191,7 +195,7 @@ def train_fn_per_worker(config: dict[str, Any]) -> None:
                     t_last, wait_s = now, 0.0
                     history.append(metrics)
                     if rank == 0:
-                        print(format_metrics(metrics, cfg.train.max_steps), flush=True)
+                        log.info(format_metrics(metrics, cfg.train.max_steps))
                     is_ckpt = step % cfg.train.checkpoint_every == 0 or step == cfg.train.max_steps
                     report(engine, module, cfg, history, step, records_done, rank, is_ckpt)
                 if step >= cfg.train.max_steps:

@@ -13,6 +13,9 @@ checked when loading. (The Aligner and the resolved config are saved next to it 
 from __future__ import annotations
 
 import json
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -34,6 +37,17 @@ FULL_WEIGHTS = "model.safetensors"
 EMBEDDING_MODULES = ("embed_tokens", "lm_head")
 
 
+@contextmanager
+def quiet_peft() -> Iterator[None]:
+    """PEFT reads transformers' deprecated `is_gradient_checkpointing` when it wraps a model;
+    silence that one FutureWarning (it is PEFT's to fix, and it repeats in every Ray worker)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings(
+            "ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning
+        )
+        yield
+
+
 def apply_finetuning(model: PreTrainedModel, lora_cfg: LoraConfig, seed: int = 0) -> nn.Module:
     """LoRA-wrap `model` (returns the `PeftModel`) or unfreeze it all (returns `model`).
 
@@ -49,7 +63,7 @@ def apply_finetuning(model: PreTrainedModel, lora_cfg: LoraConfig, seed: int = 0
         target_modules=list(lora_cfg.target_modules),
     )
     try:
-        with torch.random.fork_rng(devices=[]):
+        with torch.random.fork_rng(devices=[]), quiet_peft():
             torch.manual_seed(seed)
             return get_peft_model(model, peft_config)
     except ValueError as err:
@@ -116,4 +130,5 @@ def read_meta(adapter_dir: str | Path, vlm_cfg: VLMConfig, lora_cfg: LoraConfig)
 
 def load_lora(model: PreTrainedModel, adapter_dir: str | Path, trainable: bool = True) -> PeftModel:
     """Attach a saved PEFT adapter to `model`."""
-    return PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=trainable)
+    with quiet_peft():
+        return PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=trainable)
