@@ -10,14 +10,16 @@
 Lavender step: forward with attention capture + words + Aligner + loss, backward, AdamW step.
 Plain step: the same model with SDPA everywhere (capture off), HF's LM loss, backward, AdamW
 step. Steps alternate (one Lavender, one plain) so machine noise hits both alike; the medians
-are reported with their ratio (goal: <= 1.3x), and the Aligner's share of the difference (its
-forward + backward alone on the step's word maps). The Aligner and the capture cost the same
-whatever the size of the language model (they scale with words x layers x heads x s^2), so the
-ratio falls as the model grows: `--text-widths` widens the tiny language models (hidden size,
-MLP; same layers, heads and maps) to show that trend on a CPU. The real-size model is built from the published
-Llama-3.2-11B-Vision hyper-parameters with random weights (nothing is downloaded); its text
-comes from the tiny Mllama tokenizer (ids < 400 are valid ids of the 128k vocabulary) and words
-come from the labels (`loss.word_source=label`): random weights predict no real words.
+are reported with their ratio (goal: <= 1.3x), the Aligner's share of the difference (its
+forward + backward alone on the step's word maps) and the captured probabilities kept for
+backward (answer rows; "all rows" is what capturing every row would keep). The Aligner costs
+the same whatever the size of the language model (it scales with words x layers x heads x s^2),
+so the ratio falls as the model grows: `--text-widths` widens the tiny language models (hidden
+size, MLP; same layers, heads and maps) to show that trend on a CPU. The real-size model is
+built from the published Llama-3.2-11B-Vision hyper-parameters with random weights (nothing is
+downloaded); its text comes from the tiny Mllama tokenizer (ids < 400 are valid ids of the 128k
+vocabulary) and words come from the labels (`loss.word_source=label`): random weights predict
+no real words.
 """
 
 from __future__ import annotations
@@ -139,15 +141,18 @@ def compare(
         times["plain"].append(timed(plain, device))
     result = {name: statistics.median(values) for name, values in times.items()}
     result["ratio"] = result["lavender"] / result["plain"]
-    result["aligner"] = aligner_time(module, batch, steps, device)
+    result.update(overheads(module, batch, steps, device))
     result["matched_words"] = statistics.mean(matched)
     for name, peak in peaks.items():
         result[f"peak_gib_{name}"] = peak
     return result
 
 
-def aligner_time(module: LavenderModule, batch: TrainBatch, steps: int, device) -> float:
-    """Median seconds of the Aligner's forward + backward alone on the step's word maps."""
+def overheads(
+    module: LavenderModule, batch: TrainBatch, steps: int, device: torch.device
+) -> dict[str, float]:
+    """Median seconds of the Aligner's forward + backward alone on the step's word maps; MiB of
+    captured probabilities (answer rows) and what every row would take."""
     with torch.no_grad():
         outputs = module.adapter.forward(batch.inputs, module.map_size)
         matched = select_words(
@@ -159,14 +164,18 @@ def aligner_time(module: LavenderModule, batch: TrainBatch, steps: int, device) 
             [outputs.captured.word_maps(i, [w.rows for w in words]) for i, words in
              enumerate(matched)]
         )  # fmt: skip
+    captured = outputs.captured
+    mib = sum(p.numel() * p.element_size() for p in captured.probs) / 2**20
+    sizes = {"captured_mib": mib, "all_rows_mib": mib * captured.length / len(captured.rows)}
     if len(maps) == 0:
-        return 0.0
+        return {"aligner": 0.0, **sizes}
     maps.requires_grad_(True)
 
     def step() -> None:
         module.aligner(maps).square().mean().backward()
 
-    return statistics.median(timed(step, device) for _ in range(max(steps, 1)))
+    seconds = statistics.median(timed(step, device) for _ in range(max(steps, 1)))
+    return {"aligner": seconds, **sizes}
 
 
 def report(label: str, result: dict[str, float]) -> None:
@@ -174,7 +183,9 @@ def report(label: str, result: dict[str, float]) -> None:
     line = (
         f"{label:<38} lavender {1e3 * result['lavender']:9.1f} ms   "
         f"plain {1e3 * result['plain']:9.1f} ms   ratio {result['ratio']:.2f}x ({verdict})   "
-        f"words/batch {result['matched_words']:.1f}   Aligner fwd+bwd {1e3 * result['aligner']:.1f} ms"
+        f"words/batch {result['matched_words']:.1f}   "
+        f"Aligner fwd+bwd {1e3 * result['aligner']:.1f} ms"
+        f"   probs kept {result['captured_mib']:.2f} MiB (all rows {result['all_rows_mib']:.2f})"
     )
     if "peak_gib_lavender" in result:
         line += (

@@ -63,11 +63,41 @@ def test_watched_module_matches_sdpa_and_records_probabilities(mask_kind):
         assert (probs[1, :, :, 3:] == 0).all()
 
 
+@pytest.mark.parametrize("mask_kind", ["none", "bool", "float"])
+def test_recording_chosen_rows_gives_those_rows_of_the_probabilities(mask_kind):
+    """Training records the answer rows only; they equal the same rows of every-row probabilities,
+    the output is SDPA's either way, and outside a session nothing is recorded."""
+    query, key, value = qkv(q=6, k=6)
+    mask = None
+    if mask_kind != "none":
+        allowed = torch.ones(6, 6, dtype=torch.bool).tril().expand(2, 1, 6, 6).clone()
+        allowed[0, :, :, 4:] = False  # padding keys of sample 0
+        additive = additive_mask(allowed, 6, 6, False, torch.float32)
+        mask = allowed if mask_kind == "bool" else additive
+    module, recorder = Attention(4, 2), AttentionRecorder()
+    recorder.watch(module, 0)
+    with recorder.recording() as every:
+        output_all, _ = capture_attention_forward(module, query, key, value, mask)
+    rows = torch.tensor([1, 3, 5])
+    with recorder.recording(rows) as chosen:
+        output_rows, probs = capture_attention_forward(module, query, key, value, mask)
+    assert probs.shape == (2, 4, 3, 6) and chosen[0] is probs
+    torch.testing.assert_close(probs, every[0][:, :, rows])
+    torch.testing.assert_close(output_rows, output_all, rtol=0, atol=0)
+    with torch.no_grad():  # a plain call (generation, evaluation): SDPA only
+        assert capture_attention_forward(module, query, key, value, mask)[1] is None
+    # with gradients (an activation-checkpoint recompute): the last session's rows, not recorded
+    _, again = capture_attention_forward(module, query, key, value, mask)
+    torch.testing.assert_close(again, probs)
+    assert list(chosen) == [0]
+
+
 def test_non_causal_module_without_mask_attends_everywhere():
     query, key, value = qkv(q=3, k=6)
-    module = Attention(4, 2, is_causal=False)
-    AttentionRecorder().watch(module, 0)
-    output, probs = capture_attention_forward(module, query, key, value, None)
+    module, recorder = Attention(4, 2, is_causal=False), AttentionRecorder()
+    recorder.watch(module, 0)
+    with recorder.recording():
+        output, probs = capture_attention_forward(module, query, key, value, None)
     expected, _ = sdpa_attention_forward(Attention(4, 2, False), query, key, value, None)
     torch.testing.assert_close(output, expected, rtol=1e-5, atol=1e-6)
     assert (probs > 0).all()
@@ -96,6 +126,8 @@ def test_additive_mask_forms():
     allowed = torch.tensor([[True, False]])
     converted = additive_mask(allowed, 1, 2, True, torch.float32)
     assert torch.equal(converted, torch.tensor([[0.0, floor]]))
+    rows = additive_mask(None, 3, 3, True, torch.float32, rows=torch.tensor([0, 2]))
+    assert torch.equal(rows, torch.tensor([[0.0, floor, floor], [0.0, 0.0, 0.0]]))
 
 
 # ----------------------------------------------------------------------------- chat helpers

@@ -83,12 +83,17 @@ def test_capture_leaves_logits_unchanged(family):
     plain, _ = build_tiny(f"tiny/{family}", seed=0)  # same weights, stock SDPA attention
     with torch.no_grad():
         captured = adapter.forward(inputs)
+        every_row = adapter.forward(inputs, rows="all")
         reference = plain(**inputs)
-    assert captured.attention.shape == (
-        2, adapter.num_layers, adapter.num_heads, inputs["input_ids"].shape[1], MAP_SIZE, MAP_SIZE
-    )  # fmt: skip
-    torch.testing.assert_close(captured.logits, reference.logits, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(captured.lm_loss, reference.loss, rtol=1e-5, atol=1e-5)
+    answer = (inputs["labels"][:, 1:] != IGNORE_INDEX).any(dim=0).nonzero().flatten().tolist()
+    assert captured.captured.rows == answer and 0 < len(answer) < inputs["labels"].shape[1]
+    shape = (2, adapter.num_layers, adapter.num_heads, len(answer), MAP_SIZE, MAP_SIZE)
+    assert captured.attention.shape == shape
+    assert every_row.attention.shape[3] == inputs["input_ids"].shape[1]
+    torch.testing.assert_close(captured.attention, every_row.attention[:, :, :, answer])
+    for out in (captured, every_row):  # the layers' outputs are SDPA's whatever is recorded
+        torch.testing.assert_close(out.logits, reference.logits, rtol=0, atol=0)
+        torch.testing.assert_close(out.lm_loss, reference.loss, rtol=0, atol=0)
 
 
 def test_only_captured_layers_leave_sdpa(family):
@@ -125,10 +130,11 @@ def test_word_maps_equal_the_mean_of_the_laid_out_rows(family):
     every row and averaging them, and its gradient reaches the captured layers' LoRA."""
     adapter = make_adapter(family)
     inputs = adapter.build_inputs(images(), CONVERSATIONS)
-    out = adapter.forward(inputs)
-    every_row = out.attention.detach()  # [b, L, H, T, s, s]
-    length = inputs["input_ids"].shape[1]
-    words = [[3], [length - 4, length - 2, length - 2], [1, length - 1]]  # a repeated row counts twice
+    with torch.no_grad():
+        every_row = adapter.forward(inputs, rows="all").attention  # [b, L, H, T, s, s]
+    out = adapter.forward(inputs)  # answer rows only
+    rows, length = out.captured.rows, inputs["input_ids"].shape[1]
+    words = [[rows[0]], [rows[-1], rows[1], rows[1]], [rows[2], rows[-2]]]  # a repeat counts twice
     pooled = out.captured.word_maps(1, words)  # [n, L, H, s, s]
     assert pooled.shape == (3, adapter.num_layers, adapter.num_heads, MAP_SIZE, MAP_SIZE)
     for word, maps in zip(words, pooled):
@@ -141,7 +147,11 @@ def test_word_maps_equal_the_mean_of_the_laid_out_rows(family):
     with pytest.raises(ValueError, match=rf"positions in 0..{length - 1}"):
         out.captured.word_maps(0, [[length]])
     with pytest.raises(ValueError, match="non-empty groups"):
-        out.captured.word_maps(0, [[1], []])
+        out.captured.word_maps(0, [[rows[0]], []])
+    with pytest.raises(ValueError, match=r"rows \[0\] were not captured"):
+        out.captured.word_maps(0, [[0]])  # row 0 predicts a prompt token
+    with pytest.raises(ValueError, match="rows='some' is not one of"):
+        adapter.forward(inputs, rows="some")  # type: ignore[arg-type]
 
 
 def test_selected_layer_only_and_checkpointing_records_once(family):
@@ -173,8 +183,8 @@ def test_second_forward_returns_only_its_own_maps(family):
     both = adapter.build_inputs(images(), CONVERSATIONS)
     single = adapter.build_inputs(images()[1:], CONVERSATIONS[1:])
     with torch.no_grad():
-        first = adapter.forward(both)
-        second = adapter.forward(single)
+        first = adapter.forward(both, rows="all")
+        second = adapter.forward(single, rows="all")
     assert first.attention.shape[0] == 2 and second.attention.shape[0] == 1
     row = single["input_ids"].shape[1]
     alone, batched = second.attention[0, ..., :row, :, :], first.attention[1, ..., :row, :, :]

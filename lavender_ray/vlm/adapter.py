@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import io
 from abc import ABC, abstractmethod
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import torch
 from PIL import Image
@@ -48,6 +48,12 @@ def select_layers(requested: list[int] | None, available: list[int]) -> list[int
     if len(set(requested)) != len(requested):
         raise ValueError(f"vlm.attention_layers={requested} names a layer twice")
     return list(requested)
+
+
+def answer_rows(labels: torch.Tensor) -> torch.Tensor:
+    """Query rows that predict an answer token in any sample: `t - 1` for every position `t`
+    with `labels[:, t] != -100` (HF labels are unshifted). labels `[b, T]` -> sorted `[R]`."""
+    return (labels[:, 1:] != IGNORE_INDEX).any(dim=0).nonzero().flatten()
 
 
 def to_pil(image: ImageInput) -> Image.Image:
@@ -196,12 +202,19 @@ class CapturingAdapter(ABC):
 
     # ------------------------------------------------------------------ forward
     def forward(
-        self, inputs: dict[str, torch.Tensor], map_size: int | None = None
+        self,
+        inputs: dict[str, torch.Tensor],
+        map_size: int | None = None,
+        rows: Literal["answer", "all"] = "answer",
     ) -> VLMForwardOutput:
         if "labels" not in inputs:
             raise ValueError("forward needs 'labels' in the inputs (build them with build_inputs)")
+        if rows not in ("answer", "all"):
+            raise ValueError(f"rows={rows!r} is not one of 'answer', 'all'")
         size = map_size or self.map_size
-        with self.recorder.recording() as records:
+        length = inputs["input_ids"].shape[1]
+        positions = answer_rows(inputs["labels"]) if rows == "answer" else None
+        with self.recorder.recording(positions) as records:
             output = self.model(**inputs, use_cache=False)
         missing = [layer for layer in self.layers if layer not in records]
         if missing:
@@ -213,6 +226,8 @@ class CapturingAdapter(ABC):
             [records[layer] for layer in self.layers],
             lambda probs, sample: self.sample_maps(probs, inputs, sample, size),
             size,
+            length,
+            None if positions is None else positions.tolist(),
         )
         return VLMForwardOutput(logits=output.logits, lm_loss=output.loss, captured=captured)
 

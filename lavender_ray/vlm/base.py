@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, runtime_checkable
 
 import torch
 from PIL import Image
@@ -26,13 +26,13 @@ ImageInput = Image.Image | bytes
 class CapturedAttention:
     """The text->image attention probabilities captured in one forward, laid out on demand.
 
-    `probs` holds one `[b, H, T, K]` tensor per captured layer (K = the layer's image keys);
-    `layout(probs_i [H, q, K], i) -> [H, q, s, s]` puts sample i's image keys on its 2-D grid
-    and resizes to s x s (the family adapter's `sample_maps`). Laying out is linear in the
-    probabilities (a re-indexing of keys, then a bilinear resize), so a word's map, the mean of
-    its rows' maps, is the layout of the mean of its rows: `word_maps` pools the rows first and
-    lays out one row per word, not one per token. `maps()` lays out every row (probes, tests):
-    `b*L*H*T*s*s` floats, about 1 GiB for Llama-3.2-11B-Vision at T=1024.
+    `probs` holds one `[b, H, R, K]` tensor per captured layer: the captured query rows (`rows`,
+    sorted positions < T; None = all T rows) over the layer's K image keys. `layout(probs_i
+    [H, q, K], i) -> [H, q, s, s]` puts sample i's image keys on its 2-D grid and resizes to
+    s x s (the family adapter's `sample_maps`). Laying out is linear in the probabilities (a
+    re-indexing of keys, then a bilinear resize), so a word's map, the mean of its rows' maps, is
+    the layout of the mean of its rows: `word_maps` pools the rows first and lays out one row per
+    word, not one per token. `maps()` lays out every captured row (probes, tests).
     """
 
     def __init__(
@@ -40,19 +40,26 @@ class CapturedAttention:
         probs: list[torch.Tensor],
         layout: Callable[[torch.Tensor, int], torch.Tensor],
         size: int,
+        length: int,
+        rows: Sequence[int] | None = None,
     ) -> None:
         if not probs:
             raise ValueError("no captured attention layer")
         self.probs = probs
         self.layout = layout
         self.size = size
+        self.length = length  # T: positions of the sequence
+        self.rows = list(range(length)) if rows is None else [int(r) for r in rows]
         self.num_layers = len(probs)
-        self.batch_size, self.num_heads, self.length, _ = probs[0].shape
+        self.batch_size, self.num_heads, captured, _ = probs[0].shape
+        if captured != len(self.rows):
+            raise ValueError(f"{captured} captured rows for {len(self.rows)} row positions")
+        self._column = {row: c for c, row in enumerate(self.rows)}
 
     def word_maps(self, sample: int, words: Sequence[Sequence[int]]) -> torch.Tensor:
         """Maps of the words of `sample`, each the mean over its query rows (sub-tokens, repeats).
 
-        words: one group of row indices (< T) per word -> `[n, L, H, s, s]` float32,
+        words: one group of row positions (< T, captured) per word -> `[n, L, H, s, s]` float32,
         differentiable with respect to the captured probabilities.
         """
         shape = (len(words), self.num_layers, self.num_heads, self.size, self.size)
@@ -60,31 +67,37 @@ class CapturedAttention:
         if not words:
             return torch.zeros(shape, device=device)
         rows = sorted({row for word in words for row in word})
-        bad = [row for row in rows if not 0 <= row < self.length]
-        if bad or any(not word for word in words):
+        if any(not word for word in words) or not all(0 <= row < self.length for row in rows):
             raise ValueError(
                 f"word rows must be non-empty groups of positions in 0..{self.length - 1}, "
                 f"got {[list(word) for word in words]}"
             )
+        missing = [row for row in rows if row not in self._column]
+        if missing:
+            raise ValueError(
+                f"rows {missing} were not captured (captured: {self.rows}); the forward records "
+                "the rows that predict answer tokens unless asked for all rows"
+            )
         column = {row: c for c, row in enumerate(rows)}
-        weights = torch.zeros(len(words), len(rows))  # [n, R]: 1/len(word) on the word's rows
+        weights = torch.zeros(len(words), len(rows))  # [n, R']: 1/len(word) on the word's rows
         for i, word in enumerate(words):
             for row in word:
                 weights[i, column[row]] += 1.0 / len(word)
         weights = weights.to(device)
-        index = torch.tensor(rows, dtype=torch.long, device=device)
+        index = torch.tensor([self._column[row] for row in rows], dtype=torch.long, device=device)
         per_layer = []
         for probs in self.probs:
-            picked = probs[sample].index_select(1, index).float()  # [H, T, K] -> [H, R, K]
-            pooled = torch.einsum("nr,hrk->hnk", weights, picked)  # [H, R, K] -> [H, n, K]
+            picked = probs[sample].index_select(1, index).float()  # [H, R, K] -> [H, R', K]
+            pooled = torch.einsum("nr,hrk->hnk", weights, picked)  # [H, R', K] -> [H, n, K]
             per_layer.append(self.layout(pooled, sample))  # [H, n, K] -> [H, n, s, s]
         return torch.stack(per_layer).permute(2, 0, 1, 3, 4)  # [L, H, n, s, s] -> [n, L, H, s, s]
 
     def maps(self) -> torch.Tensor:
-        """Every query row laid out: `[b, L, H, T, s, s]` in the probabilities' dtype."""
+        """Every captured row laid out: `[b, L, H, R, s, s]` in the probabilities' dtype (row r
+        is position `rows[r]`)."""
         return torch.stack(
             [
-                torch.stack([self.layout(probs[i], i) for probs in self.probs])  # [L, H, T, s, s]
+                torch.stack([self.layout(probs[i], i) for probs in self.probs])  # [L, H, R, s, s]
                 for i in range(self.batch_size)
             ]
         )
@@ -98,9 +111,10 @@ class VLMForwardOutput:
 
     @property
     def attention(self) -> torch.Tensor:
-        """[b, L, H, T, s, s]: row t = attention of query position t over the image, laid out on
-        the image's 2-D grid, resized to s x s. Lays out every row; training uses
-        `captured.word_maps`, which lays out one row per word."""
+        """[b, L, H, R, s, s]: row r = attention of query position `captured.rows[r]` over the
+        image, laid out on the image's 2-D grid, resized to s x s (all T positions after
+        `forward(..., rows="all")`). Training uses `captured.word_maps`, which lays out one
+        row per word."""
         return self.captured.maps()
 
 
@@ -123,10 +137,15 @@ class VLMAdapter(Protocol):
         ...
 
     def forward(
-        self, inputs: dict[str, torch.Tensor], map_size: int | None = None
+        self,
+        inputs: dict[str, torch.Tensor],
+        map_size: int | None = None,
+        rows: Literal["answer", "all"] = "answer",
     ) -> VLMForwardOutput:
-        """One forward pass returning logits, the LM loss and the captured attention maps.
+        """One forward pass returning logits, the LM loss and the captured attention.
 
-        The maps are returned, not stored: nothing survives between calls, and gradients flow
-        from `attention` back into the captured layers' query/key projections."""
+        `rows="answer"` records the query rows that predict a label token in any sample of the
+        batch (the only rows words come from); `"all"` records every row. The probabilities are
+        returned, not stored: nothing survives between calls, and gradients flow from them back
+        into the captured layers' query/key projections."""
         ...

@@ -2,8 +2,9 @@
 
 Only the cross-attention layers of the text model attend to the image; their keys are the vision
 tokens, one block per tile (CLS + p*p patches), up to `max_num_tiles` tiles. Layers named in
-`vlm.attention_layers` (default: all of `text_config.cross_attention_layers`) compute eager
-probabilities; every other attention layer stays on SDPA. Geometry (METHOD.md section 3): drop
+`vlm.attention_layers` (default: all of `text_config.cross_attention_layers`) also compute eager
+probabilities (softmax(Q K^T), the answer rows, beside their SDPA output; `capture.py`); every
+other attention layer runs SDPA alone. Geometry (METHOD.md section 3): drop
 each tile's CLS, put each tile's p x p patches on its place on the canvas given by the image's
 aspect-ratio id, resize the canvas to s x s. p = vision image_size / patch_size, from the config.
 
