@@ -47,7 +47,14 @@ def test_cache_mode_writes_through_then_reuses_without_sd_work(cached):
     assert sorted(r["id"] for r in first) == sorted(r["id"] for r in records)
     shards = shard_files(tmp / "cache")
     assert shards, "the first run wrote its targets through to the cache"
-    second = build_train_dataset(cfg, str(tmp / "rejects2")).take_all()
+    # every readable record is cached: no SD actor pool, and the unreadable one is still counted
+    unreadable = dict(records[0], id="unreadable", messages="not json")
+    cfg = config(tmp, records + [unreadable], **{"pipeline.mode": "cache",
+                                                  "pipeline.cache_path": str(tmp / "cache")})
+    dataset = build_train_dataset(cfg, str(tmp / "rejects2"))
+    assert "SDTargetStage" not in repr(dataset)
+    assert count_rejects(str(tmp / "rejects2")) == {"read/bad_messages": 1}
+    second = dataset.take_all()
     assert shard_files(tmp / "cache") == shards  # no new shard: no record went through SD
     assert sorted(r["id"] for r in second) == sorted(r["id"] for r in records)
     by_id = {r["id"]: r for r in first}
@@ -59,7 +66,9 @@ def test_cache_mode_writes_through_then_reuses_without_sd_work(cached):
     extra[0]["id"] = "new-record"
     cfg2 = config(tmp, records + extra, **{"pipeline.mode": "cache",
                                             "pipeline.cache_path": str(tmp / "cache")})
-    third = build_train_dataset(cfg2, str(tmp / "rejects3")).take_all()
+    dataset = build_train_dataset(cfg2, str(tmp / "rejects3"))
+    assert "SDTargetStage" in repr(dataset)
+    third = dataset.take_all()
     assert len(third) == 11
     new_shards = sorted(set(shard_files(tmp / "cache")) - set(shards))
     assert len(new_shards) == 1 and pq.read_table(new_shards[0]).num_rows == 1

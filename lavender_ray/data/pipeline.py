@@ -8,7 +8,7 @@ with targets, ready for `iter_torch_batches` in each train worker.
 - ``cache``: like stream, but targets already in the cache (`pipeline.cache_path`, keyed by
   record id + image hash + SD config hash) are read back instead of recomputed, and new targets
   are written through to it. The sources are read twice: once for the keys (no SD), once to
-  stream.
+  stream. When every record is cached, no SD actor pool starts.
 - ``precomputed``: targets come from `pipeline.precomputed_path`: Parquet with the target
   columns (a cache root, a folder of shards or one file), joined to the records by id, or the
   authors' layout (`pipeline.precomputed_format=authors`:
@@ -99,20 +99,24 @@ def cached_dataset(cfg: LavenderConfig, rejects_dir: str):
     root = absolute(cfg.pipeline.cache_path)
     out_dir = targets_dir(root, sd_config_hash(cfg.sd, stage_device(cfg)))
     cached = cached_keys(root, out_dir.rsplit("/", 1)[-1])
-    hits = frozenset(_record_keys(cfg) & cached) if cached else frozenset()
+    keys = _record_keys(cfg) if cached else set()
+    hits = frozenset(keys & cached)
     fresh = read_sources(cfg, rejects_dir).map_batches(
         key_and_skip_cached, fn_kwargs={"cached": hits}, batch_format="pyarrow"
     )
+    reused = ray.data.read_parquet(out_dir).map_batches(
+        _keep_keys, fn_kwargs={"keys": hits}, batch_format="pyarrow"
+    ) if hits else None
+    if reused is not None and len(hits) == len(keys):
+        # every record's targets are cached: no SD actor pool (no GPU reserved for it); one
+        # pass over the sources writes this run's read rejects (all its rows are cache hits)
+        fresh.materialize()
+        return reused
     fresh = add_sd_targets(fresh, cfg, rejects_dir).map_batches(
         WriteThrough, fn_constructor_kwargs={"out_dir": out_dir}, batch_format="pyarrow",
         compute=ray.data.ActorPoolStrategy(size=1), num_cpus=0.1,
     )
-    if not hits:
-        return fresh
-    reused = ray.data.read_parquet(out_dir).map_batches(
-        _keep_keys, fn_kwargs={"keys": hits}, batch_format="pyarrow"
-    )
-    return reused.union(fresh)
+    return fresh if reused is None else reused.union(fresh)
 
 
 # -------------------------------------------------------------------------------- precomputed
