@@ -307,9 +307,14 @@ def bench_config(preset: str, overrides: list[str], family: str | None) -> Laven
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--preset", default="demo")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--preset", default="demo", help="config preset (default: demo)")
+    parser.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        help="config override, repeatable (e.g. aligner.hidden_dim=32)",
+    )  # fmt: skip
     parser.add_argument("--families", default=",".join(FAMILIES), help="tiny families to run")
     parser.add_argument(
         "--text-widths",
@@ -317,7 +322,7 @@ def main(argv: list[str] | None = None) -> int:
         help=f"language-model hidden sizes to run each family at (tiny: {TEXT_HIDDEN})",
     )
     parser.add_argument("--steps", type=int, default=20, help="timed steps of each kind")
-    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--warmup", type=int, default=3, help="untimed steps of each kind first")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument("--real-size", action="store_true", help="Llama-3.2-11B-Vision, one GPU")
     parser.add_argument(
