@@ -19,12 +19,13 @@ import math
 import os
 import tempfile
 import time
+import warnings
 from collections import defaultdict
-from functools import partial
 from typing import Any
 
-import numpy as np
+import pyarrow as pa
 import torch
+from ray.data.collate_fn import ArrowBatchCollateFn
 
 from lavender_ray.config import LavenderConfig
 from lavender_ray.train.export import export_trained
@@ -51,12 +52,16 @@ class InjectedFault(RuntimeError):
     """Raised once by `train.fail_at_step` to test recovery from worker failures."""
 
 
-def collate_numpy(batch: dict[str, np.ndarray], adapter: Any, map_size: int) -> TrainBatch:
-    """`iter_torch_batches` collate_fn: a dict of column arrays -> `TrainBatch`."""
-    columns = list(batch)
-    n = len(batch[columns[0]])
-    records = [{c: batch[c][i] for c in columns} for i in range(n)]
-    return collate_records(records, adapter, map_size)
+class CollateRecords(ArrowBatchCollateFn):
+    """`iter_torch_batches` collate_fn: an Arrow batch of records with targets -> `TrainBatch`
+    (images decoded, chat-templated and padded by the adapter; moved to the device by the loop)."""
+
+    def __init__(self, adapter: Any, map_size: int) -> None:
+        self.adapter = adapter
+        self.map_size = map_size
+
+    def __call__(self, batch: pa.Table) -> TrainBatch:
+        return collate_records(batch.to_pylist(), self.adapter, self.map_size)
 
 
 def cast_inputs(batch: TrainBatch, device: torch.device, dtype: torch.dtype) -> TrainBatch:
@@ -118,6 +123,10 @@ def train_fn_per_worker(config: dict[str, Any]) -> None:
     import deepspeed
     import ray.train
 
+    # DeepSpeed's ZeRO calls torch's deprecated all_gather_into_tensor on every step
+    warnings.filterwarnings(
+        "ignore", message="`torch.distributed.all_gather_into_tensor` is deprecated"
+    )
     cfg = LavenderConfig.from_dict(config)
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
@@ -158,7 +167,7 @@ def train_fn_per_worker(config: dict[str, Any]) -> None:
             log.info("resumed from %s at step %d", checkpoint.path, step)
 
     shard = ray.train.get_dataset_shard("train")
-    collate = partial(collate_numpy, adapter=adapter, map_size=cfg.sd.output_size)
+    collate = CollateRecords(adapter, cfg.sd.output_size)
     meter = MetricMeter()
     accum = cfg.train.grad_accum_steps
     micro, wait_s, t_last = 0, 0.0, time.perf_counter()
