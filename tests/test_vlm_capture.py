@@ -76,6 +76,7 @@ def test_recording_chosen_rows_gives_those_rows_of_the_probabilities(mask_kind):
         mask = allowed if mask_kind == "bool" else additive
     module, recorder = Attention(4, 2), AttentionRecorder()
     recorder.watch(module, 0)
+    assert capture_attention_forward(module, query, key, value, mask)[1] is None  # no session yet
     with recorder.recording() as every:
         output_all, _ = capture_attention_forward(module, query, key, value, mask)
     rows = torch.tensor([1, 3, 5])
@@ -90,6 +91,9 @@ def test_recording_chosen_rows_gives_those_rows_of_the_probabilities(mask_kind):
     _, again = capture_attention_forward(module, query, key, value, mask)
     torch.testing.assert_close(again, probs)
     assert list(chosen) == [0]
+    with recorder.recording(rows[:0]):  # a batch without answer rows: nothing, consistently
+        assert capture_attention_forward(module, query, key, value, mask)[1].shape[2] == 0
+    assert capture_attention_forward(module, query, key, value, mask)[1].shape[2] == 0
 
 
 def test_non_causal_module_without_mask_attends_everywhere():

@@ -47,6 +47,7 @@ class AttentionRecorder:
     def __init__(self) -> None:
         self._records: dict[int, torch.Tensor] | None = None
         self.rows: torch.Tensor | None = None  # rows of the open (or, after it, the last) session
+        self.sessions = 0  # sessions opened so far
 
     def watch(self, module: nn.Module, slot: int) -> None:
         """Make `module` (an attention module of a CAPTURE_ATTENTION model) record under `slot`."""
@@ -62,6 +63,7 @@ class AttentionRecorder:
             raise RuntimeError("AttentionRecorder.recording() is already open (nested forward?)")
         records: dict[int, torch.Tensor] = {}
         self._records, self.rows = records, rows
+        self.sessions += 1
         try:
             yield records
         finally:
@@ -70,6 +72,14 @@ class AttentionRecorder:
     @property
     def active(self) -> bool:
         return self._records is not None
+
+    def replays(self, q_len: int) -> bool:
+        """Outside a session: should a watched layer of `q_len` queries recompute the last
+        session's probabilities? Yes when gradients are on (an activation-checkpoint recompute
+        must save what the recorded forward saved) and that session's rows fit the layer."""
+        if self.active or self.sessions == 0 or not torch.is_grad_enabled():
+            return False
+        return self.rows is None or self.rows.numel() == 0 or int(self.rows[-1]) < q_len
 
     def record(self, slot: int, probs: torch.Tensor) -> None:
         if self._records is None:
@@ -136,13 +146,9 @@ def capture_attention_forward(
     recorder: AttentionRecorder | None = getattr(module, _RECORDER_ATTR, None)
     if recorder is None:
         return output, None
-    rows = recorder.rows
-    if not recorder.active:
-        fits = rows is None or (len(rows) > 0 and int(rows[-1]) < query.shape[2])
-        if not (torch.is_grad_enabled() and fits):
-            return output, None  # a plain call: SDPA only
-        # else: an activation-checkpoint recompute (or a training call outside a session): the
-        # probabilities are computed again, as the recorded forward did, and not recorded
+    if not (recorder.active or recorder.replays(query.shape[2])):
+        return output, None  # a plain call (generation, evaluation): SDPA only
+    rows = recorder.rows  # outside a session (a recompute): as the recorded forward, not recorded
     picked = query if rows is None else query.index_select(2, rows.to(query.device))  # [b,H,R,d]
     key = key.repeat_interleave(query.shape[1] // key.shape[1], dim=1)  # [b, Hkv, k, d] -> H
     scale = scaling if scaling is not None else query.shape[-1] ** -0.5
