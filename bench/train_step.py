@@ -47,13 +47,13 @@ from lavender_ray.train.local import (  # noqa: E402
     TrainBatch,
     build_optimizer,
     collate_records,
+    matched_maps,
     optimizer_step,
 )
 from lavender_ray.vlm import VLMAdapter  # noqa: E402
 from lavender_ray.vlm.lora import apply_finetuning  # noqa: E402
 from lavender_ray.vlm.registry import adapter_class  # noqa: E402
 from lavender_ray.vlm.tiny import TEXT_HIDDEN, build_tiny  # noqa: E402
-from lavender_ray.words import select_words  # noqa: E402
 
 GOAL_RATIO = 1.3
 FAMILIES = ("mllama", "llava", "qwen2_vl")
@@ -155,15 +155,7 @@ def overheads(
     captured probabilities (answer rows) and what every row would take."""
     with torch.no_grad():
         outputs = module.adapter.forward(batch.inputs, module.map_size)
-        matched = select_words(
-            batch.inputs["labels"], outputs.logits, batch.sd_words, module.adapter.tokenizer,
-            source=module.loss_cfg.word_source, matching=module.loss_cfg.matching,
-            skip_stop_words=module.loss_cfg.skip_stop_words,
-        )  # fmt: skip
-        maps = torch.cat(
-            [outputs.captured.word_maps(i, [w.rows for w in words]) for i, words in
-             enumerate(matched)]
-        )  # fmt: skip
+        maps, _ = matched_maps(outputs, batch, module.adapter.tokenizer, module.loss_cfg)
     captured = outputs.captured
     mib = sum(p.numel() * p.element_size() for p in captured.probs) / 2**20
     sizes = {"captured_mib": mib, "all_rows_mib": mib * captured.length / len(captured.rows)}

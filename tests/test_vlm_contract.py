@@ -282,7 +282,7 @@ def test_planted_attention_lands_in_its_cell(family):
         inputs = adapter.build_inputs([image], CONVERSATIONS[:1])
         probs = torch.zeros(1, adapter.num_heads, 3, key_count(adapter, inputs))  # [b, H, T, K]
         probs[..., planted_key(adapter, inputs, 0, spec)] = 1.0
-        maps = adapter.image_maps(probs, inputs, MAP_SIZE)[0, 0, 0]  # [s, s]
+        maps = adapter.sample_maps(probs[0], inputs, 0, MAP_SIZE)[0, 0]  # [s, s]
         r0, r1, c0, c1 = cell_box(row, col, grid_h, grid_w, MAP_SIZE)
         peak_r, peak_c = divmod(int(maps.argmax()), MAP_SIZE)
         assert r0 <= peak_r < r1 and c0 <= peak_c < c1, (size, spec, (peak_r, peak_c))
@@ -300,7 +300,7 @@ def test_mllama_geometry_at_llama32_tile_size():
     assert records[1].shape[-1] == 4 * (1 + 40 * 40)
     probs = torch.zeros(1, 1, 1, 4 * 1601)  # [b, H, T, K]
     probs[..., 1 * 1601 + 1 + 10 * 40 + 39] = 1.0  # tile 1 (right), patch row 10, column 39
-    maps = adapter.image_maps(probs, inputs, MAP_SIZE)[0, 0, 0]
+    maps = adapter.sample_maps(probs[0], inputs, 0, MAP_SIZE)[0, 0]
     r0, r1, c0, c1 = cell_box(10, 79, 40, 80, MAP_SIZE)
     peak_r, peak_c = divmod(int(maps.argmax()), MAP_SIZE)
     assert r0 <= peak_r < r1 and c0 <= peak_c < c1

@@ -117,29 +117,12 @@ def step_loss(
     """
     alpha = alpha_at(step, loss_cfg)
     lambda_t = lambda_at(step, total_steps, loss_cfg)
-    matched = select_words(
-        batch.inputs["labels"],
-        outputs.logits,
-        batch.sd_words,
-        tokenizer,
-        source=loss_cfg.word_source,
-        matching=loss_cfg.matching,
-        skip_stop_words=loss_cfg.skip_stop_words,
-    )
-    num_matched = sum(len(sample) for sample in matched)
+    vlm_maps, target = matched_maps(outputs, batch, tokenizer, loss_cfg)
+    num_matched = len(vlm_maps)
     if num_matched == 0:
         aligned = aligner_anchor(aligner, outputs.captured)  # [1, s, s]
         predicted = target = aligned[:0]  # no words: L_att is exactly 0
     else:
-        vlm_maps = torch.cat(
-            [
-                outputs.captured.word_maps(i, [word.rows for word in words])
-                for i, words in enumerate(matched)
-            ]
-        )  # [n, L, H, s, s]
-        target = torch.cat(
-            [batch.sd_maps[i][[w.sd_index for w in words]] for i, words in enumerate(matched)]
-        ).to(vlm_maps.device)  # [n, s, s]
         aligned = predicted = aligner(vlm_maps)  # [n, L, H, s, s] -> [n, s, s]
     att = attention_loss(predicted if lambda_t != 0 else predicted.detach(), target)
     out = lavender_loss(outputs.lm_loss, att, num_matched, alpha, lambda_t)
@@ -150,12 +133,39 @@ def step_loss(
     return out
 
 
+def matched_maps(
+    outputs: VLMForwardOutput, batch: TrainBatch, tokenizer: Any, loss_cfg: LossConfig
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The VLM maps `[n, L, H, s, s]` of the batch's words matched to SD words
+    (`loss.word_source`, `loss.matching`, `loss.skip_stop_words`) and their SD maps `[n, s, s]`
+    (n may be 0)."""
+    matched = select_words(
+        batch.inputs["labels"],
+        outputs.logits,
+        batch.sd_words,
+        tokenizer,
+        source=loss_cfg.word_source,
+        matching=loss_cfg.matching,
+        skip_stop_words=loss_cfg.skip_stop_words,
+    )
+    vlm_maps = torch.cat(
+        [
+            outputs.captured.word_maps(i, [word.rows for word in words])
+            for i, words in enumerate(matched)
+        ]
+    )  # [n, L, H, s, s]
+    target = torch.cat(
+        [batch.sd_maps[i][[w.sd_index for w in words]] for i, words in enumerate(matched)]
+    ).to(vlm_maps.device)  # [n, s, s]
+    return vlm_maps, target
+
+
 def aligner_anchor(aligner: Aligner, captured: CapturedAttention) -> torch.Tensor:
     """The Aligner on one all-zero word map (eval mode: batch-norm statistics stay untouched).
 
     captured: the forward's attention (for L, H, s and the device) -> [1, s, s]."""
-    dummy = captured.word_maps(0, [])  # [0, L, H, s, s]
-    dummy = dummy.new_zeros((1, *dummy.shape[1:]))  # [1, L, H, s, s]
+    shape = (1, captured.num_layers, captured.num_heads, captured.size, captured.size)
+    dummy = torch.zeros(shape, device=captured.probs[0].device)  # [1, L, H, s, s]
     was_training = aligner.training
     aligner.eval()
     try:

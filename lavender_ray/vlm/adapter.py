@@ -121,14 +121,6 @@ class CapturingAdapter(ABC):
         """Sample `sample`'s probabilities over its layer's keys `[H, q, K]` -> maps on its
         image `[H, q, s, s]` (q: any number of query rows, e.g. one pooled row per word)."""
 
-    def image_maps(
-        self, probs: torch.Tensor, inputs: dict[str, torch.Tensor], size: int
-    ) -> torch.Tensor:
-        """One layer's probabilities `[b, H, T, K]` -> maps on the image `[b, H, T, s, s]`."""
-        return torch.stack(
-            [self.sample_maps(probs[i], inputs, i, size) for i in range(probs.shape[0])]
-        )
-
     def processor_images(self, images: list[Image.Image]) -> list[Any]:
         """Images in the nesting the family's processor expects (one image per sample)."""
         return [[image] for image in images]
