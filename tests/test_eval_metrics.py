@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from lavender_ray.config import MetricName
+from lavender_ray.eval import answers as a
 from lavender_ray.eval import map_metrics as mm
 from lavender_ray.eval import metrics as m
 from lavender_ray.eval.metrics import Prediction
@@ -35,39 +36,39 @@ def row(prediction: str, *answers: str, **kwargs) -> Prediction:
     ],
 )
 def test_vqa_normalisation(text: str, expected: str) -> None:
-    assert m.normalize_vqa_answer(text) == expected
+    assert a.normalize_vqa_answer(text) == expected
 
 
 def test_vqa_accuracy_leave_one_out_averaging() -> None:
     # 10 humans; k humans said "red" -> official 10-choose-9 average: 0.3 k for k < 4, else 1
     for k, expected in [(0, 0.0), (1, 0.3), (2, 0.6), (3, 0.9), (4, 1.0), (10, 1.0)]:
         answers = ["red"] * k + ["blue"] * (10 - k)
-        assert m.vqa_accuracy("Red.", answers) == pytest.approx(expected)
-    assert m.vqa_accuracy("two", ["2"] * 10) == 1.0  # number words normalised on both sides
+        assert a.vqa_accuracy("Red.", answers) == pytest.approx(expected)
+    assert a.vqa_accuracy("two", ["2"] * 10) == 1.0  # number words normalised on both sides
 
 
 def test_vqa_accuracy_single_answer_is_normalised_exact_match() -> None:
-    assert m.vqa_accuracy("The dog", ["dog"]) == 1.0
-    assert m.vqa_accuracy("dogs", ["dog"]) == 0.0
+    assert a.vqa_accuracy("The dog", ["dog"]) == 1.0
+    assert a.vqa_accuracy("dogs", ["dog"]) == 0.0
     with pytest.raises(ValueError, match="at least one"):
-        m.vqa_accuracy("dog", [])
+        a.vqa_accuracy("dog", [])
 
 
 # ------------------------------------------------------------------------------------ ANLS
 def test_levenshtein() -> None:
-    assert m.levenshtein("kitten", "sitting") == 3
-    assert m.levenshtein("", "abc") == 3
-    assert m.levenshtein("abc", "abc") == 0
+    assert a.levenshtein("kitten", "sitting") == 3
+    assert a.levenshtein("", "abc") == 3
+    assert a.levenshtein("abc", "abc") == 0
 
 
 def test_anls_threshold_and_best_answer() -> None:
-    assert m.anls(" ABCD ", ["abcd"]) == 1.0  # case and surrounding spaces ignored
-    assert m.anls("abxy", ["abcd"]) == 0.5  # NL = 2/4: exactly the threshold is kept
-    assert m.anls("axyz", ["abcd"]) == 0.0  # NL = 3/4 > 0.5 -> 0
-    assert m.anls("abcx", ["zzzz", "abcd"]) == 0.75  # best answer counts
-    assert m.anls("new   york", ["New York"]) == 1.0  # whitespace runs collapsed
-    assert m.anls("", [""]) == 1.0
-    assert m.anls("", ["abc"]) == 0.0
+    assert a.anls(" ABCD ", ["abcd"]) == 1.0  # case and surrounding spaces ignored
+    assert a.anls("abxy", ["abcd"]) == 0.5  # NL = 2/4: exactly the threshold is kept
+    assert a.anls("axyz", ["abcd"]) == 0.0  # NL = 3/4 > 0.5 -> 0
+    assert a.anls("abcx", ["zzzz", "abcd"]) == 0.75  # best answer counts
+    assert a.anls("new   york", ["New York"]) == 1.0  # whitespace runs collapsed
+    assert a.anls("", [""]) == 1.0
+    assert a.anls("", ["abc"]) == 0.0
 
 
 # --------------------------------------------------------------------------- relaxed (ChartQA)
@@ -86,13 +87,13 @@ def test_anls_threshold_and_best_answer() -> None:
     ],
 )
 def test_relaxed_correct(prediction: str, target: str, expected: bool) -> None:
-    assert m.relaxed_correct(prediction, target) is expected
+    assert a.relaxed_correct(prediction, target) is expected
 
 
 def test_relaxed_accuracy_any_answer_and_exact_match() -> None:
-    assert m.relaxed_accuracy("20", ["10", "19.5"]) == 1.0
-    assert m.exact_match(" Harry Potter ", ["harry potter"]) == 1.0
-    assert m.exact_match("Harry Potter.", ["harry potter"]) == 0.0
+    assert a.relaxed_accuracy("20", ["10", "19.5"]) == 1.0
+    assert a.exact_match(" Harry Potter ", ["harry potter"]) == 1.0
+    assert a.exact_match("Harry Potter.", ["harry potter"]) == 0.0
 
 
 # ------------------------------------------------------------------------- multiple choice
@@ -117,16 +118,16 @@ def test_relaxed_accuracy_any_answer_and_exact_match() -> None:
     ],
 )
 def test_extract_choice(text: str, expected: str | None) -> None:
-    assert m.extract_choice(text, ABCD) == expected
+    assert a.extract_choice(text, ABCD) == expected
 
 
 def test_choice_correct_letter_text_and_open_rows() -> None:
-    assert m.choice_correct("The answer is B", ["B"], ABCD) == 1.0
-    assert m.choice_correct("B", ["blue"], ABCD) == 1.0  # answer given as the option's text
-    assert m.choice_correct("C", ["B"], ABCD) == 0.0
-    assert m.choice_correct("Two", ["2"], {}) == 1.0  # open MMMU row: normalised match
+    assert a.choice_correct("The answer is B", ["B"], ABCD) == 1.0
+    assert a.choice_correct("B", ["blue"], ABCD) == 1.0  # answer given as the option's text
+    assert a.choice_correct("C", ["B"], ABCD) == 0.0
+    assert a.choice_correct("Two", ["2"], {}) == 1.0  # open MMMU row: normalised match
     with pytest.raises(ValueError, match="neither an option letter"):
-        m.choice_correct("B", ["purple"], ABCD)
+        a.choice_correct("B", ["purple"], ABCD)
 
 
 def test_multiple_choice_per_category() -> None:
@@ -165,7 +166,7 @@ def test_worldmedqa_per_language() -> None:
      ("yes and no", "unknown"), ("Not at all", "unknown"), ("YES!", "yes"), ("", "unknown")],
 )
 def test_extract_yes_no(text: str, expected: str) -> None:
-    assert m.extract_yes_no(text) == expected
+    assert a.extract_yes_no(text) == expected
 
 
 def test_pope_scores() -> None:
@@ -184,7 +185,7 @@ def test_pope_scores() -> None:
     assert result.details["random/f1"] == pytest.approx(80.0)  # TP 2, FP 1, FN 0: P 2/3, R 1
     assert result.details["adversarial/f1"] == 0.0  # no TP: F1 0, not a division by zero
     with pytest.raises(ValueError, match="'yes' or 'no'"):
-        m.yes_no_correct("yes", ["maybe"])
+        a.yes_no_correct("yes", ["maybe"])
 
 
 def test_binary_scores_nothing_positive() -> None:
@@ -217,10 +218,10 @@ def test_mme_scores() -> None:
 
 # ------------------------------------------------------------------------------- OCRBench
 def test_ocrbench_hits() -> None:
-    assert m.ocrbench_hit("The text says HELLO world", ["hello"], "Regular Text Recognition") == 1
-    assert m.ocrbench_hit("hel lo", ["hello"], "Regular Text Recognition") == 0
-    assert m.ocrbench_hit("$x^2 + 1$", ["x^2+1"], m.OCRBENCH_HME) == 1  # spaces removed
-    assert m.ocrbench_hit("X^2+1", ["x^2+1"], m.OCRBENCH_HME) == 0  # case-sensitive
+    assert a.ocrbench_hit("The text says HELLO world", ["hello"], "Regular Text Recognition") == 1
+    assert a.ocrbench_hit("hel lo", ["hello"], "Regular Text Recognition") == 0
+    assert a.ocrbench_hit("$x^2 + 1$", ["x^2+1"], a.OCRBENCH_HME) == 1  # spaces removed
+    assert a.ocrbench_hit("X^2+1", ["x^2+1"], a.OCRBENCH_HME) == 0  # case-sensitive
     rows = [row("hello", "hello", category="Regular Text Recognition"),
             row("Total: 42", "42", category="Key Information Extraction"),
             row("no idea", "7", category="Doc-oriented VQA")]
