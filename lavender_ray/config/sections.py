@@ -1,30 +1,19 @@
-"""The one typed config tree of lavender_ray, its YAML presets and the dotted override syntax.
+"""The typed config tree of lavender_ray: one pydantic section per stage, `LavenderConfig` at the
+root, and the error messages that name the key, the value and what is allowed.
 
-Every entry point (CLI, `jobs/`, Ray workers, Ray Tune trials) builds a `LavenderConfig` the same
-way::
-
-    cfg = load_config("demo", ["train.max_steps=3", "loss.lambda=5"])
-
-A preset is a name from `lavender_ray/presets/` or a path to a YAML file. Overrides are
-`dotted.key=value`, the value parsed as a YAML scalar/list (`sd.attention_resolutions=[16,32]`).
-Unknown keys and bad values raise `ConfigError` naming the key, the value and what is allowed.
-A Ray worker rebuilds the config from `cfg.to_dict()` with `LavenderConfig.from_dict`.
-
-This module imports no Ray, torch, diffusers or transformers.
+Loading (presets, dotted overrides) is in `lavender_ray.config.loading`; import everything from
+`lavender_ray.config`. This module imports no Ray, torch, diffusers or transformers.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
-
-PRESET_PACKAGE = "lavender_ray.presets"
 
 
 class ConfigError(ValueError):
@@ -386,101 +375,17 @@ class LavenderConfig(Section):
         return path
 
 
-# ---------------------------------------------------------------------------- presets & overrides
-def preset_names() -> list[str]:
-    """Names of the presets shipped in `lavender_ray/presets/`."""
-    folder = resources.files(PRESET_PACKAGE)
-    return sorted(p.name[: -len(".yaml")] for p in folder.iterdir() if p.name.endswith(".yaml"))
-
-
-def read_preset(preset: str) -> dict[str, Any]:
-    """The raw dict of a shipped preset name or a YAML file path."""
-    if preset.endswith((".yaml", ".yml")) or "/" in preset:
-        path = Path(preset)
-        if not path.is_file():
-            raise ConfigError(f"preset file {preset!r} does not exist")
-        text = path.read_text()
-    else:
-        names = preset_names()
-        if preset not in names:
-            raise ConfigError(
-                f"unknown preset {preset!r}; shipped presets: {', '.join(names)} "
-                "(or give a path to a .yaml file)"
-            )
-        text = resources.files(PRESET_PACKAGE).joinpath(f"{preset}.yaml").read_text()
-    raw = yaml.safe_load(text) or {}
-    if not isinstance(raw, dict):
-        raise ConfigError(f"preset {preset!r} must be a YAML mapping, got {type(raw).__name__}")
-    return raw
-
-
-def parse_override(override: str) -> tuple[str, Any]:
-    """`'a.b=value'` -> `('a.b', parsed value)`; the value is read as YAML (`3`, `[16,32]`, `null`)."""
-    key, sep, text = override.partition("=")
-    key = key.strip()
-    if not sep or not key:
-        raise ConfigError(f"override {override!r} is not of the form section.key=value")
-    try:
-        value = yaml.safe_load(text) if text.strip() else ""
-    except yaml.YAMLError:
-        value = text
-    return key, value
-
-
-def _field_names(model: type[BaseModel]) -> list[str]:
+# -------------------------------------------------------------------------- tree walking & errors
+def field_names(model: type[BaseModel]) -> list[str]:
     return [f.alias or name for name, f in model.model_fields.items()]
 
 
-def _submodel(model: type[BaseModel], key: str) -> type[BaseModel] | None:
+def submodel(model: type[BaseModel], key: str) -> type[BaseModel] | None:
     for name, field in model.model_fields.items():
         if key in (name, field.alias):
             ann = field.annotation
             return ann if isinstance(ann, type) and issubclass(ann, BaseModel) else None
     return None
-
-
-def set_dotted(raw: dict[str, Any], dotted: str, value: Any) -> None:
-    """Set `raw[a][b] = value` for `dotted='a.b'`, checking every key against the config tree."""
-    parts = dotted.split(".")
-    model: type[BaseModel] | None = LavenderConfig
-    node = raw
-    for depth, part in enumerate(parts):
-        prefix = ".".join(parts[:depth]) or "<root>"
-        if model is None:
-            raise ConfigError(f"unknown key {dotted!r}: {prefix!r} is a value, not a section")
-        valid = _field_names(model)
-        if part not in valid:
-            raise ConfigError(
-                f"unknown key {dotted!r}: {part!r} is not in {prefix!r}; "
-                f"valid keys: {', '.join(valid)}"
-            )
-        if depth == len(parts) - 1:
-            node[part] = value
-        else:
-            child = node.get(part)
-            if not isinstance(child, dict):
-                child = {}
-                node[part] = child
-            node = child
-            model = _submodel(model, part)
-
-
-def apply_overrides(raw: dict[str, Any], overrides: list[str] | dict[str, Any]) -> dict[str, Any]:
-    """Return a copy of `raw` with dotted overrides applied (strings `'a.b=v'` or a dict)."""
-    out = json.loads(json.dumps(raw))
-    items = overrides.items() if isinstance(overrides, dict) else map(parse_override, overrides)
-    for key, value in items:
-        set_dotted(out, key, value)
-    return out
-
-
-def load_config(
-    preset: str | None = "demo", overrides: list[str] | dict[str, Any] | None = None
-) -> LavenderConfig:
-    """Preset (name or path; None = library defaults) + dotted overrides -> validated config."""
-    raw = read_preset(preset) if preset else {}
-    raw = apply_overrides(raw, overrides or [])
-    return LavenderConfig.from_dict(raw)
 
 
 def format_validation_error(err: ValidationError, root: type[BaseModel]) -> str:
@@ -490,20 +395,20 @@ def format_validation_error(err: ValidationError, root: type[BaseModel]) -> str:
         key = ".".join(str(p) for p in problem["loc"]) or "<root>"
         value = problem.get("input")
         if problem["type"] == "extra_forbidden":
-            parent = _walk(root, problem["loc"][:-1])
-            allowed = ", ".join(_field_names(parent)) if parent else "?"
+            parent = walk(root, problem["loc"][:-1])
+            allowed = ", ".join(field_names(parent)) if parent else "?"
             lines.append(f"unknown key {key!r}; valid keys here: {allowed}")
         else:
             lines.append(f"{key}={value!r}: {problem['msg']}")
     return "invalid config:\n  " + "\n  ".join(lines)
 
 
-def _walk(model: type[BaseModel], loc: tuple[Any, ...]) -> type[BaseModel] | None:
+def walk(model: type[BaseModel], loc: tuple[Any, ...]) -> type[BaseModel] | None:
     current: type[BaseModel] | None = model
     for part in loc:
         if current is None or isinstance(part, int):
             continue  # list index: stay on the element's model when it is a list of sections
-        nxt = _submodel(current, str(part))
+        nxt = submodel(current, str(part))
         if nxt is None:
             field = current.model_fields.get(str(part))
             args = getattr(field.annotation, "__args__", ()) if field else ()

@@ -1,0 +1,106 @@
+"""Building a `LavenderConfig`: a YAML preset (a shipped name or a path) + dotted overrides.
+
+    cfg = load_config("demo", ["train.max_steps=3", "loss.lambda=5"])
+
+Overrides are `dotted.key=value`, the value parsed as a YAML scalar/list
+(`sd.attention_resolutions=[16,32]`); every key is checked against the config tree.
+"""
+
+from __future__ import annotations
+
+import json
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel
+
+from lavender_ray.config.sections import ConfigError, LavenderConfig, field_names, submodel
+
+PRESET_PACKAGE = "lavender_ray.presets"
+
+
+def preset_names() -> list[str]:
+    """Names of the presets shipped in `lavender_ray/presets/`."""
+    folder = resources.files(PRESET_PACKAGE)
+    return sorted(p.name[: -len(".yaml")] for p in folder.iterdir() if p.name.endswith(".yaml"))
+
+
+def read_preset(preset: str) -> dict[str, Any]:
+    """The raw dict of a shipped preset name or a YAML file path."""
+    if preset.endswith((".yaml", ".yml")) or "/" in preset:
+        path = Path(preset)
+        if not path.is_file():
+            raise ConfigError(f"preset file {preset!r} does not exist")
+        text = path.read_text()
+    else:
+        names = preset_names()
+        if preset not in names:
+            raise ConfigError(
+                f"unknown preset {preset!r}; shipped presets: {', '.join(names)} "
+                "(or give a path to a .yaml file)"
+            )
+        text = resources.files(PRESET_PACKAGE).joinpath(f"{preset}.yaml").read_text()
+    raw = yaml.safe_load(text) or {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"preset {preset!r} must be a YAML mapping, got {type(raw).__name__}")
+    return raw
+
+
+def parse_override(override: str) -> tuple[str, Any]:
+    """`'a.b=value'` -> `('a.b', parsed value)`; the value is read as YAML (`3`, `[16,32]`,
+    `null`)."""
+    key, sep, text = override.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise ConfigError(f"override {override!r} is not of the form section.key=value")
+    try:
+        value = yaml.safe_load(text) if text.strip() else ""
+    except yaml.YAMLError:
+        value = text
+    return key, value
+
+
+def set_dotted(raw: dict[str, Any], dotted: str, value: Any) -> None:
+    """Set `raw[a][b] = value` for `dotted='a.b'`, checking every key against the config tree."""
+    parts = dotted.split(".")
+    model: type[BaseModel] | None = LavenderConfig
+    node = raw
+    for depth, part in enumerate(parts):
+        prefix = ".".join(parts[:depth]) or "<root>"
+        if model is None:
+            raise ConfigError(f"unknown key {dotted!r}: {prefix!r} is a value, not a section")
+        valid = field_names(model)
+        if part not in valid:
+            raise ConfigError(
+                f"unknown key {dotted!r}: {part!r} is not in {prefix!r}; "
+                f"valid keys: {', '.join(valid)}"
+            )
+        if depth == len(parts) - 1:
+            node[part] = value
+        else:
+            child = node.get(part)
+            if not isinstance(child, dict):
+                child = {}
+                node[part] = child
+            node = child
+            model = submodel(model, part)
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str] | dict[str, Any]) -> dict[str, Any]:
+    """Return a copy of `raw` with dotted overrides applied (strings `'a.b=v'` or a dict)."""
+    out = json.loads(json.dumps(raw))
+    items = overrides.items() if isinstance(overrides, dict) else map(parse_override, overrides)
+    for key, value in items:
+        set_dotted(out, key, value)
+    return out
+
+
+def load_config(
+    preset: str | None = "demo", overrides: list[str] | dict[str, Any] | None = None
+) -> LavenderConfig:
+    """Preset (name or path; None = library defaults) + dotted overrides -> validated config."""
+    raw = read_preset(preset) if preset else {}
+    raw = apply_overrides(raw, overrides or [])
+    return LavenderConfig.from_dict(raw)
