@@ -12,7 +12,7 @@
    Pearson correlation and top-10% IoU of the raw and the aligned VLM maps against the SD maps,
    before (base model) and after (adapter). Both use the run's trained Aligner, so the change
    between them is what training did to the VLM's attention.
-3. Report folder::
+3. Report folder (the tables: `eval.report`)::
 
        results.md, results.json      the tables (benchmarks x models, attention, rejects)
        predictions/<benchmark>.jsonl one line per row: question, answers, each model's answer
@@ -28,10 +28,9 @@ A malformed row never stops the run: the reader, the inference stage and the sco
 from __future__ import annotations
 
 import json
-import math
 import time
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +40,7 @@ from lavender_ray.eval.inference import (
     ADAPTER, BASE, ModelSpec, inference_device, trained_config,
 )
 from lavender_ray.eval.metrics import Metric, MetricResult, Prediction, metric_for, score_rows
+from lavender_ray.eval.report import format_number, markdown_report, results_dict
 from lavender_ray.schema import Reject
 
 SYNTHETIC = "synthetic"
@@ -241,90 +241,6 @@ def start_probe(cfg: LavenderConfig, trained_dir: Path) -> Any:
     return task.remote(cfg.to_dict(), str(trained_dir))
 
 
-# --------------------------------------------------------------------------------- report
-def _finite(value: Any) -> Any:
-    """NaN/inf -> None, recursively, so the JSON is standard."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_finite(v) for v in value]
-    return value
-
-
-def results_dict(
-    trained_dir: Path, run_cfg: LavenderConfig, sources: dict[str, str],
-    scored: dict[str, BenchmarkScores], agreement: dict[str, dict[str, float]],
-    probe_words: int, probe_samples: int, rejects: list[dict[str, str]],
-) -> dict[str, Any]:
-    """The JSON-ready results (see `results.json`)."""
-    return _finite({
-        "models": {BASE.name: run_cfg.vlm.model_id, ADAPTER.name: str(trained_dir)},
-        "benchmarks": {
-            name: {"metric": s.metric.name, "path": sources[name], "rows": len(s.rows),
-                   "results": {m: asdict(r) for m, r in s.results.items()} if s.rows else {}}
-            for name, s in scored.items()
-        },
-        "attention": {"probe_samples": probe_samples, "words": probe_words, "maps": agreement},
-        "rejects": rejects,
-    })  # fmt: skip
-
-
-def _number(value: float | None, unit: str = "") -> str:
-    if value is None:
-        return "n/a"
-    if unit == "hits":
-        return f"{value:.0f}"
-    return f"{value:.2f}" if abs(value) < 10 else f"{value:.1f}"
-
-
-def markdown_report(results: dict[str, Any]) -> str:
-    """The Markdown tables of `results_dict`'s output."""
-    lines = ["# Evaluation", "",
-             f"base model: `{results['models'][BASE.name]}`  ",
-             f"adapter: `{results['models'][ADAPTER.name]}`", "",
-             "## Benchmarks", "",
-             f"| benchmark | metric | rows | {BASE.name} | {ADAPTER.name} | change |",
-             "|---|---|---:|---:|---:|---:|"]  # fmt: skip
-    for name, bench in results["benchmarks"].items():
-        if not bench["results"]:
-            lines.append(f"| {name} | {bench['metric']} | 0 | n/a | n/a | no row could be scored |")
-            continue
-        base, adapter = bench["results"][BASE.name], bench["results"][ADAPTER.name]
-        unit = base["unit"]
-        change = adapter["score"] - base["score"]
-        lines.append(
-            f"| {name} | {bench['metric']} ({unit}, max {_number(base['max_score'], unit)}) "
-            f"| {bench['rows']} | {_number(base['score'], unit)} | "
-            f"{_number(adapter['score'], unit)} | {change:+.2f} |"
-        )
-    for name, bench in results["benchmarks"].items():
-        details = bench["results"][BASE.name]["details"] if bench["results"] else {}
-        if details:
-            lines += ["", f"### {name}: details", "", f"| | {BASE.name} | {ADAPTER.name} |",
-                      "|---|---:|---:|"]
-            for key in details:
-                lines.append(f"| {key} | {_number(details[key])} | "
-                             f"{_number(bench['results'][ADAPTER.name]['details'].get(key))} |")
-    attention = results["attention"]
-    lines += ["", "## Attention alignment with the SD maps", "",
-              f"{attention['probe_samples']} probe samples, {attention['words']} words; "
-              "per-word means (MSE lower is better, Pearson and IoU higher).", "",
-              "| maps | MSE | Pearson | IoU top-10% |", "|---|---:|---:|---:|"]  # fmt: skip
-    for panel, values in attention["maps"].items():
-        lines.append(f"| {panel} | {_number(values['mse'])} | {_number(values['pearson'])} | "
-                     f"{_number(values['iou_top10'])} |")
-    lines += ["", f"## Rejected rows ({len(results['rejects'])})", ""]
-    if results["rejects"]:
-        lines += ["| id | benchmark | stage | reason | detail |", "|---|---|---|---|---|"]
-        lines += [f"| {r['id']} | {r['source']} | {r['stage']} | {r['reason']} | "
-                  f"{r['detail'][:80].replace('|', '/')} |" for r in results["rejects"]]
-    else:
-        lines.append("none")
-    return "\n".join(lines) + "\n"
-
-
 # ----------------------------------------------------------------------------------- entry
 def default_out_dir(trained_dir: str | Path) -> Path:
     """`<trained dir>/eval-<timestamp>`."""
@@ -382,7 +298,8 @@ def describe(report: EvalReport) -> str:
     lines = []
     for name, bench in report.results["benchmarks"].items():
         scores = "  ".join(
-            f"{model}={_number(r['score'], r['unit'])}" for model, r in bench["results"].items()
+            f"{model}={format_number(r['score'], r['unit'])}"
+            for model, r in bench["results"].items()
         )
         lines.append(f"{name:<20} {bench['metric']} ({bench['rows']} rows): {scores}")
     lines += [
