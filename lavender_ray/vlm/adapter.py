@@ -4,6 +4,7 @@ A family subclass says where its text->image attention modules are (`attention_m
 one sample's probabilities become maps on the image grid (`sample_maps`); everything else is here:
 chat-templated inputs with assistant-only labels (`chat.py`), per-layer capture through the
 CAPTURE_ATTENTION attention function (`capture.py`), and the forward that returns the maps.
+`SelfAttentionAdapter` adds what the self-attention families (LLaVA, Qwen2-VL) share.
 
 Shapes::
 
@@ -223,6 +224,20 @@ class CapturingAdapter(ABC):
         )
         return VLMForwardOutput(logits=output.logits, lm_loss=output.loss, captured=captured)
 
+
+class SelfAttentionAdapter(CapturingAdapter):
+    """Families whose text attends to the image through decoder self-attention (LLaVA,
+    Qwen2-VL): every decoder layer's `self_attn` can be captured, images go to the processor as
+    a flat list, and an image's keys are the positions of its expanded image tokens."""
+
+    @staticmethod
+    def attention_modules(model: PreTrainedModel) -> dict[int, nn.Module]:
+        layers = model.model.language_model.layers
+        return {i: layer.self_attn for i, layer in enumerate(layers)}
+
+    def processor_images(self, images: list[Image.Image]) -> list[Any]:
+        return list(images)
+
     def image_key_positions(self, input_ids: torch.Tensor, row: int) -> torch.Tensor:
-        """Positions of the image tokens of sample `row` (self-attention families' key columns)."""
+        """Positions of the image tokens of sample `row`: the key columns of its map."""
         return (input_ids[row] == self.image_token_id).nonzero().flatten()  # [n_image_tokens]

@@ -16,14 +16,13 @@ Shapes::
 from __future__ import annotations
 
 import torch
-from torch import nn
 from transformers import LlavaForConditionalGeneration, PreTrainedModel
 
-from lavender_ray.vlm.adapter import CapturingAdapter
+from lavender_ray.vlm.adapter import SelfAttentionAdapter
 from lavender_ray.vlm.geometry import llava_grid, resize_maps, token_grid
 
 
-class LlavaAdapter(CapturingAdapter):
+class LlavaAdapter(SelfAttentionAdapter):
     family = "llava"
     model_class = LlavaForConditionalGeneration
 
@@ -32,14 +31,6 @@ class LlavaAdapter(CapturingAdapter):
         vision = model.config.vision_config
         self.vision_image_size = int(vision.image_size)
         self.vision_patch_size = int(vision.patch_size)
-
-    @staticmethod
-    def attention_modules(model: PreTrainedModel) -> dict[int, nn.Module]:
-        layers = model.model.language_model.layers
-        return {i: layer.self_attn for i, layer in enumerate(layers)}
-
-    def processor_images(self, images: list) -> list:
-        return list(images)
 
     def sample_maps(
         self, probs: torch.Tensor, inputs: dict[str, torch.Tensor], sample: int, size: int

@@ -18,7 +18,6 @@ import warnings
 from typing import Any
 
 import torch
-from torch import nn
 from transformers import (
     AutoImageProcessor,
     AutoProcessor,
@@ -29,7 +28,7 @@ from transformers import (
     Qwen2VLProcessor,
 )
 
-from lavender_ray.vlm.adapter import CapturingAdapter
+from lavender_ray.vlm.adapter import SelfAttentionAdapter
 from lavender_ray.vlm.geometry import merged_grid, resize_maps, token_grid
 
 
@@ -48,7 +47,7 @@ class Qwen2VLImageProcessorOnly(Qwen2VLProcessor):
         ProcessorMixin.__init__(self, image_processor, tokenizer, chat_template=chat_template)
 
 
-class Qwen2VLAdapter(CapturingAdapter):
+class Qwen2VLAdapter(SelfAttentionAdapter):
     family = "qwen2_vl"
     model_class = Qwen2VLForConditionalGeneration
     sequence_keys = ("input_ids", "attention_mask", "labels", "mm_token_type_ids")
@@ -74,14 +73,6 @@ class Qwen2VLAdapter(CapturingAdapter):
         return Qwen2VLImageProcessorOnly(
             image_processor, tokenizer, chat_template=tokenizer.chat_template
         )
-
-    @staticmethod
-    def attention_modules(model: PreTrainedModel) -> dict[int, nn.Module]:
-        layers = model.model.language_model.layers
-        return {i: layer.self_attn for i, layer in enumerate(layers)}
-
-    def processor_images(self, images: list) -> list:
-        return list(images)
 
     def sample_maps(
         self, probs: torch.Tensor, inputs: dict[str, torch.Tensor], sample: int, size: int
