@@ -110,11 +110,13 @@ class MetricMeter:
         return out
 
 
-def _all_reduce_sum(value: float) -> float:
-    """Sum of `value` over ranks (a plain value without a process group)."""
+def all_reduce_sum(value: float, device: torch.device) -> float:
+    """Sum of `value` over ranks (a plain value without a process group). The tensor lives on
+    the engine's `device`: with `use_gpu`, Ray Train's process group is NCCL only, which has no
+    CPU tensors."""
     if not torch.distributed.is_initialized():
         return value
-    t = torch.tensor([value], dtype=torch.float64)
+    t = torch.tensor([value], dtype=torch.float64, device=device)
     torch.distributed.all_reduce(t)
     return float(t.item())
 
@@ -194,7 +196,7 @@ def train_fn_per_worker(config: dict[str, Any]) -> None:
                     metrics.update(
                         {
                             "step": step,
-                            "records": _all_reduce_sum(records_done),
+                            "records": all_reduce_sum(records_done, engine.device),
                             "time/data_wait_s": wait_s,
                             "time/step_s": (now - t_last) / cfg.train.report_every,
                             "optim/lr": scheduler.get_last_lr()[0],
