@@ -28,6 +28,21 @@ def test_unsafe_precisions_are_refused_with_reason():
         resolve_precision("bf16", V100)
 
 
+def test_current_device_counts_emulated_bf16_as_none(monkeypatch):
+    # torch.cuda.is_bf16_supported() is True on a V100 (emulation); only native bf16 counts
+    import torch
+
+    def is_bf16_supported(including_emulation: bool = True) -> bool:
+        return including_emulation  # what torch answers on compute capability 7.0
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "Tesla V100-SXM2-16GB")
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", is_bf16_supported)
+    device = Device.current()
+    assert device == Device("cuda", "Tesla V100-SXM2-16GB", bf16=False)
+    assert resolve_precision("auto", device) == "fp16"
+
+
 def test_deepspeed_config_batch_arithmetic_and_zero3():
     cfg = load_config("demo", ["train.micro_batch_size=2", "train.grad_accum_steps=3",
                                "train.zero_stage=3"])

@@ -29,7 +29,10 @@ class Device:
 
         if not torch.cuda.is_available():
             return cls("cpu")
-        return cls("cuda", torch.cuda.get_device_name(), torch.cuda.is_bf16_supported())
+        # Without `including_emulation=False`, torch says yes on a V100 (it can *create* bf16
+        # tensors there) and the run would train in slow emulated bf16.
+        bf16 = torch.cuda.is_bf16_supported(including_emulation=False)
+        return cls("cuda", torch.cuda.get_device_name(), bf16)
 
 
 def resolve_precision(requested: str, device: Device) -> Precision:
