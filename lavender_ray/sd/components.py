@@ -47,7 +47,7 @@ def load_components(sd: SDConfig, device: torch.device) -> SDComponents:
     gradients off (null-text inversion differentiates w.r.t. its embeddings only)."""
     dtype = TORCH_DTYPES[resolve_dtype(sd.dtype, device.type)]
     if sd.model_id in OFFLINE_SD_IDS:
-        parts = build_offline_sd(sd.model_id, seed=sd.seed, device=device)
+        parts = build_offline_sd(sd.model_id, seed=sd.seed)  # on CPU, moved below
     else:
         parts = _from_pretrained(sd.model_id, sd.revision, dtype)
     for module in (parts.unet, parts.vae, parts.text_encoder):

@@ -237,10 +237,11 @@ def text_config(tokenizer: CLIPTokenizer, sizes: dict[str, Any]) -> CLIPTextConf
     )
 
 
-def build_offline_sd(
-    model_id: str, seed: int = 0, device: str | torch.device = "cpu"
-) -> SDComponents:
-    """`tiny/sd` or `random/sd14` with seeded random weights, built on `device` (eval mode)."""
+def build_offline_sd(model_id: str, seed: int = 0) -> SDComponents:
+    """`tiny/sd` or `random/sd14` with seeded random weights, on CPU in fp32 (eval mode).
+
+    Always built on CPU: CUDA draws from another generator, so the same seed would give other
+    weights on a GPU actor, and cached targets (keyed by model id + seed) would not match."""
     if model_id not in OFFLINE_SD_IDS:
         raise ValueError(f"offline SD model id {model_id!r} unknown; allowed: {OFFLINE_SD_IDS}")
     tiny = model_id == TINY_SD_ID
@@ -249,10 +250,9 @@ def build_offline_sd(
     )
     tokenizer = build_tiny_tokenizer()
     torch.manual_seed(seed)
-    with torch.device(device):
-        unet = UNet2DConditionModel(**unet_cfg)
-        vae = AutoencoderKL(**vae_cfg)
-        text_encoder = CLIPTextModel(text_config(tokenizer, text_sizes))
+    unet = UNet2DConditionModel(**unet_cfg)
+    vae = AutoencoderKL(**vae_cfg)
+    text_encoder = CLIPTextModel(text_config(tokenizer, text_sizes))
     for module in (unet, vae, text_encoder):
         module.eval().requires_grad_(False)
     return SDComponents(unet, vae, text_encoder, tokenizer, build_scheduler())
