@@ -42,14 +42,20 @@ def start_local_ray(num_cpus: int = 4) -> None:
                  _node_ip_address="127.0.0.1", configure_logging=False)
 
 
-def report_records(cfg: LavenderConfig, n: int) -> list[dict]:
-    """`n` synthetic probe records with SD targets (held out: another seed than training)."""
+def report_records(cfg: LavenderConfig, n: int, device: str = "cpu") -> list[dict]:
+    """`n` synthetic probe records with SD targets (held out: another seed than training),
+    extracted with `cfg.sd` on `device`; on CPU an fp16 `sd.dtype` runs in fp32 (CPU has no
+    fast fp16 kernels, and fp16 inversion there gives NaN maps)."""
     from lavender_ray.data.synthetic import make_synthetic_records
-    from lavender_ray.sd.extractor import SDExtractor
     from lavender_ray.images import decode_image
+    from lavender_ray.sd.components import resolve_dtype
+    from lavender_ray.sd.extractor import SDExtractor
 
     records = make_synthetic_records(n, seed=cfg.data.seed + 1000)
-    extractor = SDExtractor(cfg.sd, device="cpu")
+    sd = cfg.sd
+    if device == "cpu" and resolve_dtype(sd.dtype, device) == "fp16":
+        sd = sd.model_copy(update={"dtype": "fp32"})
+    extractor = SDExtractor(sd, device=device)
     images = [decode_image(r["image"], cfg.data.max_image_pixels) for r in records]
     targets = extractor.extract(images, [r["target_text"] for r in records])
     return [{**r, **t.to_row()} for r, t in zip(records, targets)]

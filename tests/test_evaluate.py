@@ -44,6 +44,14 @@ def trained_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return save_trained(tmp_path_factory.mktemp("run") / "adapter", fit.adapter, fit.aligner, cfg)
 
 
+def test_cpu_probe_targets_of_an_fp16_run_are_extracted_in_fp32() -> None:
+    """A run trained with fp16 SD (V100 preset) probed on CPU: fp16 has no CPU kernels worth
+    the name and gives NaN inversion there, so the probe targets are the fp32 ones."""
+    fp16 = report_records(run_config("sd.dtype=fp16"), 1, device="cpu")[0]
+    fp32 = report_records(run_config("sd.dtype=fp32"), 1, device="cpu")[0]
+    assert fp16["sd_maps"] == fp32["sd_maps"]
+
+
 # ----------------------------------------------------------------------------------- prompts
 def test_prompts_follow_vlmevalkit() -> None:
     options = {"A": "red", "B": "blue"}

@@ -198,10 +198,12 @@ def _id_order(rid: str) -> tuple[int, int | str]:
 
 
 # ------------------------------------------------------------------------------- attention
-def probe_records(cfg: LavenderConfig, run_cfg: LavenderConfig) -> list[dict[str, Any]]:
+def probe_records(
+    cfg: LavenderConfig, run_cfg: LavenderConfig, device: str = "cpu"
+) -> list[dict[str, Any]]:
     """The held-out probe records with SD targets: the first `eval.probe_samples` rows of
     `eval.probe_path` (Parquet with the target columns), else synthetic records (another seed
-    than training) with targets extracted with the run's `sd` section."""
+    than training) with targets extracted with the run's `sd` section on `device`."""
     if cfg.eval.probe_path:
         import pyarrow.parquet as pq
 
@@ -210,7 +212,7 @@ def probe_records(cfg: LavenderConfig, run_cfg: LavenderConfig) -> list[dict[str
         return table.slice(0, cfg.eval.probe_samples).to_pylist()
     from lavender_ray.demo import report_records
 
-    return report_records(run_cfg, cfg.eval.probe_samples)
+    return report_records(run_cfg, cfg.eval.probe_samples, device)
 
 
 def probe_before_after(config: dict[str, Any], trained_dir: str) -> list[Any]:
@@ -222,7 +224,7 @@ def probe_before_after(config: dict[str, Any], trained_dir: str) -> list[Any]:
     cfg = LavenderConfig.from_dict(config)
     device = inference_device(cfg)
     run_cfg, adapter, aligner = load_model(ADAPTER, trained_dir, device)
-    records = probe_records(cfg, run_cfg)
+    records = probe_records(cfg, run_cfg, device)
     map_size = run_cfg.sd.output_size
     after = probe_attention(adapter, aligner, records, map_size)
     del adapter
