@@ -4,6 +4,7 @@ config hash, and what is recorded when."""
 from __future__ import annotations
 
 import io
+import math
 
 import numpy as np
 import pytest
@@ -148,6 +149,36 @@ def test_null_text_reconstructs_better_than_ddim(images) -> None:
     error_ddim = ((plain.reconstruction - plain.latents) ** 2).mean(dim=(1, 2, 3))
     error_null = ((optimised.reconstruction - optimised.latents) ** 2).mean(dim=(1, 2, 3))
     assert bool((error_null < error_ddim).all()), (error_null, error_ddim)
+
+
+def test_fp16_null_text_loss_is_scaled_and_unscaled_before_adam(images) -> None:
+    """fp16 UNets get a loss scale (their backward would underflow); the scale is divided out
+    before Adam, so the optimised embeddings match the unscaled run's."""
+    assert SDExtractor(small_null_text_config(dtype="fp16"), device="cpu").null_text_loss_scale > 1
+    extractor = SDExtractor(small_null_text_config(null_text_early_stop=0.0), device="cpu")
+    assert extractor.null_text_loss_scale == 1.0
+    ids = [extractor.tokenize(t).input_ids for t in TEXTS]
+    plain = extractor.trace(images, ids, capture_maps=False)
+    extractor.null_text_loss_scale = 2.0**14
+    scaled = extractor.trace(images, ids, capture_maps=False)
+    torch.testing.assert_close(scaled.reconstruction, plain.reconstruction)
+
+
+def test_null_text_step_with_overflowed_gradients_is_skipped(images) -> None:
+    """An inf/NaN gradient (an fp16 backward that overflowed) leaves the null embedding as it
+    was, as torch's GradScaler skips such steps, instead of writing NaN into it."""
+    extractor = SDExtractor(small_null_text_config(null_text_early_stop=0.0), device="cpu")
+    extractor.null_text_loss_scale = math.inf
+    ids = [extractor.tokenize(t).input_ids for t in TEXTS[:1]]
+    latents = extractor._encode_images(images[:1])
+    cond = extractor._encode_texts(ids)
+    trajectory = extractor._invert(latents, cond)
+    extractor.scheduler.set_timesteps(extractor.sd.denoise_steps)
+    t = extractor.scheduler.timesteps[0]
+    null = extractor._null_embedding.to(extractor.latent_dtype).clone()
+    eps_cond = extractor._eps(trajectory[-1], t, cond)
+    out = extractor._optimise_null(trajectory[-1], t, eps_cond, trajectory[-2], null, 0)
+    torch.testing.assert_close(out, null, rtol=0, atol=0)
 
 
 def test_capture_off_leaves_the_trajectory_unchanged(ddim: SDExtractor, images) -> None:

@@ -45,6 +45,10 @@ from lavender_ray.sd.components import (
 from lavender_ray.sd.target import SDTarget
 
 EARLY_STOP_SLOPE = 2e-5  # null-text early-stop threshold grows by this per step (reference code)
+# Null-text loss scale when the UNet runs in fp16: the loss is a mean over the latent's elements
+# (16k at 512 px), so its gradients (~1e-6) fall below fp16's normal range in the UNet backward.
+# Scaled before backward, unscaled in fp32 before Adam, as torch's GradScaler does.
+FP16_LOSS_SCALE = 2.0**14
 
 
 @dataclass(frozen=True)
@@ -86,6 +90,7 @@ class SDExtractor:
         self.device = torch.device(device or default_device_type())
         self.dtype = TORCH_DTYPES[resolve_dtype(sd.dtype, self.device.type)]
         self.latent_dtype = torch.promote_types(self.dtype, torch.float32)
+        self.null_text_loss_scale = FP16_LOSS_SCALE if self.dtype == torch.float16 else 1.0
         self.config_hash = sd_config_hash(sd, self.device.type)
         parts = load_components(sd, self.device)
         self.unet, self.vae = parts.unet, parts.vae
@@ -242,6 +247,7 @@ class SDExtractor:
         threshold = self.sd.null_text_early_stop + step * EARLY_STOP_SLOPE
         active = list(range(len(params)))
         g = self.sd.guidance_scale
+        scale = self.null_text_loss_scale
         for _ in range(self.sd.null_text_inner_steps):
             with torch.enable_grad():
                 context = torch.stack([params[i] for i in active])  # [a, 77, D]
@@ -249,9 +255,13 @@ class SDExtractor:
                 eps = eps_null + g * (eps_cond[active] - eps_null)
                 rebuilt = self.scheduler.step(eps, t, latents[active]).prev_sample
                 losses = ((rebuilt - target[active]) ** 2).mean(dim=(1, 2, 3))  # [a]
-                losses.sum().backward()  # samples are independent: each gets its own gradient
-            for i in active:
-                optimisers[i].step()
+                # samples are independent: each embedding gets its own gradient
+                (losses.sum() * scale).backward()
+            grads = [params[i].grad.div_(scale) for i in active]  # type: ignore[union-attr]
+            finite = torch.stack([gr.isfinite().all() for gr in grads]).tolist()
+            for i, ok in zip(active, finite):
+                if ok:  # an overflowed fp16 backward skips the step, as GradScaler does
+                    optimisers[i].step()
                 optimisers[i].zero_grad(set_to_none=True)
             done = losses.detach() < threshold
             active = [i for i, stop in zip(active, done.tolist()) if not stop]
