@@ -8,7 +8,9 @@ import pytest
 import torch
 
 from lavender_ray.train.local import TrainBatch
-from lavender_ray.train.worker import MetricMeter, all_reduce_sum, cast_inputs, format_metrics
+from lavender_ray.train.worker import (
+    MetricMeter, all_reduce_sum, average_norm_statistics, cast_inputs, format_metrics,
+)
 
 
 def test_all_reduce_sum_without_a_process_group_is_the_value():
@@ -34,6 +36,25 @@ def test_all_reduce_sum_puts_its_tensor_on_the_engine_device(monkeypatch):
         all_reduce_sum(3.0, torch.device("meta"))
     assert seen[0].device.type == "meta"
     assert seen[0].dtype == torch.float64
+
+
+def test_batch_norm_statistics_are_averaged_over_ranks(monkeypatch):
+    # two ranks: the other rank's running mean is 1 and running var 3 everywhere
+    norm = torch.nn.BatchNorm2d(2)
+    norm.running_mean.fill_(0.5)
+    norm.running_var.fill_(1.0)
+    others = iter([torch.ones(2), torch.full((2,), 3.0)])
+
+    def fake_all_reduce(t: torch.Tensor) -> None:
+        t.add_(next(others))
+
+    monkeypatch.setattr(torch.distributed, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.distributed, "get_world_size", lambda: 2)
+    monkeypatch.setattr(torch.distributed, "all_reduce", fake_all_reduce)
+    module = torch.nn.Sequential(torch.nn.Conv2d(2, 2, 1), norm, torch.nn.GroupNorm(1, 2))
+    average_norm_statistics(module, torch.device("cpu"))
+    assert norm.running_mean.tolist() == [0.75, 0.75]
+    assert norm.running_var.tolist() == [2.0, 2.0]
 
 
 def test_metric_meter_means_between_reports_then_starts_over():

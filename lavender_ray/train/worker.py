@@ -121,6 +121,21 @@ def all_reduce_sum(value: float, device: torch.device) -> float:
     return float(t.item())
 
 
+def average_norm_statistics(module: torch.nn.Module, device: torch.device) -> None:
+    """Average BatchNorm running statistics over ranks (`aligner.norm=batch`). DeepSpeed, unlike
+    DDP, never re-broadcasts buffers, so each rank's statistics cover only its own shard; saved
+    ones would be rank 0's. Called by every rank before a checkpoint."""
+    if not torch.distributed.is_initialized() or torch.distributed.get_world_size() == 1:
+        return
+    world = torch.distributed.get_world_size()
+    for norm in module.modules():
+        if isinstance(norm, torch.nn.modules.batchnorm._BatchNorm) and norm.track_running_stats:
+            for stat in (norm.running_mean, norm.running_var):
+                summed = stat.detach().to(device=device, dtype=torch.float32)
+                torch.distributed.all_reduce(summed)
+                stat.copy_(summed / world)
+
+
 def train_fn_per_worker(config: dict[str, Any]) -> None:
     import deepspeed
     import ray.train
@@ -244,6 +259,7 @@ def report(
     if not with_checkpoint:
         ray.train.report(metrics)
         return
+    average_norm_statistics(module, engine.device)
     with tempfile.TemporaryDirectory() as tmp:
         engine.save_checkpoint(tmp, tag=DS_TAG)
         export_trained(module, cfg, os.path.join(tmp, EXPORT_DIR), rank=rank)
