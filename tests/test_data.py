@@ -11,11 +11,12 @@ import pytest
 from PIL import Image
 
 from lavender_ray.config import load_config
-from lavender_ray.data.formats import llava_row, messages_row, read_bytes_pyarrow
+from lavender_ray.data.formats import llava_row, messages_row
 from lavender_ray.data.rejects import count_rejects, read_rejects
 from lavender_ray.data.sources import read_sources
 from lavender_ray.data.synthetic import make_synthetic_records
 from lavender_ray.schema import RECORD_SCHEMA, RecordError, parse_messages
+from lavender_ray.storage import read_file
 
 
 def test_synthetic_is_deterministic_and_names_what_is_drawn():
@@ -54,7 +55,7 @@ def test_messages_converter_handles_parts_placeholders_and_bytes():
     row = {"id": "m1", "images": [{"bytes": _png(), "path": None}],
            "messages": [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What?"}]},
                         {"role": "assistant", "content": "<image>A red square."}]}
-    rec = messages_row(row, source="s", image_root=None, read_bytes=read_bytes_pyarrow, max_text_chars=100)
+    rec = messages_row(row, source="s", image_root=None, read_bytes=read_file, max_text_chars=100)
     assert rec["target_text"] == "A red square."
     assert parse_messages(rec["messages"])[0]["content"] == "What?"
 
@@ -74,7 +75,7 @@ def test_messages_converter_handles_parts_placeholders_and_bytes():
 )
 def test_messages_converter_rejects_with_reason(row, reason, tmp_path):
     with pytest.raises(RecordError) as err:
-        messages_row(row, source="s", image_root=str(tmp_path), read_bytes=read_bytes_pyarrow,
+        messages_row(row, source="s", image_root=str(tmp_path), read_bytes=read_file,
                      max_text_chars=100)
     assert err.value.reason == reason
 
@@ -84,13 +85,13 @@ def test_llava_converter(tmp_path):
     (tmp_path / "img" / "a.png").write_bytes(_png())
     row = {"id": "l1", "image": "img/a.png", "conversations": [
         {"from": "human", "value": "<image>\nWhat colour?"}, {"from": "gpt", "value": "Red."}]}
-    rec = llava_row(row, source="llava", image_root=str(tmp_path), read_bytes=read_bytes_pyarrow,
+    rec = llava_row(row, source="llava", image_root=str(tmp_path), read_bytes=read_file,
                     max_text_chars=100)
     assert parse_messages(rec["messages"]) == [
         {"role": "user", "content": "What colour?"}, {"role": "assistant", "content": "Red."}]
     with pytest.raises(RecordError, match="speaker"):
         llava_row({**row, "conversations": [{"from": "robot", "value": "x"}]}, source="llava",
-                  image_root=str(tmp_path), read_bytes=read_bytes_pyarrow, max_text_chars=100)
+                  image_root=str(tmp_path), read_bytes=read_file, max_text_chars=100)
 
 
 def _write_fixtures(root):

@@ -77,7 +77,7 @@ def test_synthetic_benchmark_reads_back_in_every_format(ray_local, tmp_path: Pat
     import pyarrow.parquet as pq
 
     from lavender_ray.data.benchmarks import benchmark_row, read_benchmark
-    from lavender_ray.data.formats import read_bytes_pyarrow
+    from lavender_ray.storage import read_file
 
     expected = synthetic_benchmark_rows(6, seed=3)
     assert [json.loads(r["options"]) == {} for r in expected] == [False, True, False] * 2
@@ -90,7 +90,7 @@ def test_synthetic_benchmark_reads_back_in_every_format(ray_local, tmp_path: Pat
     by_id = lambda r: int(r["id"])  # noqa: E731
     assert sorted(rows, key=by_id) == sorted(expected * 2, key=by_id)
     assert not (tmp_path / "rejects").exists()
-    parquet = [benchmark_row(raw, refs={}, image_root=None, read_bytes=read_bytes_pyarrow)
+    parquet = [benchmark_row(raw, refs={}, image_root=None, read_bytes=read_file)
                for raw in pq.read_table(files["parquet"]).to_pylist()]
     assert parquet == expected
 

@@ -110,3 +110,8 @@ def test_modes_name_their_missing_paths():
         build_train_dataset(load_config("demo", ["pipeline.mode=cache"]), "/tmp/unused")
     with pytest.raises(ConfigError, match="precomputed_path"):
         build_train_dataset(load_config("demo", ["pipeline.mode=precomputed"]), "/tmp/unused")
+    authors = ["pipeline.mode=precomputed", "pipeline.precomputed_format=authors"]
+    for root in ("s3://bucket/lpm", "/no/such/folder"):
+        cfg = load_config("demo", [*authors, f"pipeline.precomputed_path={root}"])
+        with pytest.raises(ConfigError, match="not an existing folder"):
+            build_train_dataset(cfg, "/tmp/unused")

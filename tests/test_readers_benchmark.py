@@ -15,9 +15,9 @@ import pytest
 from PIL import Image
 
 from lavender_ray.data.benchmarks import benchmark_row, read_benchmark
-from lavender_ray.data.formats import read_bytes_pyarrow
 from lavender_ray.data.rejects import read_rejects
 from lavender_ray.schema import BENCHMARK_SCHEMA, RecordError
+from lavender_ray.storage import read_file
 
 
 def png(shade: int) -> bytes:
@@ -31,7 +31,7 @@ def b64(shade: int) -> str:
 
 
 def convert(row: dict, refs: dict | None = None, image_root: str | None = None) -> dict:
-    return benchmark_row(row, refs=refs or {}, image_root=image_root, read_bytes=read_bytes_pyarrow)
+    return benchmark_row(row, refs=refs or {}, image_root=image_root, read_bytes=read_file)
 
 
 # ------------------------------------------------------------------------------- pure converter

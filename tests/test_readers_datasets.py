@@ -8,6 +8,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import os
 import tarfile
 from pathlib import Path
 
@@ -17,7 +18,7 @@ import pytest
 from PIL import Image
 
 from lavender_ray.cli import main as lavender
-from lavender_ray.config import SourceConfig, load_config
+from lavender_ray.config import SourceConfig, load_config, read_preset
 from lavender_ray.data.formats import CAPTION_PROMPT, FORMATS
 from lavender_ray.data.readers import flickr30k_rows
 from lavender_ray.data.rejects import read_rejects
@@ -272,7 +273,9 @@ def test_paper_mixture_preset_sums_to_the_paper_total():
     assert sum(quotas.values()) == pytest.approx(130_000)
     assert {k: round(v) for k, v in quotas.items()} == {
         "flickr30k": 19_635, "laion": 33_854, "rlaif_v": 56_198, "ocrvqa": 20_312}
-    assert all(not s.path.startswith("/") for s in cfg.data.sources)
+    # the preset's placeholders are relative to the working folder, resolved when loaded
+    assert all(not s["path"].startswith("/") for s in read_preset("paper_mixture")["data"]["sources"])
+    assert all(s.path.startswith(os.getcwd() + "/data/") for s in cfg.data.sources)
 
 
 # ----------------------------------------------------------------------------------- inspect

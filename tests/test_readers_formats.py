@@ -9,13 +9,14 @@ import pytest
 
 from lavender_ray.config import ConfigError, load_config
 from lavender_ray.data.formats import (
-    CAPTION_PROMPT, FORMATS, laion_row, ocrvqa_row, read_bytes_pyarrow, rlaif_v_row,
+    CAPTION_PROMPT, FORMATS, laion_row, ocrvqa_row, rlaif_v_row,
 )
 from lavender_ray.data.readers import READER_REJECT, flickr30k_rows, list_files, read_laion
 from lavender_ray.data.sources import keep_record, source_fraction
 from lavender_ray.schema import RecordError, parse_messages
+from lavender_ray.storage import read_file
 
-KW = {"image_root": None, "read_bytes": read_bytes_pyarrow, "max_text_chars": 500}
+KW = {"image_root": None, "read_bytes": read_file, "max_text_chars": 500}
 
 
 def karpathy(entries: list) -> dict:

@@ -17,14 +17,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_config_arguments(parser, default_preset="demo")
     parser.add_argument(
         "--adapter", required=True,
-        help="a saved run: vlm/ + aligner.safetensors + config.yaml (the trainer's export)",
+        help="a saved run: vlm/ + aligner.safetensors + config.yaml (the trainer's export); a "
+        "folder, not a URI, on a shared mount when the cluster has several nodes",
     )  # fmt: skip
     parser.add_argument(
         "--bench", required=True,
         help="comma-separated keys of eval.benchmarks, or 'synthetic' (generated on the fly)",
     )  # fmt: skip
     parser.add_argument(
-        "--out", default=None, help="report folder (default: <adapter>/eval-<timestamp>)"
+        "--out", default=None,
+        help="report folder, not a URI (default: <adapter>/eval-<timestamp>)",
     )
 
 

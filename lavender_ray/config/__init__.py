@@ -16,6 +16,7 @@ diffusers or transformers.
 
 from lavender_ray.config.loading import (
     PRESET_PACKAGE,
+    absolute_paths,
     apply_overrides,
     load_config,
     parse_override,
@@ -48,6 +49,6 @@ __all__ = [
     "PRESET_PACKAGE", "AlignerConfig", "ConfigError", "DataConfig", "EvalConfig",
     "LavenderConfig", "LoraConfig", "LossConfig", "MetricName", "OptimConfig", "PipelineConfig",
     "SDConfig", "Section", "SourceConfig", "TrainConfig", "TuneConfig", "VLMConfig",
-    "apply_overrides", "config_hash", "format_validation_error", "load_config", "parse_override",
+    "absolute_paths", "apply_overrides", "config_hash", "format_validation_error", "load_config", "parse_override",
     "preset_names", "read_preset", "set_dotted",
 ]  # fmt: skip

@@ -9,6 +9,7 @@ Overrides are `dotted.key=value`, the value parsed as a YAML scalar/list
 from __future__ import annotations
 
 import json
+import os
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ import yaml
 from pydantic import BaseModel
 
 from lavender_ray.config.sections import ConfigError, LavenderConfig, field_names, submodel
+from lavender_ray.storage import absolute
 
 PRESET_PACKAGE = "lavender_ray.presets"
 
@@ -100,7 +102,38 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str] | dict[str, Any]) 
 def load_config(
     preset: str | None = "demo", overrides: list[str] | dict[str, Any] | None = None
 ) -> LavenderConfig:
-    """Preset (name or path; None = library defaults) + dotted overrides -> validated config."""
+    """Preset (name or path; None = library defaults) + dotted overrides -> validated config,
+    local paths made absolute (`absolute_paths`)."""
     raw = read_preset(preset) if preset else {}
     raw = apply_overrides(raw, overrides or [])
+    return absolute_paths(LavenderConfig.from_dict(raw))
+
+
+PATH_KEYS = [
+    ("data", "rejects_path"),
+    ("train", "storage_path"),
+    ("pipeline", "cache_path"),
+    ("pipeline", "precomputed_path"),
+    ("eval", "probe_path"),
+]
+
+
+def absolute_paths(cfg: LavenderConfig) -> LavenderConfig:
+    """`cfg` with every local path absolute against the current folder (URIs unchanged).
+
+    Ray Train workers and Tune trial drivers run in folders of their own, so a relative path
+    would name another file there. Model ids count as paths only when such a folder exists
+    (`meta-llama/...` stays a hub id)."""
+    raw = cfg.to_dict()
+    for section, key in PATH_KEYS:
+        if raw[section][key]:
+            raw[section][key] = absolute(raw[section][key])
+    for source in raw["data"]["sources"]:
+        for key in ("path", "image_root"):
+            if source.get(key):
+                source[key] = absolute(source[key])
+    raw["eval"]["benchmarks"] = {k: absolute(v) for k, v in raw["eval"]["benchmarks"].items()}
+    for section in ("sd", "vlm"):
+        if os.path.isdir(raw[section]["model_id"]):
+            raw[section]["model_id"] = os.path.abspath(raw[section]["model_id"])
     return LavenderConfig.from_dict(raw)

@@ -44,11 +44,10 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.fs as pafs
 
-from lavender_ray.data.formats import (
-    ReadBytes, read_bytes_pyarrow, resolve_image, unwrap_text_row,
-)
-from lavender_ray.data.rejects import filesystem_and_path, write_rejects
+from lavender_ray.data.formats import ReadBytes, resolve_image, unwrap_text_row
+from lavender_ray.data.rejects import write_rejects
 from lavender_ray.schema import BENCHMARK_SCHEMA, RecordError, Reject, make_benchmark_row
+from lavender_ray.storage import filesystem_and_path, read_file
 
 BENCHMARK_STAGE = "benchmark"
 BENCHMARK_EXTENSIONS = (".tsv", ".parquet", ".jsonl")
@@ -236,7 +235,7 @@ def to_benchmark_rows(
             if parse_error is not None:
                 raise parse_error
             out.append(benchmark_row(row, refs=refs, image_root=image_root,
-                                     read_bytes=read_bytes_pyarrow))
+                                     read_bytes=read_file))
         except RecordError as err:
             rid = (benchmark_id(row) if parse_error is None else None) or (
                 f"{name}-{hashlib.sha1(repr(row).encode()).hexdigest()[:12]}")

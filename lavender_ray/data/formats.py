@@ -35,7 +35,7 @@ Each format is a `RowFormat` in `FORMATS`: `row_id(row, source)` gives the id th
 have, computed from the raw row without reading images (sampling decides on it before any image
 is read), and never raises; `convert(row, ...)` returns a record dict or raises
 `RecordError(reason, detail)`, which the caller turns into a `Reject`. Image paths are read
-through `read_bytes` (pyarrow filesystems). Converters are pure: no Ray.
+through the `read_bytes` callable given (`storage.read_file`: pyarrow filesystems). Converters are pure: no Ray.
 """
 
 from __future__ import annotations
@@ -46,8 +46,6 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
-
-import pyarrow.fs as pafs
 
 from lavender_ray.schema import RecordError, check_messages, make_record, parse_messages
 
@@ -392,13 +390,3 @@ FORMATS: dict[str, RowFormat] = {
     "rlaif_v": RowFormat(rlaif_v_row_id, rlaif_v_row),
     "ocrvqa": RowFormat(ocrvqa_row_id, ocrvqa_row),
 }
-
-
-def read_bytes_pyarrow(path: str) -> bytes:
-    """Read a whole file from a local path or a pyarrow filesystem URI."""
-    if "://" in path:
-        fs, inner = pafs.FileSystem.from_uri(path)
-    else:
-        fs, inner = pafs.LocalFileSystem(), path
-    with fs.open_input_stream(inner) as stream:
-        return stream.read()

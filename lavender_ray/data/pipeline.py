@@ -20,6 +20,7 @@ Records without targets are rejected with their reason (`no_targets`), never dro
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 import uuid
@@ -29,9 +30,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from lavender_ray.config import ConfigError, LavenderConfig
-from lavender_ray.data.rejects import filesystem_and_path, write_rejects
+from lavender_ray.data.rejects import write_rejects
 from lavender_ray.data.sources import read_sources
 from lavender_ray.schema import TARGET_FIELDS, Reject
+from lavender_ray.storage import filesystem_and_path, is_uri
 
 JOIN_STAGE = "targets"
 TARGET_NAMES = [name for name, _ in TARGET_FIELDS]
@@ -193,6 +195,11 @@ def precomputed_dataset(cfg: LavenderConfig, rejects_dir: str):
         root = cfg.pipeline.precomputed_path
         if not root:
             raise ConfigError("pipeline.mode=precomputed needs pipeline.precomputed_path")
+        if is_uri(root) or not os.path.isdir(root):
+            raise ConfigError(
+                f"pipeline.precomputed_path={root!r}: the authors' layout is read as a local or "
+                "shared folder, and this is not an existing folder"
+            )
         return records.map_batches(
             attach_authors_targets, fn_kwargs={"root": root, "rejects_dir": rejects_dir},
             batch_format="pyarrow", num_cpus=cfg.data.read_num_cpus,

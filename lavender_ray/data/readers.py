@@ -29,7 +29,7 @@ from typing import Any
 import pyarrow.fs as pafs
 
 from lavender_ray.config import SourceConfig
-from lavender_ray.data.rejects import filesystem_and_path
+from lavender_ray.storage import filesystem_and_path
 
 READER_REJECT = "__reject__"
 FLICKR_COLUMNS = ("filename", "imgid", "split", "sentence_index", "caption")

@@ -15,13 +15,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from lavender_ray.schema import REJECT_SCHEMA, Reject
-
-
-def filesystem_and_path(uri: str) -> tuple[pafs.FileSystem, str]:
-    """A local path or URI (`s3://`, `gs://`, `file://`, ...) -> (pyarrow filesystem, path)."""
-    if "://" in uri:
-        return pafs.FileSystem.from_uri(uri)
-    return pafs.LocalFileSystem(), uri
+from lavender_ray.storage import filesystem_and_path
 
 
 def write_rejects(rejects: list[Reject], rejects_dir: str, stage: str) -> str | None:

@@ -26,13 +26,12 @@ from typing import Any
 import pyarrow as pa
 
 from lavender_ray.config import DataConfig, LavenderConfig, SourceConfig
-from lavender_ray.data.formats import (
-    FORMATS, RowFormat, read_bytes_pyarrow, row_id, unwrap_text_row,
-)
+from lavender_ray.data.formats import FORMATS, RowFormat, row_id, unwrap_text_row
 from lavender_ray.data.readers import RAW_READERS, READER_REJECT
 from lavender_ray.data.rejects import write_rejects
 from lavender_ray.data.synthetic import make_synthetic_records
 from lavender_ray.schema import RECORD_SCHEMA, RecordError, Reject
+from lavender_ray.storage import read_file
 
 READ_STAGE = "read"
 
@@ -114,7 +113,7 @@ def _convert(
         reason, _, detail = row[READER_REJECT].partition(": ")
         raise RecordError(reason, detail)
     return fmt.convert(row, source=source.name, image_root=source.image_root,
-                       read_bytes=read_bytes_pyarrow, max_text_chars=data.max_text_chars)
+                       read_bytes=read_file, max_text_chars=data.max_text_chars)
 
 
 def to_records(

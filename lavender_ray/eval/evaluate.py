@@ -35,13 +35,15 @@ from pathlib import Path
 from typing import Any
 
 from lavender_ray.config import ConfigError, LavenderConfig
-from lavender_ray.data.rejects import filesystem_and_path, read_rejects, write_rejects
+from lavender_ray.data.rejects import read_rejects, write_rejects
 from lavender_ray.eval.inference import (
     ADAPTER, BASE, ModelSpec, inference_device, trained_config,
 )
 from lavender_ray.eval.metrics import Metric, MetricResult, Prediction, metric_for, score_rows
 from lavender_ray.eval.report import format_number, markdown_report, results_dict
 from lavender_ray.schema import Reject
+from lavender_ray.storage import filesystem_and_path, is_uri
+from lavender_ray.train.placement import cluster_nodes, spans_nodes
 
 SYNTHETIC = "synthetic"
 SCORE_STAGE = "score"
@@ -249,6 +251,26 @@ def default_out_dir(trained_dir: str | Path) -> Path:
     return Path(trained_dir) / f"eval-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
+def check_local(path: str | Path | None, flag: str) -> None:
+    """Evaluation reads the run and writes its report as files: a URI is refused, naming it."""
+    if path is not None and is_uri(str(path)):
+        raise ConfigError(
+            f"{flag}={str(path)!r}: lavender evaluate reads and writes folders, not URIs; copy "
+            "the run's export to a local or shared folder first (e.g. `aws s3 cp --recursive`)"
+        )
+
+
+def check_shared(cfg: LavenderConfig, nodes: list[dict[str, float]]) -> None:
+    """Inference actors on other nodes load the run from --adapter and write rejects under
+    --out: when they can run on other nodes, both must be on a mount every node sees."""
+    spread = spans_nodes(nodes, wants_gpus=cfg.eval.num_gpus > 0)
+    if spread and not cfg.train.shared_storage:
+        raise ConfigError(
+            f"the inference actors can run on other nodes ({spread}): --adapter and --out must "
+            "be on a mount every node sees; put them on one and set train.shared_storage=true"
+        )
+
+
 def evaluate(
     cfg: LavenderConfig, trained_dir: str | Path, benchmarks: list[str],
     out_dir: str | Path | None = None,
@@ -261,6 +283,8 @@ def evaluate(
 
     from lavender_ray.eval.attention import probe_agreement, write_probe_pngs
 
+    check_local(trained_dir, "--adapter")
+    check_local(out_dir, "--out")
     trained_dir = Path(trained_dir).resolve()
     run_cfg = trained_config(trained_dir)
     if cfg.vlm.model_id != run_cfg.vlm.model_id:
@@ -278,6 +302,7 @@ def evaluate(
     sources = benchmark_sources(cfg, benchmarks, out)
     if not ray.is_initialized():
         ray.init()
+    check_shared(cfg, cluster_nodes())
     probe = start_probe(cfg, trained_dir)  # runs while the benchmarks stream
     scored = run_benchmarks(cfg, trained_dir, sources, metrics, rejects_dir)
     for name, scores in scored.items():

@@ -28,7 +28,8 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from lavender_ray.config import LavenderConfig
-from lavender_ray.data.rejects import count_rejects, filesystem_and_path
+from lavender_ray.data.rejects import count_rejects
+from lavender_ray.storage import filesystem_and_path
 from lavender_ray.schema import TARGET_FIELDS
 
 if TYPE_CHECKING:

@@ -23,6 +23,7 @@ import numpy as np
 import pyarrow as pa
 from PIL import Image
 
+from lavender_ray import storage
 from lavender_ray.config import LavenderConfig
 from lavender_ray.data.rejects import write_rejects
 from lavender_ray.images import decode_image
@@ -122,14 +123,12 @@ def _reject(row: dict[str, Any], reason: str, detail: str) -> Reject:
 
 def die_once(marker_dir: str, batch: int) -> None:
     """`pipeline.sd_fail_at_batch` (testing): the actor process exits, without cleanup, the first
-    time any actor reaches that batch (a marker file in the local rejects folder records it), so
-    Ray Data must restart the actor and retry the batch."""
-    marker = os.path.join(marker_dir, f"sd-fault-{batch}.marker")
-    if os.path.exists(marker):
+    time any actor reaches that batch (a marker file in `marker_dir`, the rejects folder: local
+    path or URI, records it), so Ray Data must restart the actor and retry the batch."""
+    marker = f"{marker_dir.rstrip('/')}/sd-fault-{batch}.marker"
+    if storage.exists(marker):
         return
-    os.makedirs(marker_dir, exist_ok=True)
-    with open(marker, "w") as f:
-        f.write(str(os.getpid()))
+    storage.write_text(marker, str(os.getpid()))
     os._exit(1)
 
 

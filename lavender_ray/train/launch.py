@@ -10,13 +10,15 @@ from the latest checkpoint.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
+from pathlib import PurePosixPath
 from typing import Any
 
-from lavender_ray.config import ConfigError, LavenderConfig
+from lavender_ray.config import ConfigError, LavenderConfig, absolute_paths
 from lavender_ray.data.rejects import count_rejects
-from lavender_ray.train.placement import check_placement, cluster_nodes
+from lavender_ray.storage import absolute, is_remote, write_text
+from lavender_ray.train.placement import check_placement, cluster_nodes, spans_nodes
+from lavender_ray.train.local import CONFIG_FILE
 from lavender_ray.train.worker import EXPORT_DIR, train_fn_per_worker
 
 
@@ -47,20 +49,47 @@ def describe(summary: TrainSummary) -> str:
 
 def run_dir_of(cfg: LavenderConfig) -> str:
     """`<storage_path>/<run_name>`; a local storage path is made absolute."""
-    storage = cfg.train.storage_path
-    if "://" not in storage:
-        storage = os.path.abspath(storage)
-    return f"{storage.rstrip('/')}/{cfg.train.run_name}"
+    return f"{absolute(cfg.train.storage_path).rstrip('/')}/{cfg.train.run_name}"
 
 
-def check_storage(cfg: LavenderConfig, alive_nodes: int) -> None:
-    """A run spread over several nodes needs storage every node sees (NFS path or URI)."""
-    storage = cfg.train.storage_path
-    if alive_nodes > 1 and "://" not in storage and not cfg.train.shared_storage:
+def checkpoint_location(run_dir: str, checkpoint_path: str) -> str:
+    """Where a checkpoint of the run in `run_dir` lives, as a local path or full URI. Ray's
+    checkpoint paths drop the URI scheme (`bucket/prefix/...` for s3://bucket/prefix/...)."""
+    return f"{run_dir}/{PurePosixPath(checkpoint_path).name}"
+
+
+def local_paths(cfg: LavenderConfig) -> dict[str, str]:
+    """Config key -> value of every path the run's workers, actors and tasks read or write, for
+    those that are local (a URI other than file:// is visible everywhere)."""
+    paths = {"train.storage_path": cfg.train.storage_path}
+    if cfg.data.rejects_path:
+        paths["data.rejects_path"] = cfg.data.rejects_path
+    if cfg.pipeline.cache_path:
+        paths["pipeline.cache_path"] = cfg.pipeline.cache_path
+    if cfg.pipeline.precomputed_path:
+        paths["pipeline.precomputed_path"] = cfg.pipeline.precomputed_path
+    for source in cfg.data.sources:
+        for key in ("path", "image_root"):
+            value = getattr(source, key)
+            if value:
+                paths[f"data.sources[{source.name}].{key}"] = value
+    return {key: value for key, value in paths.items() if not is_remote(value)}
+
+
+def check_storage(cfg: LavenderConfig, nodes: list[dict[str, float]]) -> None:
+    """A run spread over several nodes (`placement.spans_nodes`: `nodes` are the alive ones)
+    needs every path its workers, actors and tasks use on storage every node sees: a URI, or a
+    shared mount declared with `train.shared_storage`."""
+    local = local_paths(cfg)
+    wants_gpus = cfg.train.use_gpu or cfg.pipeline.sd_num_gpus > 0
+    spread = spans_nodes(nodes, wants_gpus)
+    if spread and local and not cfg.train.shared_storage:
+        listed = ", ".join(f"{key}={value!r}" for key, value in local.items())
         raise ConfigError(
-            f"train.storage_path={storage!r} is a local path but the cluster has {alive_nodes} "
-            "nodes: checkpoints written by workers on other nodes would be lost. Use a URI "
-            "(s3://bucket/prefix, gs://...) or a shared mount and set train.shared_storage=true"
+            f"the run can span several nodes ({spread}) but these paths are local: {listed}. "
+            "Workers on other nodes would not find their inputs, and what they write "
+            "(checkpoints, rejects, cached targets) would be lost. Use URIs (s3://bucket/prefix, "
+            "gs://...), or a mount every node sees and set train.shared_storage=true"
         )
 
 
@@ -82,10 +111,9 @@ def build_trainer(
         resources_per_worker=resources,
         accelerator_type=t.accelerator,
     )
-    storage = cfg.train.storage_path
     run_config = ray.train.RunConfig(
         name=t.run_name,
-        storage_path=storage if "://" in storage else os.path.abspath(storage),
+        storage_path=absolute(t.storage_path),
         failure_config=ray.train.FailureConfig(max_failures=t.max_failures),
         checkpoint_config=ray.train.CheckpointConfig(num_to_keep=t.keep_checkpoints),
         callbacks=callbacks,
@@ -106,18 +134,20 @@ def train(cfg: LavenderConfig, callbacks: list[Any] | None = None) -> TrainSumma
 
     from lavender_ray.data.pipeline import build_train_dataset
 
+    cfg = absolute_paths(cfg)
     if not ray.is_initialized():
         ray.init()
     nodes = cluster_nodes()
-    check_storage(cfg, alive_nodes=len(nodes))
+    check_storage(cfg, nodes)
     check_placement(cfg, nodes)
     run_dir = run_dir_of(cfg)
     rejects_dir = cfg.data.rejects_path or f"{run_dir}/rejects"
-    if "://" not in run_dir:
-        cfg.save(run_dir)
+    write_text(f"{run_dir}/{CONFIG_FILE}", cfg.to_yaml())
     dataset = build_train_dataset(cfg, rejects_dir)
     result = build_trainer(cfg, {"train": dataset}, callbacks).fit()
-    checkpoint = result.checkpoint.path if result.checkpoint else None
+    checkpoint = (
+        checkpoint_location(run_dir, result.checkpoint.path) if result.checkpoint else None
+    )
     return TrainSummary(
         run_dir=run_dir,
         checkpoint=checkpoint,

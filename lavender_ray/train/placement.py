@@ -192,3 +192,14 @@ def cluster_nodes() -> list[dict[str, float]]:
     import ray
 
     return [dict(n["Resources"]) for n in ray.nodes() if n.get("Alive")]
+
+
+def spans_nodes(nodes: list[NodeResources], wants_gpus: bool) -> str | None:
+    """Why a job's processes may run on more than one node (None when they cannot): several
+    nodes are up, or it asks for GPUs no node has yet, so an autoscaling cluster adds nodes."""
+    if len(nodes) > 1:
+        return f"the cluster has {len(nodes)} nodes"
+    if wants_gpus and not any(n.get("GPU", 0) > 0 for n in nodes):
+        return "GPU nodes will be added to the cluster for it (none is up yet)"
+    return None
+

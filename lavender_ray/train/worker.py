@@ -27,6 +27,7 @@ import pyarrow as pa
 import torch
 from ray.data.collate_fn import ArrowBatchCollateFn
 
+from lavender_ray import storage
 from lavender_ray.config import LavenderConfig
 from lavender_ray.train.export import export_trained
 from lavender_ray.train.local import (
@@ -74,20 +75,17 @@ def cast_inputs(batch: TrainBatch, device: torch.device, dtype: torch.dtype) -> 
     return moved
 
 
-def _fault_marker(cfg: LavenderConfig) -> str:
-    return os.path.join(cfg.train.storage_path, cfg.train.run_name, "fault_injected")
-
-
 def maybe_inject_fault(cfg: LavenderConfig, step: int, rank: int) -> None:
-    """`train.fail_at_step`: rank 0 raises once at that step (a marker file records it)."""
+    """`train.fail_at_step`: rank 0 raises once at that step (a marker file in the run's
+    storage records it, so the replacement worker, wherever it runs, goes on)."""
+    from lavender_ray.train.launch import run_dir_of
+
     if cfg.train.fail_at_step != step or rank != 0:
         return
-    marker = _fault_marker(cfg)
-    if os.path.exists(marker):
+    marker = f"{run_dir_of(cfg)}/fault_injected"
+    if storage.exists(marker):
         return
-    os.makedirs(os.path.dirname(marker), exist_ok=True)
-    with open(marker, "w") as f:
-        f.write(str(step))
+    storage.write_text(marker, str(step))
     raise InjectedFault(f"train.fail_at_step={step}: injected worker failure")
 
 

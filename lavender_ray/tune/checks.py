@@ -10,7 +10,8 @@ from typing import Any
 import yaml
 
 from lavender_ray.config import ConfigError, LavenderConfig
-from lavender_ray.tune.layout import TuneLayout, read_text
+from lavender_ray.storage import read_text
+from lavender_ray.tune.layout import TuneLayout
 
 TUNABLE_METRICS = ("loss/total", "loss/lm", "loss/att", "align/matched_words")
 

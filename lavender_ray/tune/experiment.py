@@ -33,14 +33,15 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-from lavender_ray.config import ConfigError, LavenderConfig, apply_overrides
+from lavender_ray.config import ConfigError, LavenderConfig, absolute_paths, apply_overrides
 from lavender_ray.tune.checks import (
     check_experiment,
     check_tune_config,
     max_concurrent_trials,
     require_state_api,
 )
-from lavender_ray.tune.layout import TuneLayout, layout_of, write_text
+from lavender_ray.storage import write_text
+from lavender_ray.tune.layout import TuneLayout, layout_of
 from lavender_ray.tune.report import (
     TrialRow,
     best_preset,
@@ -224,12 +225,13 @@ def run_tune(
     from lavender_ray.train.placement import check_placement, cluster_nodes
     from lavender_ray.tune.trial import run_trial
 
+    cfg = absolute_paths(cfg)
     space = parse_search_space(cfg.tune.search_space, cfg.to_dict())
     reports = check_tune_config(cfg)
     layout = layout_of(cfg)
     connect_ray(address)
     nodes = cluster_nodes()
-    check_storage(cfg, alive_nodes=len(nodes))
+    check_storage(cfg, nodes)
     check_placement(cfg, nodes)
     require_state_api()
     check_experiment(cfg, layout, resume)
@@ -251,21 +253,29 @@ def run_tune(
     return write_outputs(cfg, layout, space, limit)
 
 
-def trial_rows(experiment_dir: str, max_steps: int) -> list[TrialRow]:
-    """One `TrialRow` per trial of the Tune experiment saved in `experiment_dir`, by name."""
+def trial_rows(layout: TuneLayout, max_steps: int) -> list[TrialRow]:
+    """One `TrialRow` per trial of the Tune experiment of `layout`, by name; checkpoints as
+    full paths or URIs under the trial's Ray Train run (`runs/<trial>`)."""
     from ray.tune import ExperimentAnalysis
     from ray.tune.integration.ray_train import CHECKPOINT_PATH_KEY
 
+    from lavender_ray.train.launch import checkpoint_location
+
     rows = []
-    for trial in ExperimentAnalysis(experiment_dir).trials:
+    for trial in ExperimentAnalysis(layout.experiment_dir).trials:
         metrics = dict(trial.last_result or {})
+        checkpoint = metrics.get(CHECKPOINT_PATH_KEY)
         rows.append(
             TrialRow(
                 name=str(trial),
                 status=trial_status(trial.status, metrics, max_steps),
                 params=dict(trial.config or {}),
                 metrics=metrics,
-                checkpoint=metrics.get(CHECKPOINT_PATH_KEY),
+                checkpoint=(
+                    checkpoint_location(f"{layout.runs_dir}/{trial}", checkpoint)
+                    if checkpoint
+                    else None
+                ),
             )
         )
     return sorted(rows, key=lambda r: r.name)
@@ -275,7 +285,7 @@ def write_outputs(
     cfg: LavenderConfig, layout: TuneLayout, space: SearchSpace, limit: int | None
 ) -> TuneSummary:
     """Trials table (Markdown + CSV) and, when a trial reported the metric, the best preset."""
-    rows = trial_rows(layout.experiment_dir, cfg.train.max_steps)
+    rows = trial_rows(layout, cfg.train.max_steps)
     metric = cfg.tune.metric
     best = best_trial(rows, metric, cfg.tune.mode)
     name = best.name if best else None

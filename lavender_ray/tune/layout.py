@@ -1,4 +1,4 @@
-"""Where a `lavender tune` experiment keeps its pieces, and small text I/O on local paths or URIs.
+"""Where a `lavender tune` experiment keeps its pieces (local paths or URIs).
 
     <train.storage_path>/<train.run_name>/      the experiment (Tune's own state in it)
         tune_config.yaml                        the experiment's resolved config (for --resume)
@@ -10,11 +10,10 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 from lavender_ray.config import LavenderConfig
-from lavender_ray.data.rejects import filesystem_and_path
+from lavender_ray.storage import absolute
 
 
 @dataclass(frozen=True)
@@ -35,9 +34,7 @@ def layout_of(cfg: LavenderConfig) -> TuneLayout:
     from lavender_ray.train.launch import run_dir_of
 
     root = run_dir_of(cfg)
-    cache = cfg.pipeline.cache_path or f"{root}/sd_cache"
-    if "://" not in cache:
-        cache = os.path.abspath(cache)
+    cache = absolute(cfg.pipeline.cache_path or f"{root}/sd_cache")
     return TuneLayout(
         experiment_dir=root,
         runs_dir=f"{root}/runs",
@@ -47,22 +44,3 @@ def layout_of(cfg: LavenderConfig) -> TuneLayout:
         table_csv=f"{root}/trials.csv",
         best_preset=f"{root}/best.yaml",
     )
-
-
-def write_text(path: str, text: str) -> None:
-    """Write `text` to a local path or URI, creating its folder."""
-    fs, local = filesystem_and_path(path)
-    fs.create_dir(local.rsplit("/", 1)[0], recursive=True)
-    with fs.open_output_stream(local) as out:
-        out.write(text.encode())
-
-
-def read_text(path: str) -> str | None:
-    """The text at a local path or URI, None when it does not exist."""
-    import pyarrow.fs as pafs
-
-    fs, local = filesystem_and_path(path)
-    if fs.get_file_info(local).type == pafs.FileType.NotFound:
-        return None
-    with fs.open_input_stream(local) as f:
-        return f.read().decode()

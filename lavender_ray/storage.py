@@ -1,0 +1,79 @@
+"""Local paths and storage URIs (`s3://`, `gs://`, `file://`, ...) behind one small API.
+
+A run's files are written and read by processes other than the driver: Ray Train workers and
+Tune trial drivers run in their own working folders, Ray Data tasks and actors run on other
+nodes. So every path the library hands to them is absolute (`absolute`), every file they write
+goes through a pyarrow filesystem (`filesystem_and_path`, `write_text`), never `open()`, and a
+multi-node run refuses local paths that are not on a shared mount
+(`lavender_ray.train.launch.check_storage`).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+
+import pyarrow.fs as pafs
+
+
+def is_uri(path: str) -> bool:
+    """`scheme://...` (`file://` included)."""
+    return "://" in path
+
+
+def is_remote(path: str) -> bool:
+    """Storage every node reaches by itself: a URI other than `file://`."""
+    return is_uri(path) and not path.startswith("file://")
+
+
+def absolute(path: str) -> str:
+    """A URI as it is; a local path made absolute against the current folder."""
+    return path if is_uri(path) else os.path.abspath(path)
+
+
+def filesystem_and_path(uri: str) -> tuple[pafs.FileSystem, str]:
+    """A local path or URI -> (pyarrow filesystem, path inside it)."""
+    if is_uri(uri):
+        return pafs.FileSystem.from_uri(uri)
+    return pafs.LocalFileSystem(), uri
+
+
+@functools.lru_cache(maxsize=256)
+def _folder_filesystem(folder_uri: str) -> tuple[pafs.FileSystem, str]:
+    return pafs.FileSystem.from_uri(folder_uri)
+
+
+def read_file(path: str) -> bytes:
+    """A whole file from a local path or URI. URI filesystems are made once per folder and
+    process: building an S3 filesystem looks up the bucket's region, a request per image
+    otherwise."""
+    if is_uri(path):
+        folder, name = path.rsplit("/", 1)
+        fs, inner_folder = _folder_filesystem(folder)
+        fs_path = f"{inner_folder.rstrip('/')}/{name}"
+    else:
+        fs, fs_path = pafs.LocalFileSystem(), path
+    with fs.open_input_stream(fs_path) as stream:
+        return stream.read()
+
+
+def exists(path: str) -> bool:
+    fs, inner = filesystem_and_path(path)
+    return fs.get_file_info(inner).type != pafs.FileType.NotFound
+
+
+def write_text(path: str, text: str) -> None:
+    """Write `text` to a local path or URI, creating its folder."""
+    fs, inner = filesystem_and_path(path)
+    fs.create_dir(inner.rsplit("/", 1)[0], recursive=True)
+    with fs.open_output_stream(inner) as out:
+        out.write(text.encode())
+
+
+def read_text(path: str) -> str | None:
+    """The text at a local path or URI, None when it does not exist."""
+    fs, inner = filesystem_and_path(path)
+    if fs.get_file_info(inner).type == pafs.FileType.NotFound:
+        return None
+    with fs.open_input_stream(inner) as f:
+        return f.read().decode()
