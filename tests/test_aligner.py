@@ -135,3 +135,21 @@ def test_minmax_of_a_constant_map_is_zero_not_nan():
 def test_bf16_input_gives_float32_output():
     out = Aligner(4, AlignerConfig(hidden_dim=8))(_maps().bfloat16())
     assert out.dtype == torch.float32 and out.shape == (3, 8, 8)
+
+
+@pytest.mark.parametrize("norm", NORMS)
+def test_a_16bit_aligner_computes_in_fp32(norm):
+    """DeepSpeed casts the Aligner's parameters to bf16/fp16. Its maps (~1e-3 here, ~1e-4 at
+    real size) must still be computed in fp32: the output equals an fp32 Aligner with the same
+    (rounded) weights, and gradients come back to the 16-bit parameters."""
+    torch.manual_seed(0)
+    half = Aligner(4, AlignerConfig(hidden_dim=8, norm=norm)).bfloat16()
+    full = Aligner(4, AlignerConfig(hidden_dim=8, norm=norm))
+    full.load_state_dict({k: v.float() for k, v in half.state_dict().items()})
+    maps = _maps(side=32)  # softmax over 1024 positions
+    out = half(maps)
+    torch.testing.assert_close(out, full(maps), rtol=0, atol=1e-5)
+    assert out.flatten(1).std(dim=1).min() > 0.05  # not flat maps
+    attention_loss(out, torch.rand_like(out)).backward()
+    grads = [p.grad for p in half.parameters()]
+    assert all(g is not None and g.dtype == torch.bfloat16 for g in grads)

@@ -60,16 +60,29 @@ class Aligner(nn.Module):
                 f"aligner input must be [n, L, H={self.num_heads}, s, s], got {tuple(maps.shape)}"
             )
         n, num_layers, heads, side, _ = maps.shape
-        maps = maps.to(self.net[0].weight.dtype)
+        maps = maps.float()
         if self.cfg.layer_reduction == "mean_then_aligner":
-            out = self.net(maps.mean(dim=1))  # [n, L, H, s, s] -> [n, H, s, s] -> [n, 1, s, s]
+            out = self.net_fp32(maps.mean(dim=1))  # [n, L, H, s, s] -> [n, H, s, s] -> [n, 1, s, s]
             out = out[:, 0]  # [n, 1, s, s] -> [n, s, s]
         else:
             flat = maps.reshape(n * num_layers, heads, side, side)  # -> [n*L, H, s, s]
-            out = self.net(flat)  # [n*L, H, s, s] -> [n*L, 1, s, s]
+            out = self.net_fp32(flat)  # [n*L, H, s, s] -> [n*L, 1, s, s]
             out = out.reshape(n, num_layers, side, side)  # [n*L, 1, s, s] -> [n, L, s, s]
             out = out.mean(dim=1)  # [n, L, s, s] -> [n, s, s]
-        return minmax_normalise(out.float())
+        return minmax_normalise(out)
+
+    def net_fp32(self, x: torch.Tensor) -> torch.Tensor:
+        """The net in fp32 whatever its parameters' dtype. DeepSpeed keeps them in bf16/fp16,
+        where attention maps of ~1e-4 lose their spatial signal (with `norm: none` every output
+        map is flat); the fp32 copies pass gradients back to the 16-bit parameters. (ZeRO-3 does
+        not partition them: each is under its 1e5-element persistence threshold.)"""
+        tensors = {**dict(self.net.named_parameters()), **dict(self.net.named_buffers())}
+        as_fp32 = {k: t.float() if t.is_floating_point() else t for k, t in tensors.items()}
+        out = torch.func.functional_call(self.net, as_fp32, (x,))
+        for name, tensor in tensors.items():  # BatchNorm running statistics kept in 16 bits
+            if as_fp32[name] is not tensor and not isinstance(tensor, nn.Parameter):
+                tensor.copy_(as_fp32[name])
+        return out
 
     def spec(self) -> dict[str, object]:
         """Everything needed to rebuild this Aligner (stored in the safetensors metadata)."""
