@@ -18,6 +18,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import torch
 from safetensors import safe_open
 from test_sd_stage import OVERRIDES as SD_OVERRIDES
 from test_sd_stage import records_with_every_kind
@@ -79,6 +80,11 @@ def test_stream_zero2_trains_counts_every_record_and_survives_an_sd_actor_death(
     assert (export / "aligner.safetensors").stat().st_size > 0
     assert (export / "config.yaml").is_file()
     assert adapter_shapes(summary.export)
+    # the DeepSpeed state holds the trainable tensors (LoRA, Aligner), not the frozen base
+    states = torch.load(Path(summary.checkpoint) / "deepspeed" / "mp_rank_00_model_states.pt",
+                        map_location="cpu", weights_only=False)
+    saved = set(states["module"])
+    assert saved and all("lora_" in k or k.startswith("aligner.") for k in saved), sorted(saved)
 
 
 @pytest.mark.timeout(600)

@@ -170,7 +170,9 @@ def train_fn_per_worker(config: dict[str, Any]) -> None:
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as ckpt_dir:
-            engine.load_checkpoint(ckpt_dir, tag=DS_TAG)
+            # the checkpoint holds the trainable weights only: the frozen base comes from
+            # the model's own weights, so the module load cannot be strict
+            engine.load_checkpoint(ckpt_dir, tag=DS_TAG, load_module_strict=False)
             with open(os.path.join(ckpt_dir, STATE_FILE.format(rank=rank))) as f:
                 state = json.load(f)
             if rank == 0:
@@ -259,7 +261,8 @@ def report(
         return
     average_norm_statistics(module, engine.device)
     with tempfile.TemporaryDirectory() as tmp:
-        engine.save_checkpoint(tmp, tag=DS_TAG)
+        # without the frozen base weights: 2 x 21 GB per checkpoint at 11B under ZeRO-2
+        engine.save_checkpoint(tmp, tag=DS_TAG, exclude_frozen_parameters=True)
         export_trained(module, cfg, os.path.join(tmp, EXPORT_DIR), rank=rank)
         with open(os.path.join(tmp, STATE_FILE.format(rank=rank)), "w") as f:
             json.dump({"step": step, "records": records}, f)
