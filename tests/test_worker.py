@@ -1,4 +1,5 @@
-"""The per-worker helpers of `lavender_ray.train.worker`, without Ray or a process group."""
+"""The per-worker helpers of `lavender_ray.train.worker` and the trainer's ingest options,
+without a Ray cluster or a process group."""
 
 from __future__ import annotations
 
@@ -90,3 +91,19 @@ def test_cast_inputs_casts_floating_inputs_only():
     assert out.inputs["pixel_values"].dtype == torch.bfloat16
     assert out.inputs["image_sizes"] == [(4, 4)]
     assert out.sd_maps[0].dtype == torch.float32  # targets keep full precision
+
+
+def test_ingest_options_carry_no_deprecated_field():
+    import warnings
+
+    from ray.train import DataConfig
+    from ray.util.annotations import RayDeprecationWarning
+
+    from lavender_ray.train.launch import ingest_config
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RayDeprecationWarning)
+        with pytest.raises(RayDeprecationWarning):  # what Ray Train's default does
+            DataConfig()._resolve_execution_options("train")
+        options = ingest_config()._resolve_execution_options("train")
+    assert options.preserve_order is False

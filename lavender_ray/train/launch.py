@@ -124,7 +124,23 @@ def build_trainer(
         scaling_config=scaling,
         run_config=run_config,
         datasets=datasets,
+        dataset_config=ingest_config(),
     )
+
+
+def ingest_config():
+    """Ray Train's `DataConfig` with the ingest options it would copy from the DataContext,
+    less the deprecated `exclude_resources` (its default copy warns in every run)."""
+    import ray.train
+    from ray.data import DataContext, ExecutionOptions
+
+    ctx = DataContext.get_current().execution_options
+    options = ExecutionOptions(
+        resource_limits=ctx.resource_limits,
+        preserve_order=ctx.preserve_order,
+        verbose_progress=ctx.verbose_progress,
+    )
+    return ray.train.DataConfig(execution_options=options)
 
 
 def train(cfg: LavenderConfig, callbacks: list[Any] | None = None) -> TrainSummary:
