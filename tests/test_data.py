@@ -12,7 +12,7 @@ from PIL import Image
 
 from lavender_ray.config import load_config
 from lavender_ray.data.formats import llava_row, messages_row
-from lavender_ray.data.rejects import count_rejects, read_rejects
+from lavender_ray.data.rejects import count_rejects, read_rejects, write_rejects
 from lavender_ray.data.sources import read_sources
 from lavender_ray.data.synthetic import make_synthetic_records
 from lavender_ray.schema import RECORD_SCHEMA, RecordError, parse_messages
@@ -149,3 +149,14 @@ def test_reader_reads_a_filesystem_uri(ray_local, tmp_path):
         {"name": "msgs", "format": "messages", "path": uri, "image_root": f"file://{tmp_path}/images"}]})
     rows = read_sources(cfg, str(tmp_path / "rejects")).take_all()
     assert sorted(r["id"] for r in rows) == ["g1", "g2"]
+
+
+def test_rejects_round_trip_and_a_read_without_a_rejects_folder(tmp_path):
+    from lavender_ray.schema import Reject
+
+    rejects = [Reject("r1", "s", "read", "missing_image", "a.jpg")]
+    assert write_rejects(rejects, None, "read") is None  # the cache's key scan writes nothing
+    assert write_rejects([], str(tmp_path / "rej"), "read") is None
+    assert not (tmp_path / "rej").exists()
+    assert write_rejects(rejects, str(tmp_path / "rej"), "read") is not None
+    assert count_rejects(str(tmp_path / "rej")) == {"read/missing_image": 1}

@@ -21,8 +21,6 @@ Records without targets are rejected with their reason (`no_targets`), never dro
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 import uuid
 from typing import Any
 
@@ -56,14 +54,11 @@ def _record_keys(cfg: LavenderConfig) -> set[tuple[str, str]]:
     """(id, image_sha256) of every record the sources yield (a read without SD)."""
     from lavender_ray.sd.cache import IMAGE_HASH, key_and_skip_cached
 
-    scratch = tempfile.mkdtemp(prefix="lavender-keys-")
-    try:
-        keyed = read_sources(cfg, scratch).map_batches(
-            key_and_skip_cached, fn_kwargs={"cached": frozenset()}, batch_format="pyarrow"
-        )
-        rows = keyed.select_columns(["id", IMAGE_HASH]).take_all()
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+    # no rejects written: the streaming read of the same sources records them
+    keyed = read_sources(cfg, None).map_batches(
+        key_and_skip_cached, fn_kwargs={"cached": frozenset()}, batch_format="pyarrow"
+    )
+    rows = keyed.select_columns(["id", IMAGE_HASH]).take_all()
     return {(r["id"], r[IMAGE_HASH]) for r in rows}
 
 

@@ -18,9 +18,11 @@ from lavender_ray.schema import REJECT_SCHEMA, Reject
 from lavender_ray.storage import filesystem_and_path
 
 
-def write_rejects(rejects: list[Reject], rejects_dir: str, stage: str) -> str | None:
-    """Write `rejects` as one Parquet file under `rejects_dir`; returns its path (None if empty)."""
-    if not rejects:
+def write_rejects(rejects: list[Reject], rejects_dir: str | None, stage: str) -> str | None:
+    """Write `rejects` as one Parquet file under `rejects_dir`; returns its path (None if empty).
+    `rejects_dir=None`: nothing is written, for a read whose rejects another read of the same
+    sources records (the cache's key scan)."""
+    if not rejects or rejects_dir is None:
         return None
     fs, root = filesystem_and_path(rejects_dir)
     fs.create_dir(root, recursive=True)

@@ -117,7 +117,7 @@ def _convert(
 
 
 def to_records(
-    batch: pa.Table, source: dict[str, Any], data: dict[str, Any], rejects_dir: str,
+    batch: pa.Table, source: dict[str, Any], data: dict[str, Any], rejects_dir: str | None,
     fraction: float = 1.0,
 ) -> pa.Table:
     """`map_batches` function (pyarrow batches): raw rows of one source -> record rows.
@@ -165,10 +165,12 @@ def read_raw(source: SourceConfig, data: DataConfig, seed: int):
 
 
 def read_source(
-    source: SourceConfig, data: DataConfig, rejects_dir: str, fraction: float | None = None
+    source: SourceConfig, data: DataConfig, rejects_dir: str | None,
+    fraction: float | None = None,
 ):
-    """One source -> Dataset of records; bad rows go to `rejects_dir`. `fraction` defaults to
-    the source's own (`sampling_fractions` resolves it against `data.total_samples`)."""
+    """One source -> Dataset of records; bad rows go to `rejects_dir` (None: not written).
+    `fraction` defaults to the source's own (`sampling_fractions` resolves it against
+    `data.total_samples`)."""
     ds = read_raw(source, data, seed=data.seed)
     ds = ds.map_batches(
         to_records,
@@ -187,7 +189,7 @@ def read_source(
 
 
 def read_sources(
-    cfg: LavenderConfig, rejects_dir: str, fractions: dict[str, float] | None = None
+    cfg: LavenderConfig, rejects_dir: str | None, fractions: dict[str, float] | None = None
 ):
     """All of `cfg.data.sources`, sampled -> one Dataset of records. `fractions` (source name
     -> keep probability) defaults to `sampling_fractions(cfg.data)`."""
