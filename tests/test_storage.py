@@ -10,8 +10,9 @@ import pytest
 
 from lavender_ray import storage
 from lavender_ray.config import ConfigError, absolute_paths, load_config
-from lavender_ray.eval.evaluate import check_local, check_shared
+from lavender_ray.eval.evaluate import check_local
 from lavender_ray.train.launch import check_storage, checkpoint_location, local_paths
+from lavender_ray.train.placement import check_shared_folders
 from lavender_ray.train.worker import InjectedFault, maybe_inject_fault
 
 
@@ -108,11 +109,13 @@ def test_evaluate_refuses_uris_and_unshared_folders_on_a_cluster() -> None:
     check_local(None, "--out")
     check_local("/mnt/run/export", "--adapter")
     cfg = load_config("demo")
-    check_shared(cfg, [CPU_NODE])
-    with pytest.raises(ConfigError, match="shared_storage"):
-        check_shared(cfg, [CPU_NODE, GPU_NODE])
+    check_shared_folders(cfg, [CPU_NODE], "--out")
+    with pytest.raises(ConfigError, match="--out must be on a mount.*shared_storage=true"):
+        check_shared_folders(cfg, [CPU_NODE, GPU_NODE], "--out")
     with pytest.raises(ConfigError, match="GPU nodes will be added"):
-        check_shared(load_config("demo", ["eval.num_gpus=1"]), [CPU_NODE])
+        check_shared_folders(cfg, [CPU_NODE], "--adapter and --out", wants_gpus=True)
+    shared = load_config("demo", ["train.shared_storage=true"])
+    check_shared_folders(shared, [CPU_NODE, GPU_NODE], "--out")
 
 
 def test_injected_fault_marker_lives_in_the_run_storage(tmp_path: Path, monkeypatch) -> None:

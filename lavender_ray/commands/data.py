@@ -17,8 +17,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     inspect = sub.add_parser("inspect", help="read the sources once and report what they yield")
     add_config_arguments(inspect)
     inspect.add_argument("--out", default="outputs/data_inspect",
-                         help="local folder for the contact sheet and rejects "
-                         "(default: outputs/data_inspect)")
+                         help="local folder for the contact sheet and rejects, on a shared "
+                         "mount when the cluster has several nodes (default: outputs/data_inspect)")
     inspect.add_argument("--samples", type=int, default=2,
                          help="decoded samples shown per source (default: 2)")
     inspect.add_argument("--address", default=None,

@@ -151,8 +151,12 @@ def contact_sheet(samples: list[dict[str, Any]], path: Path) -> Path:
 def inspect_data(cfg: LavenderConfig, out_dir: str | Path, samples: int = 2) -> InspectReport:
     """Read the configured mixture once; count, collect samples, write the contact sheet.
 
-    Rejects go to `<out_dir>/rejects` (emptied first, so the counts are this run's)."""
-    out = Path(out_dir)
+    Rejects go to `<out_dir>/rejects` (emptied first, so the counts are this run's); read tasks
+    on other nodes write them there, so on a multi-node cluster `out_dir` must be shared."""
+    from lavender_ray.train.placement import check_shared_folders, cluster_nodes
+
+    check_shared_folders(cfg, cluster_nodes(), "--out")
+    out = Path(out_dir).resolve()
     rejects_dir = out / "rejects"
     shutil.rmtree(rejects_dir, ignore_errors=True)
     quotas = source_quotas(cfg.data)

@@ -43,7 +43,7 @@ from lavender_ray.eval.metrics import Metric, MetricResult, Prediction, metric_f
 from lavender_ray.eval.report import format_number, markdown_report, results_dict
 from lavender_ray.schema import Reject
 from lavender_ray.storage import filesystem_and_path, is_uri
-from lavender_ray.train.placement import cluster_nodes, spans_nodes
+from lavender_ray.train.placement import check_shared_folders, cluster_nodes
 
 SYNTHETIC = "synthetic"
 SCORE_STAGE = "score"
@@ -260,17 +260,6 @@ def check_local(path: str | Path | None, flag: str) -> None:
         )
 
 
-def check_shared(cfg: LavenderConfig, nodes: list[dict[str, float]]) -> None:
-    """Inference actors on other nodes load the run from --adapter and write rejects under
-    --out: when they can run on other nodes, both must be on a mount every node sees."""
-    spread = spans_nodes(nodes, wants_gpus=cfg.eval.num_gpus > 0)
-    if spread and not cfg.train.shared_storage:
-        raise ConfigError(
-            f"the inference actors can run on other nodes ({spread}): --adapter and --out must "
-            "be on a mount every node sees; put them on one and set train.shared_storage=true"
-        )
-
-
 def evaluate(
     cfg: LavenderConfig, trained_dir: str | Path, benchmarks: list[str],
     out_dir: str | Path | None = None,
@@ -302,7 +291,7 @@ def evaluate(
     sources = benchmark_sources(cfg, benchmarks, out)
     if not ray.is_initialized():
         ray.init()
-    check_shared(cfg, cluster_nodes())
+    check_shared_folders(cfg, cluster_nodes(), "--adapter and --out", cfg.eval.num_gpus > 0)
     probe = start_probe(cfg, trained_dir)  # runs while the benchmarks stream
     scored = run_benchmarks(cfg, trained_dir, sources, metrics, rejects_dir)
     for name, scores in scored.items():

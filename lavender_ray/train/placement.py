@@ -203,3 +203,16 @@ def spans_nodes(nodes: list[NodeResources], wants_gpus: bool) -> str | None:
         return "GPU nodes will be added to the cluster for it (none is up yet)"
     return None
 
+
+def check_shared_folders(
+    cfg: LavenderConfig, nodes: list[NodeResources], folders: str, wants_gpus: bool = False
+) -> None:
+    """Local `folders` (named as the user gave them, e.g. "--out") that tasks and actors read or
+    write must be on a mount every node sees when those can run on other nodes."""
+    spread = spans_nodes(nodes, wants_gpus)
+    if spread and not cfg.train.shared_storage:
+        raise ConfigError(
+            f"{folders} must be on a mount every node sees: this job's tasks and actors can run "
+            f"on other nodes ({spread}); put them on one and set train.shared_storage=true"
+        )
+
