@@ -10,6 +10,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from lavender_ray.align import Aligner, build_aligner, load_aligner, minmax_normalise, save_aligner
+from lavender_ray.align.aligner import FP32BatchNorm2d, FP32Conv2d, FP32GroupNorm
 from lavender_ray.config import AlignerConfig
 from lavender_ray.loss import attention_loss
 
@@ -54,7 +55,7 @@ def test_variant_depths_and_channels(variant, convs3x3):
     assert all(c.bias is None for c in convs[:-1]) and convs[-1].bias is not None
     assert all(c.padding == (1, 1) for c in convs[:-1])
     default = [type(m) for m in Aligner(6).net]
-    assert default[:3] == [nn.Conv2d, nn.GroupNorm, nn.ReLU6]  # instance norm, see below
+    assert default[:3] == [FP32Conv2d, FP32GroupNorm, nn.ReLU6]  # instance norm, see below
 
 
 def test_instance_norm_is_per_channel_per_map_with_no_parameters():
@@ -153,3 +154,27 @@ def test_a_16bit_aligner_computes_in_fp32(norm):
     attention_loss(out, torch.rand_like(out)).backward()
     grads = [p.grad for p in half.parameters()]
     assert all(g is not None and g.dtype == torch.bfloat16 for g in grads)
+
+
+@pytest.mark.parametrize("norm", NORMS)
+@pytest.mark.parametrize("training", [True, False])
+def test_fp32_layers_equal_the_torch_layers_they_extend(norm, training):
+    """The Aligner's FP32* layers must do what nn.Conv2d / GroupNorm / BatchNorm2d do, running
+    statistics included."""
+    import copy
+
+    torch.manual_seed(0)
+    ours = Aligner(4, AlignerConfig(hidden_dim=8, norm=norm)).train(training)
+    theirs = copy.deepcopy(ours)
+
+    def torch_layers(x: torch.Tensor) -> torch.Tensor:
+        for layer in theirs.net:
+            ours_only = isinstance(layer, (FP32Conv2d, FP32GroupNorm, FP32BatchNorm2d))
+            x = super(type(layer), layer).forward(x) if ours_only else layer(x)
+        return x
+
+    x = _maps().flatten(0, 1)  # [n*L, H, s, s]
+    for _ in range(2):
+        torch.testing.assert_close(ours.net(x), torch_layers(x), rtol=0, atol=1e-6)
+    for (name, mine), (_, ref) in zip(ours.named_buffers(), theirs.named_buffers()):
+        torch.testing.assert_close(mine, ref, rtol=0, atol=1e-7, msg=name)

@@ -33,6 +33,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
+from torch.nn import functional as F
 
 from lavender_ray.config import AlignerConfig
 
@@ -62,31 +63,62 @@ class Aligner(nn.Module):
         n, num_layers, heads, side, _ = maps.shape
         maps = maps.float()
         if self.cfg.layer_reduction == "mean_then_aligner":
-            out = self.net_fp32(maps.mean(dim=1))  # [n, L, H, s, s] -> [n, H, s, s] -> [n, 1, s, s]
+            out = self.net(maps.mean(dim=1))  # [n, L, H, s, s] -> [n, H, s, s] -> [n, 1, s, s]
             out = out[:, 0]  # [n, 1, s, s] -> [n, s, s]
         else:
             flat = maps.reshape(n * num_layers, heads, side, side)  # -> [n*L, H, s, s]
-            out = self.net_fp32(flat)  # [n*L, H, s, s] -> [n*L, 1, s, s]
+            out = self.net(flat)  # [n*L, H, s, s] -> [n*L, 1, s, s]
             out = out.reshape(n, num_layers, side, side)  # [n*L, 1, s, s] -> [n, L, s, s]
             out = out.mean(dim=1)  # [n, L, s, s] -> [n, s, s]
         return minmax_normalise(out)
 
-    def net_fp32(self, x: torch.Tensor) -> torch.Tensor:
-        """The net in fp32 whatever its parameters' dtype. DeepSpeed keeps them in bf16/fp16,
-        where attention maps of ~1e-4 lose their spatial signal (with `norm: none` every output
-        map is flat); the fp32 copies pass gradients back to the 16-bit parameters. (ZeRO-3 does
-        not partition them: each is under its 1e5-element persistence threshold.)"""
-        tensors = {**dict(self.net.named_parameters()), **dict(self.net.named_buffers())}
-        as_fp32 = {k: t.float() if t.is_floating_point() else t for k, t in tensors.items()}
-        out = torch.func.functional_call(self.net, as_fp32, (x,))
-        for name, tensor in tensors.items():  # BatchNorm running statistics kept in 16 bits
-            if as_fp32[name] is not tensor and not isinstance(tensor, nn.Parameter):
-                tensor.copy_(as_fp32[name])
-        return out
-
     def spec(self) -> dict[str, object]:
         """Everything needed to rebuild this Aligner (stored in the safetensors metadata)."""
         return {"num_heads": self.num_heads, "config": self.cfg.model_dump(mode="json")}
+
+
+def _fp32(t: torch.Tensor | None) -> torch.Tensor | None:
+    return None if t is None else t.float()
+
+
+# The Aligner's layers compute in fp32 whatever their parameters' dtype. DeepSpeed keeps those in
+# bf16/fp16, where attention maps of ~1e-4 lose their spatial signal (with `norm: none` every
+# output map came out flat); the fp32 copies pass gradients back to the 16-bit parameters. They
+# stay modules called as modules, so ZeRO-3's hooks see their own parameters.
+class FP32Conv2d(nn.Conv2d):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._conv_forward(x.float(), self.weight.float(), _fp32(self.bias))
+
+
+class FP32GroupNorm(nn.GroupNorm):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.group_norm(x.float(), self.num_groups, _fp32(self.weight), _fp32(self.bias),
+                            self.eps)
+
+
+class FP32BatchNorm2d(nn.BatchNorm2d):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _batch_norm_fp32(self, x.float())
+
+
+def _batch_norm_fp32(layer: nn.BatchNorm2d, x: torch.Tensor) -> torch.Tensor:
+    """`layer(x)` in fp32 (as `nn.BatchNorm2d.forward`), running statistics updated in place
+    in their own dtype."""
+    momentum = layer.momentum
+    if layer.training and layer.num_batches_tracked is not None:
+        layer.num_batches_tracked.add_(1)
+        if momentum is None:  # cumulative moving average
+            momentum = 1.0 / float(layer.num_batches_tracked)
+    stats = [layer.running_mean, layer.running_var]
+    fp32_stats = [_fp32(t) for t in stats]
+    out = F.batch_norm(
+        x, fp32_stats[0], fp32_stats[1], _fp32(layer.weight), _fp32(layer.bias),
+        layer.training or stats[0] is None, momentum or 0.0, layer.eps,
+    )  # fmt: skip
+    for kept, used in zip(stats, fp32_stats):
+        if kept is not None and used is not kept:  # statistics kept in 16 bits
+            kept.copy_(used)
+    return out
 
 
 def minmax_normalise(maps: torch.Tensor) -> torch.Tensor:
@@ -108,11 +140,11 @@ def build_network(num_heads: int, cfg: AlignerConfig) -> nn.Sequential:
     layers: list[nn.Module] = []
     for c_in, c_out in zip(widths[:-1], widths[1:]):
         layers += [
-            nn.Conv2d(c_in, c_out, kernel_size=3, padding=1, bias=False),
+            FP32Conv2d(c_in, c_out, kernel_size=3, padding=1, bias=False),
             make_norm(cfg.norm, c_out),
             make_activation(cfg.activation),
         ]
-    layers.append(nn.Conv2d(num_heads, 1, kernel_size=1, bias=True))
+    layers.append(FP32Conv2d(num_heads, 1, kernel_size=1, bias=True))
     return nn.Sequential(*layers)
 
 
@@ -121,11 +153,11 @@ def make_norm(kind: str, channels: int) -> nn.Module:
     if kind == "instance":
         # instance norm = group norm with one group per channel (same statistics, eps 1e-5,
         # no parameters); PyTorch's CPU group-norm kernel runs it 3x faster than InstanceNorm2d
-        return nn.GroupNorm(channels, channels, affine=False)
+        return FP32GroupNorm(channels, channels, affine=False)
     if kind == "batch":
-        return nn.BatchNorm2d(channels)
+        return FP32BatchNorm2d(channels)
     if kind == "group":
-        return nn.GroupNorm(math.gcd(channels, GROUP_NORM_MAX_GROUPS), channels)
+        return FP32GroupNorm(math.gcd(channels, GROUP_NORM_MAX_GROUPS), channels)
     if kind == "none":
         return nn.Identity()
     raise ValueError(f"aligner.norm={kind!r} is not one of instance, batch, group, none")
