@@ -79,6 +79,10 @@ def deepspeed_config(cfg: LavenderConfig, world_size: int, precision: Precision)
             "loss_scale": 0,  # dynamic loss scaling
             "initial_scale_power": 16,
         },
+        # ZeRO sums bf16 micro-batch gradients in bf16 (8-bit mantissa) unless told otherwise;
+        # without ZeRO, DeepSpeed has no fp32 accumulation for bf16 models
+        **({"data_types": {"grad_accum_dtype": "fp32"}} if precision == "bf16" and t.zero_stage
+           else {}),
         "steps_per_print": 10**9,
         "wall_clock_breakdown": False,
     }
