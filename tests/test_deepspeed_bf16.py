@@ -1,6 +1,6 @@
 """The bf16 DeepSpeed path the GPU runs take, on CPU: the config `deepspeed_config` builds for
-bf16 initialises and steps under ZeRO 1, 2 and 3 with the real `LavenderModule` (tiny Mllama,
-LoRA, Aligner). In a subprocess: DeepSpeed needs a process group of its own."""
+bf16 initialises and steps under ZeRO 1, 2 and 3 (and 3 with activation checkpointing) with the
+real `LavenderModule` (tiny Mllama, LoRA, Aligner). In a subprocess: DeepSpeed needs a process group of its own."""
 
 from __future__ import annotations
 
@@ -25,9 +25,9 @@ from lavender_ray.train.precision import deepspeed_config
 from lavender_ray.train.worker import cast_inputs
 from lavender_ray.vlm import build_adapter
 
-stage = int(sys.argv[1])
+stage, checkpointing = int(sys.argv[1]), sys.argv[2]
 cfg = load_config("demo", ["loss.word_source=label", f"train.zero_stage={stage}",
-                           "train.grad_accum_steps=2"])
+                           "train.grad_accum_steps=2", f"vlm.gradient_checkpointing={checkpointing}"])
 torch.manual_seed(0)
 adapter = build_adapter(cfg.vlm, cfg.lora, cfg.sd.output_size)
 module = LavenderModule(adapter, build_aligner(cfg.aligner, adapter.num_heads), cfg.loss,
@@ -56,11 +56,13 @@ def test_bf16_config_accumulates_in_fp32_under_zero_only():
 
 
 @pytest.mark.timeout(600)
-@pytest.mark.parametrize("stage", [1, 2, 3])
-def test_bf16_deepspeed_steps_the_lavender_module(stage, tmp_path):
-    env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(29650 + stage),
+@pytest.mark.parametrize("stage,checkpointing", [(1, False), (2, False), (3, False), (3, True)])
+def test_bf16_deepspeed_steps_the_lavender_module(stage, checkpointing, tmp_path):
+    port = 29650 + stage + 10 * checkpointing
+    env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
            "RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "DS_ACCELERATOR": "cpu"}
-    run = subprocess.run([sys.executable, "-c", SCRIPT, str(stage)], env=env, cwd=tmp_path,
+    args = [sys.executable, "-c", SCRIPT, str(stage), str(checkpointing).lower()]
+    run = subprocess.run(args, env=env, cwd=tmp_path,
                          capture_output=True, text=True, timeout=540)
     lines = [line for line in run.stdout.splitlines() if line.startswith("RESULT ")]
     assert run.returncode == 0 and lines, run.stderr[-3000:]
