@@ -1,6 +1,7 @@
 """The bf16 DeepSpeed path the GPU runs take, on CPU: the config `deepspeed_config` builds for
 bf16 initialises and steps under ZeRO 1, 2 and 3 (and 3 with activation checkpointing) with the
-real `LavenderModule` (tiny Mllama, LoRA, Aligner). In a subprocess: DeepSpeed needs a process group of its own."""
+real `LavenderModule` (tiny Mllama, LoRA, Aligner). In a subprocess: DeepSpeed needs a process
+group of its own."""
 
 from __future__ import annotations
 
@@ -27,7 +28,8 @@ from lavender_ray.vlm import build_adapter
 
 stage, checkpointing = int(sys.argv[1]), sys.argv[2]
 cfg = load_config("demo", ["loss.word_source=label", f"train.zero_stage={stage}",
-                           "train.grad_accum_steps=2", f"vlm.gradient_checkpointing={checkpointing}"])
+                           "train.grad_accum_steps=2",
+                           f"vlm.gradient_checkpointing={checkpointing}"])
 torch.manual_seed(0)
 adapter = build_adapter(cfg.vlm, cfg.lora, cfg.sd.output_size)
 module = LavenderModule(adapter, build_aligner(cfg.aligner, adapter.num_heads), cfg.loss,
@@ -43,7 +45,8 @@ for step in range(4):
     engine.backward(out.total)
     engine.step()
     losses.append([float(out.metrics["loss/lm"]), float(out.metrics["loss/att"])])
-print("RESULT", json.dumps({"losses": losses, "aligner_dtype": str(module.aligner.net[0].weight.dtype)}))
+aligner_dtype = str(module.aligner.net[0].weight.dtype)
+print("RESULT", json.dumps({"losses": losses, "aligner_dtype": aligner_dtype}))
 """
 
 

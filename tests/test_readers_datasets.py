@@ -274,7 +274,8 @@ def test_paper_mixture_preset_sums_to_the_paper_total():
     assert {k: round(v) for k, v in quotas.items()} == {
         "flickr30k": 19_635, "laion": 33_854, "rlaif_v": 56_198, "ocrvqa": 20_312}
     # the preset's placeholders are relative to the working folder, resolved when loaded
-    assert all(not s["path"].startswith("/") for s in read_preset("paper_mixture")["data"]["sources"])
+    raw_sources = read_preset("paper_mixture")["data"]["sources"]
+    assert all(not s["path"].startswith("/") for s in raw_sources)
     assert all(s.path.startswith(os.getcwd() + "/data/") for s in cfg.data.sources)
 
 

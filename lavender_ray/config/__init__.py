@@ -46,9 +46,9 @@ from lavender_ray.config.sections import (
 )
 
 __all__ = [
-    "PRESET_PACKAGE", "AlignerConfig", "ConfigError", "DataConfig", "EvalConfig",
-    "LavenderConfig", "LoraConfig", "LossConfig", "MetricName", "OptimConfig", "PipelineConfig",
-    "SDConfig", "Section", "SourceConfig", "TrainConfig", "TuneConfig", "VLMConfig",
-    "absolute_paths", "apply_overrides", "config_hash", "format_validation_error", "load_config", "parse_override",
+    "PRESET_PACKAGE", "AlignerConfig", "ConfigError", "DataConfig", "EvalConfig", "LavenderConfig",
+    "LoraConfig", "LossConfig", "MetricName", "OptimConfig", "PipelineConfig", "SDConfig",
+    "Section", "SourceConfig", "TrainConfig", "TuneConfig", "VLMConfig", "absolute_paths",
+    "apply_overrides", "config_hash", "format_validation_error", "load_config", "parse_override",
     "preset_names", "read_preset", "set_dotted",
 ]  # fmt: skip

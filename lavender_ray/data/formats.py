@@ -35,7 +35,8 @@ Each format is a `RowFormat` in `FORMATS`: `row_id(row, source)` gives the id th
 have, computed from the raw row without reading images (sampling decides on it before any image
 is read), and never raises; `convert(row, ...)` returns a record dict or raises
 `RecordError(reason, detail)`, which the caller turns into a `Reject`. Image paths are read
-through the `read_bytes` callable given (`storage.read_file`: pyarrow filesystems). Converters are pure: no Ray.
+through the `read_bytes` callable given (`storage.read_file`: pyarrow filesystems). Converters
+are pure: no Ray.
 """
 
 from __future__ import annotations
