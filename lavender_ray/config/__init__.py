@@ -22,6 +22,7 @@ from lavender_ray.config.loading import (
     parse_override,
     preset_names,
     read_preset,
+    run_paths,
     set_dotted,
 )
 from lavender_ray.config.sections import (
@@ -50,5 +51,5 @@ __all__ = [
     "LoraConfig", "LossConfig", "MetricName", "OptimConfig", "PipelineConfig", "SDConfig",
     "Section", "SourceConfig", "TrainConfig", "TuneConfig", "VLMConfig", "absolute_paths",
     "apply_overrides", "config_hash", "format_validation_error", "load_config", "parse_override",
-    "preset_names", "read_preset", "set_dotted",
+    "preset_names", "read_preset", "run_paths", "set_dotted",
 ]  # fmt: skip

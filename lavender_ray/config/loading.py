@@ -109,27 +109,39 @@ def load_config(
     return absolute_paths(LavenderConfig.from_dict(raw))
 
 
-PATH_KEYS = [
+# the paths a run's workers, actors and tasks read or write (sections, then each source's)
+RUN_PATH_KEYS = [
     ("data", "rejects_path"),
     ("train", "storage_path"),
     ("pipeline", "cache_path"),
     ("pipeline", "precomputed_path"),
-    ("eval", "probe_path"),
 ]
+SOURCE_PATH_KEYS = ("path", "image_root")
+
+
+def run_paths(cfg: LavenderConfig) -> dict[str, str]:
+    """Dotted key -> value of every path set in `cfg` that a run reads or writes."""
+    paths = {f"{section}.{key}": getattr(getattr(cfg, section), key)
+             for section, key in RUN_PATH_KEYS}  # fmt: skip
+    for source in cfg.data.sources:
+        for key in SOURCE_PATH_KEYS:
+            paths[f"data.sources[{source.name}].{key}"] = getattr(source, key)
+    return {key: value for key, value in paths.items() if value}
 
 
 def absolute_paths(cfg: LavenderConfig) -> LavenderConfig:
-    """`cfg` with every local path absolute against the current folder (URIs unchanged).
+    """`cfg` with every local path absolute against the current folder (URIs unchanged): the
+    run's paths, `eval.probe_path` and `eval.benchmarks`.
 
     Ray Train workers and Tune trial drivers run in folders of their own, so a relative path
     would name another file there. Model ids count as paths only when such a folder exists
     (`meta-llama/...` stays a hub id)."""
     raw = cfg.to_dict()
-    for section, key in PATH_KEYS:
+    for section, key in [*RUN_PATH_KEYS, ("eval", "probe_path")]:
         if raw[section][key]:
             raw[section][key] = absolute(raw[section][key])
     for source in raw["data"]["sources"]:
-        for key in ("path", "image_root"):
+        for key in SOURCE_PATH_KEYS:
             if source.get(key):
                 source[key] = absolute(source[key])
     raw["eval"]["benchmarks"] = {k: absolute(v) for k, v in raw["eval"]["benchmarks"].items()}

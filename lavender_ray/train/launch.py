@@ -14,10 +14,10 @@ from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 from typing import Any
 
-from lavender_ray.config import ConfigError, LavenderConfig, absolute_paths
+from lavender_ray.config import LavenderConfig, absolute_paths, run_paths
 from lavender_ray.data.rejects import count_rejects
 from lavender_ray.storage import absolute, is_remote, write_text
-from lavender_ray.train.placement import check_placement, cluster_nodes, spans_nodes
+from lavender_ray.train.placement import check_placement, check_shared_folders, cluster_nodes
 from lavender_ray.train.local import CONFIG_FILE
 from lavender_ray.train.worker import EXPORT_DIR, train_fn_per_worker
 
@@ -61,19 +61,7 @@ def checkpoint_location(run_dir: str, checkpoint_path: str) -> str:
 def local_paths(cfg: LavenderConfig) -> dict[str, str]:
     """Config key -> value of every path the run's workers, actors and tasks read or write, for
     those that are local (a URI other than file:// is visible everywhere)."""
-    paths = {"train.storage_path": cfg.train.storage_path}
-    if cfg.data.rejects_path:
-        paths["data.rejects_path"] = cfg.data.rejects_path
-    if cfg.pipeline.cache_path:
-        paths["pipeline.cache_path"] = cfg.pipeline.cache_path
-    if cfg.pipeline.precomputed_path:
-        paths["pipeline.precomputed_path"] = cfg.pipeline.precomputed_path
-    for source in cfg.data.sources:
-        for key in ("path", "image_root"):
-            value = getattr(source, key)
-            if value:
-                paths[f"data.sources[{source.name}].{key}"] = value
-    return {key: value for key, value in paths.items() if not is_remote(value)}
+    return {key: value for key, value in run_paths(cfg).items() if not is_remote(value)}
 
 
 def check_storage(cfg: LavenderConfig, nodes: list[dict[str, float]]) -> None:
@@ -81,16 +69,11 @@ def check_storage(cfg: LavenderConfig, nodes: list[dict[str, float]]) -> None:
     needs every path its workers, actors and tasks use on storage every node sees: a URI, or a
     shared mount declared with `train.shared_storage`."""
     local = local_paths(cfg)
-    wants_gpus = cfg.train.use_gpu or cfg.pipeline.sd_num_gpus > 0
-    spread = spans_nodes(nodes, wants_gpus)
-    if spread and local and not cfg.train.shared_storage:
+    if local:
         listed = ", ".join(f"{key}={value!r}" for key, value in local.items())
-        raise ConfigError(
-            f"the run can span several nodes ({spread}) but these paths are local: {listed}. "
-            "Workers on other nodes would not find their inputs, and what they write "
-            "(checkpoints, rejects, cached targets) would be lost. Use URIs (s3://bucket/prefix, "
-            "gs://...), or a mount every node sees and set train.shared_storage=true"
-        )
+        wants_gpus = cfg.train.use_gpu or cfg.pipeline.sd_num_gpus > 0
+        check_shared_folders(cfg, nodes, f"the local paths {listed}", wants_gpus,
+                             alternative=", or use URIs (s3://bucket/prefix, gs://...)")
 
 
 def build_trainer(

@@ -205,14 +205,19 @@ def spans_nodes(nodes: list[NodeResources], wants_gpus: bool) -> str | None:
 
 
 def check_shared_folders(
-    cfg: LavenderConfig, nodes: list[NodeResources], folders: str, wants_gpus: bool = False
+    cfg: LavenderConfig,
+    nodes: list[NodeResources],
+    folders: str,
+    wants_gpus: bool = False,
+    alternative: str = "",
 ) -> None:
     """Local `folders` (named as the user gave them, e.g. "--out") that tasks and actors read or
-    write must be on a mount every node sees when those can run on other nodes."""
+    write must be on a mount every node sees when those can run on other nodes; `alternative`
+    ends the error with another way out."""
     spread = spans_nodes(nodes, wants_gpus)
     if spread and not cfg.train.shared_storage:
         raise ConfigError(
-            f"{folders} must be on a mount every node sees: this job's tasks and actors can run "
-            f"on other nodes ({spread}); put them on one and set train.shared_storage=true"
+            f"this job's tasks and actors can run on other nodes ({spread}): {folders} must be "
+            f"on a mount every node sees; put them on one and set train.shared_storage=true"
+            f"{alternative}"
         )
-

@@ -78,10 +78,10 @@ def cast_inputs(batch: TrainBatch, device: torch.device, dtype: torch.dtype) -> 
 def maybe_inject_fault(cfg: LavenderConfig, step: int, rank: int) -> None:
     """`train.fail_at_step`: rank 0 raises once at that step (a marker file in the run's
     storage records it, so the replacement worker, wherever it runs, goes on)."""
-    from lavender_ray.train.launch import run_dir_of
-
     if cfg.train.fail_at_step != step or rank != 0:
         return
+    from lavender_ray.train.launch import run_dir_of  # launch imports this module
+
     marker = f"{run_dir_of(cfg)}/fault_injected"
     if storage.exists(marker):
         return
