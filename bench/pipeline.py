@@ -66,7 +66,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from lavender_ray.demo import start_local_ray
-    from lavender_ray.sd.cache import extract_to_cache
+    from lavender_ray.pipeline.extract import extract_to_cache
     from lavender_ray.train.launch import train
 
     root = tempfile.mkdtemp(prefix="lavender-bench-")

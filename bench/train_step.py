@@ -41,8 +41,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from lavender_ray.align import build_aligner  # noqa: E402
 from lavender_ray.config import LavenderConfig, load_config  # noqa: E402
 from lavender_ray.data.synthetic import make_synthetic_records  # noqa: E402
+from lavender_ray.families import registered_families  # noqa: E402
 from lavender_ray.schema import encode_maps  # noqa: E402
-from lavender_ray.train.local import (  # noqa: E402
+from lavender_ray.train.step import (  # noqa: E402
     LavenderModule,
     TrainBatch,
     build_optimizer,
@@ -52,11 +53,10 @@ from lavender_ray.train.local import (  # noqa: E402
 )
 from lavender_ray.vlm import VLMAdapter  # noqa: E402
 from lavender_ray.vlm.lora import apply_finetuning  # noqa: E402
-from lavender_ray.vlm.registry import adapter_class  # noqa: E402
-from lavender_ray.vlm.tiny import TEXT_HIDDEN, build_tiny  # noqa: E402
+from lavender_ray.vlm.registry import adapter_class, build_tiny  # noqa: E402
+from lavender_ray.vlm.tiny import TEXT_HIDDEN  # noqa: E402
 
 GOAL_RATIO = 1.3
-FAMILIES = ("mllama", "llava", "qwen2_vl")
 
 
 # ----------------------------------------------------------------------------- data
@@ -230,7 +230,7 @@ def real_size_adapter(cfg: LavenderConfig, device: torch.device, dtype: torch.dt
         MllamaProcessor,
     )
 
-    from lavender_ray.vlm.tiny import MLLAMA_TEMPLATE, tiny_mllama
+    from lavender_ray.vlm.mllama.tiny import MLLAMA_TEMPLATE, tiny_mllama
 
     _, tiny_processor = tiny_mllama()
     tokenizer = tiny_processor.tokenizer
@@ -307,7 +307,7 @@ def main(argv: list[str] | None = None) -> int:
         "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
         help="config override, repeatable (e.g. aligner.hidden_dim=32)",
     )  # fmt: skip
-    parser.add_argument("--families", default=",".join(FAMILIES), help="tiny families to run")
+    parser.add_argument("--families", default=",".join(registered_families()), help="tiny families to run")
     parser.add_argument(
         "--text-widths",
         default=str(TEXT_HIDDEN),

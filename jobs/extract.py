@@ -11,7 +11,7 @@ import sys
 
 from lavender_ray.cli import add_config_arguments
 from lavender_ray.config import load_config
-from lavender_ray.sd.cache import extract_to_cache
+from lavender_ray.pipeline.extract import extract_to_cache
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -8,6 +8,8 @@ import argparse
 import importlib
 import sys
 
+from lavender_ray.config import ConfigError
+
 # subcommand -> module under lavender_ray.commands (one line per command)
 COMMANDS: dict[str, str] = {
     "config": "config",
@@ -54,8 +56,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from lavender_ray.config import ConfigError
-
     args = build_parser().parse_args(argv)
     try:
         return int(args._run(args) or 0)

@@ -13,7 +13,14 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+import ray
+
 from lavender_ray.config import LavenderConfig
+from lavender_ray.data.synthetic import write_synthetic_parquet
+from lavender_ray.eval.attention import probe_attention, synthetic_probe_records, write_probe_pngs
+from lavender_ray.eval.evaluate import describe, evaluate
+from lavender_ray.runs import ADAPTER_DIR, METRICS_FILE, load_trained
+from lavender_ray.train.launch import train
 
 REPORT_SAMPLES = 4
 
@@ -32,8 +39,6 @@ class DemoOutputs:
 
 def start_local_ray(num_cpus: int = 4) -> None:
     """An embedded Ray on loopback (`num_cpus` logical CPUs so data and trainers can share)."""
-    import ray
-
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     os.environ.setdefault("DS_ACCELERATOR", "cpu")
     if not ray.is_initialized():
@@ -42,46 +47,21 @@ def start_local_ray(num_cpus: int = 4) -> None:
                  _node_ip_address="127.0.0.1", configure_logging=False)
 
 
-def report_records(cfg: LavenderConfig, n: int, device: str = "cpu") -> list[dict]:
-    """`n` synthetic probe records with SD targets (held out: another seed than training),
-    extracted with `cfg.sd` on `device`; on CPU an fp16 `sd.dtype` runs in fp32 (CPU has no
-    fast fp16 kernels, and fp16 inversion there gives NaN maps)."""
-    from lavender_ray.data.synthetic import make_synthetic_records
-    from lavender_ray.images import decode_image
-    from lavender_ray.sd.components import resolve_dtype
-    from lavender_ray.sd.extractor import SDExtractor
-
-    records = make_synthetic_records(n, seed=cfg.data.seed + 1000)
-    sd = cfg.sd
-    if device == "cpu" and resolve_dtype(sd.dtype, device) == "fp16":
-        sd = sd.model_copy(update={"dtype": "fp32"})
-    extractor = SDExtractor(sd, device=device)
-    images = [decode_image(r["image"], cfg.data.max_image_pixels) for r in records]
-    targets = extractor.extract(images, [r["target_text"] for r in records])
-    return [{**r, **t.to_row()} for r, t in zip(records, targets)]
-
-
 def run_demo(cfg: LavenderConfig) -> DemoOutputs:
     """Train on the local Ray, then write the attention report next to the run's outputs."""
-    from lavender_ray.eval.attention import probe_attention, write_probe_pngs
-    from lavender_ray.eval.evaluate import describe, evaluate
-    from lavender_ray.train.launch import train
-    from lavender_ray.train.local import load_trained
-    from lavender_ray.train.worker import METRICS_FILE
-
     start_local_ray()
     summary = train(cfg)
     data = save_synthetic_sources(cfg, Path(summary.run_dir) / "data")
     if summary.checkpoint is None or summary.export is None:
         raise RuntimeError(f"training wrote no checkpoint under {summary.run_dir}")
     run_dir = Path(summary.run_dir)
-    adapter_dir = run_dir / "adapter"
+    adapter_dir = run_dir / ADAPTER_DIR
     shutil.copytree(summary.export, adapter_dir, dirs_exist_ok=True)
     metrics = run_dir / METRICS_FILE
     shutil.copy(Path(summary.checkpoint) / METRICS_FILE, metrics)
 
     _, adapter, aligner = load_trained(adapter_dir)
-    samples = probe_attention(adapter, aligner, report_records(cfg, REPORT_SAMPLES),
+    samples = probe_attention(adapter, aligner, synthetic_probe_records(cfg, REPORT_SAMPLES),
                               cfg.sd.output_size)
     report = write_probe_pngs(samples, run_dir / "report")
     evaluation = describe(evaluate(cfg, adapter_dir, ["synthetic"], run_dir / "eval"))
@@ -92,8 +72,6 @@ def run_demo(cfg: LavenderConfig) -> DemoOutputs:
 
 def save_synthetic_sources(cfg: LavenderConfig, out_dir: Path) -> list[str]:
     """Write each synthetic source's records (the same ones training read) as Parquet."""
-    from lavender_ray.data.synthetic import write_synthetic_parquet
-
     out_dir.mkdir(parents=True, exist_ok=True)
     return [
         write_synthetic_parquet(str(out_dir / f"{s.name}.parquet"), s.num_samples, cfg.data.seed)

@@ -19,7 +19,7 @@ The SD stage adds the **target** columns (METHOD.md section 2, step 6)::
     sd_config_hash string              hash of the extraction config (see `config.config_hash`)
 
 A **benchmark row** is one evaluation question (`BENCHMARK_SCHEMA`, built by `make_benchmark_row`;
-read by `lavender_ray.data.benchmarks.read_benchmark`)::
+read by `lavender_ray.pipeline.benchmarks.read_benchmark`)::
 
     id         string   the benchmark's own row id (VLMEvalKit `index`), unique within the file
     image      binary   encoded image bytes

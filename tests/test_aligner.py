@@ -9,10 +9,11 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from lavender_ray.align import Aligner, build_aligner, load_aligner, minmax_normalise, save_aligner
+from lavender_ray.align import Aligner, build_aligner, load_aligner, save_aligner
 from lavender_ray.align.aligner import FP32BatchNorm2d, FP32Conv2d, FP32GroupNorm
 from lavender_ray.config import AlignerConfig
 from lavender_ray.loss import attention_loss
+from lavender_ray.tensors import minmax_normalise
 
 VARIANTS = ("light", "sim", "deep")
 NORMS = ("instance", "batch", "group", "none")

@@ -24,7 +24,7 @@ import ray
 import yaml
 
 from lavender_ray.config import ConfigError, load_config, preset_names
-from lavender_ray.train.placement import (
+from lavender_ray.placement import (
     check_placement,
     gpu_types,
     sd_actor_request,
@@ -249,9 +249,9 @@ def probe_fake_cluster(out: Path) -> None:
     from ray.train import FailureConfig, RunConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    from lavender_ray.sd.stage import sd_stage_options
+    from lavender_ray.pipeline.sd_stage import sd_stage_options
+    from lavender_ray.placement import cluster_nodes
     from lavender_ray.train.launch import build_trainer, train
-    from lavender_ray.train.placement import cluster_nodes
 
     cluster = Cluster(
         initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False}
@@ -310,6 +310,7 @@ def fake_cluster(tmp_path_factory) -> dict:
     return json.loads((out / "placement.json").read_text())
 
 
+@pytest.mark.slow  # a fake multi-node cluster with a TorchTrainer
 def test_sd_actors_and_train_workers_land_on_their_gpu_types(fake_cluster):
     assert fake_cluster["nodes"] == ["A100", "V100", "cpu"]
     assert fake_cluster["sd_rows"] == 8 and fake_cluster["sd"] == ["V100"]
@@ -317,6 +318,7 @@ def test_sd_actors_and_train_workers_land_on_their_gpu_types(fake_cluster):
     assert fake_cluster["train"] == ["A100", "A100"]
 
 
+@pytest.mark.slow  # a fake multi-node cluster with a TorchTrainer
 def test_mixed_gpu_types_in_one_trainer_are_refused_before_start(fake_cluster):
     assert fake_cluster["cluster_gpu_types"] == ["A100", "V100"]
     refusal = fake_cluster["mixed_refusal"]

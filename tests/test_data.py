@@ -12,9 +12,9 @@ from PIL import Image
 
 from lavender_ray.config import load_config
 from lavender_ray.data.formats import llava_row, messages_row
-from lavender_ray.data.rejects import count_rejects, read_rejects, write_rejects
-from lavender_ray.data.sources import read_sources
 from lavender_ray.data.synthetic import make_synthetic_records
+from lavender_ray.pipeline.read import read_sources
+from lavender_ray.rejects import count_rejects, read_rejects, write_rejects
 from lavender_ray.schema import RECORD_SCHEMA, RecordError, parse_messages
 from lavender_ray.storage import read_file
 

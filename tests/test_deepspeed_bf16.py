@@ -15,13 +15,15 @@ import pytest
 from lavender_ray.config import load_config
 from lavender_ray.train.precision import deepspeed_config
 
+pytestmark = pytest.mark.slow  # DeepSpeed engines under ZeRO 1-3, in subprocesses
+
 SCRIPT = r"""
 import json, os, sys
 import torch, deepspeed
 from lavender_ray.config import load_config
-from lavender_ray.demo import report_records
+from lavender_ray.eval.attention import synthetic_probe_records
 from lavender_ray.align import build_aligner
-from lavender_ray.train.local import LavenderModule, build_optimizer, collate_records
+from lavender_ray.train.step import build_optimizer, collate_records, LavenderModule
 from lavender_ray.train.precision import deepspeed_config
 from lavender_ray.train.worker import cast_inputs
 from lavender_ray.vlm import build_adapter
@@ -37,7 +39,7 @@ module = LavenderModule(adapter, build_aligner(cfg.aligner, adapter.num_heads), 
 engine, _, _, _ = deepspeed.initialize(
     model=module, optimizer=build_optimizer(module, cfg.optim),
     config=deepspeed_config(cfg, 1, "bf16"))
-records = report_records(cfg, 2)
+records = synthetic_probe_records(cfg, 2)
 losses = []
 for step in range(4):
     batch = collate_records(records[step % 2:step % 2 + 1], adapter, cfg.sd.output_size)

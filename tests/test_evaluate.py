@@ -15,16 +15,26 @@ from PIL import Image
 
 from lavender_ray.cli import main
 from lavender_ray.config import LavenderConfig, load_config
-from lavender_ray.demo import report_records
-from lavender_ray.eval.evaluate import MODELS, markdown_report, results_dict, score_benchmark
+from lavender_ray.eval.attention import synthetic_probe_records
+from lavender_ray.eval.evaluate import MODELS
 from lavender_ray.eval.inference import (
-    ADAPTER, BASE, build_prompt, computing, generate_answers, load_model,
+    ADAPTER,
+    BASE,
+    build_prompt,
+    computing,
+    generate_answers,
+    load_model,
 )
 from lavender_ray.eval.metrics import METRICS
+from lavender_ray.eval.report import markdown_report, results_dict
+from lavender_ray.eval.scoring import score_benchmark
 from lavender_ray.eval.synthetic_bench import (
-    synthetic_benchmark_rows, write_jsonl, write_synthetic_benchmark,
+    synthetic_benchmark_rows,
+    write_jsonl,
+    write_synthetic_benchmark,
 )
-from lavender_ray.train.local import fit_local, save_trained
+from lavender_ray.runs import save_trained
+from lavender_ray.train.local import fit_local
 
 EVAL_SETTINGS = ["eval.batch_size=4", "eval.max_new_tokens=3", "eval.synthetic_samples=6",
                  "eval.probe_samples=2", "eval.num_cpus=0.5"]  # fmt: skip
@@ -39,7 +49,7 @@ def trained_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A run saved by `save_trained` after 4 `fit_local` steps (records: another seed than the
     probe set)."""
     cfg = run_config()
-    records = report_records(run_config("data.seed=1"), 2)
+    records = synthetic_probe_records(run_config("data.seed=1"), 2)
     fit = fit_local(cfg, records, steps=4)
     return save_trained(tmp_path_factory.mktemp("run") / "adapter", fit.adapter, fit.aligner, cfg)
 
@@ -47,8 +57,8 @@ def trained_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_cpu_probe_targets_of_an_fp16_run_are_extracted_in_fp32() -> None:
     """A run trained with fp16 SD (V100 preset) probed on CPU: fp16 has no CPU kernels worth
     the name and gives NaN inversion there, so the probe targets are the fp32 ones."""
-    fp16 = report_records(run_config("sd.dtype=fp16"), 1, device="cpu")[0]
-    fp32 = report_records(run_config("sd.dtype=fp32"), 1, device="cpu")[0]
+    fp16 = synthetic_probe_records(run_config("sd.dtype=fp16"), 1, device="cpu")[0]
+    fp32 = synthetic_probe_records(run_config("sd.dtype=fp32"), 1, device="cpu")[0]
     assert fp16["sd_maps"] == fp32["sd_maps"]
 
 
@@ -76,7 +86,8 @@ def test_synthetic_benchmark_reads_back_in_every_format(ray_local, tmp_path: Pat
     ~20 s per read on 2 busy cores; it hands the converter the same rows)."""
     import pyarrow.parquet as pq
 
-    from lavender_ray.data.benchmarks import benchmark_row, read_benchmark
+    from lavender_ray.data.benchmarks import benchmark_row
+    from lavender_ray.pipeline.benchmarks import read_benchmark
     from lavender_ray.storage import read_file
 
     expected = synthetic_benchmark_rows(6, seed=3)
@@ -113,7 +124,7 @@ def test_base_is_the_trained_run_without_its_lora(trained_dir: Path) -> None:
     and differs from the trained run (the LoRA was trained)."""
     _, trained, _ = load_model(ADAPTER, str(trained_dir), "cpu")
     _, base, _ = load_model(BASE, str(trained_dir), "cpu")
-    record = report_records(run_config(), 1)[0]
+    record = synthetic_probe_records(run_config(), 1)[0]
     image = Image.open(io.BytesIO(record["image"])).convert("RGB")
     conversation = [{"role": "user", "content": "Describe the image."},
                     {"role": "assistant", "content": record["target_text"]}]
@@ -147,6 +158,7 @@ def broken_benchmark(path: Path) -> tuple[Path, int]:
     return path, len(rows)
 
 
+@pytest.mark.slow  # a full evaluation: two actor pools and the probe task
 def test_lavender_evaluate_end_to_end(ray_local, trained_dir: Path, tmp_path: Path) -> None:
     bench, good_rows = broken_benchmark(tmp_path / "broken.jsonl")
     out = tmp_path / "report"

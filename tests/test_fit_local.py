@@ -19,21 +19,21 @@ from PIL import Image
 from lavender_ray.align import build_aligner
 from lavender_ray.config import LavenderConfig, load_config
 from lavender_ray.data.synthetic import COLORS, make_synthetic_records
+from lavender_ray.families import registered_families
+from lavender_ray.runs import load_trained, save_trained
 from lavender_ray.schema import encode_maps
-from lavender_ray.train.local import (
+from lavender_ray.train.local import fit_local
+from lavender_ray.train.step import (
     LavenderModule,
     TrainBatch,
     build_lr_scheduler,
     build_optimizer,
     collate_records,
-    fit_local,
-    load_trained,
     optimizer_step,
-    save_trained,
 )
 from lavender_ray.vlm import build_adapter
 
-FAMILIES = ("mllama", "llava", "qwen2_vl")
+FAMILIES = registered_families()
 MAP_SIZE = 16
 
 

@@ -19,6 +19,8 @@ from pathlib import Path
 import psutil
 import pytest
 
+pytestmark = pytest.mark.slow  # starts a Ray job server and a training job
+
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 

@@ -10,12 +10,12 @@ import pytest
 from test_sd_stage import OVERRIDES as SD_OVERRIDES
 
 from lavender_ray.config import ConfigError, load_config
-from lavender_ray.data.pipeline import build_train_dataset
-from lavender_ray.data.rejects import count_rejects
 from lavender_ray.data.synthetic import make_synthetic_records
+from lavender_ray.pipeline.dataset import build_train_dataset
+from lavender_ray.pipeline.extract import export_authors_layout
+from lavender_ray.rejects import count_rejects
 from lavender_ray.schema import RECORD_SCHEMA
 from lavender_ray.sd.authors import image_name_for, read_word_maps
-from lavender_ray.sd.cache import export_authors_layout
 from lavender_ray.sd.components import sd_config_hash
 from lavender_ray.sd.target import SDTarget
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from lavender_ray.config import ConfigError, load_config
-from lavender_ray.train.precision import Device, deepspeed_config, resolve_precision
+from lavender_ray.placement import Device, resolve_precision
+from lavender_ray.train.precision import deepspeed_config
 
 CPU = Device("cpu")
 A100 = Device("cuda", "NVIDIA A100-SXM4-80GB", bf16=True)

@@ -14,8 +14,9 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from lavender_ray.data.benchmarks import benchmark_row, read_benchmark
-from lavender_ray.data.rejects import read_rejects
+from lavender_ray.data.benchmarks import benchmark_row
+from lavender_ray.pipeline.benchmarks import read_benchmark
+from lavender_ray.rejects import read_rejects
 from lavender_ray.schema import BENCHMARK_SCHEMA, RecordError
 from lavender_ray.storage import read_file
 

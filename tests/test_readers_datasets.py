@@ -20,9 +20,10 @@ from PIL import Image
 from lavender_ray.cli import main as lavender
 from lavender_ray.config import SourceConfig, load_config, read_preset
 from lavender_ray.data.formats import CAPTION_PROMPT, FORMATS
+from lavender_ray.data.mixture import keep_record, source_quotas
 from lavender_ray.data.readers import flickr30k_rows
-from lavender_ray.data.rejects import read_rejects
-from lavender_ray.data.sources import keep_record, read_sources, sampling_fractions, source_quotas
+from lavender_ray.pipeline.read import read_sources, sampling_fractions
+from lavender_ray.rejects import read_rejects
 from lavender_ray.schema import parse_messages
 
 HF_IMAGE = pa.struct([("bytes", pa.binary()), ("path", pa.string())])

@@ -9,10 +9,15 @@ import pytest
 
 from lavender_ray.config import ConfigError, load_config
 from lavender_ray.data.formats import (
-    CAPTION_PROMPT, FORMATS, laion_row, ocrvqa_row, rlaif_v_row,
+    CAPTION_PROMPT,
+    FORMATS,
+    laion_row,
+    ocrvqa_row,
+    rlaif_v_row,
 )
-from lavender_ray.data.readers import READER_REJECT, flickr30k_rows, list_files, read_laion
-from lavender_ray.data.sources import keep_record, source_fraction
+from lavender_ray.data.mixture import keep_record, source_fraction
+from lavender_ray.data.readers import READER_REJECT, flickr30k_rows
+from lavender_ray.pipeline.read import list_files, read_laion
 from lavender_ray.schema import RecordError, parse_messages
 from lavender_ray.storage import read_file
 

@@ -9,13 +9,13 @@ from lavender_ray.sd.aggregate import (
     NO_WORD,
     find_words,
     mean_of_recorded,
-    minmax_normalise,
     plan_words,
     probs_to_token_maps,
     word_maps,
 )
 from lavender_ray.sd.capture import AttentionStore
 from lavender_ray.sd.tiny import build_tiny_tokenizer
+from lavender_ray.tensors import minmax_normalise
 
 
 @pytest.fixture(scope="module")

@@ -7,8 +7,8 @@ import pyarrow as pa
 import pytest
 from PIL import Image
 
+from lavender_ray.pictures import CAPTION, CELL, MARGIN, heat_colors, overlay, render_target
 from lavender_ray.schema import TARGET_SCHEMA
-from lavender_ray.sd.render import CELL, CAPTION, MARGIN, heat_colors, overlay, render_target
 from lavender_ray.sd.target import SDTarget, with_targets
 
 

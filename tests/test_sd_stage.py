@@ -3,8 +3,6 @@ tiny SD stack with synthetic records plus every bad-input kind."""
 
 from __future__ import annotations
 
-import io
-
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -14,12 +12,13 @@ from test_images import bad_image_cases, convertible_cases
 
 from lavender_ray.cli import main
 from lavender_ray.config import load_config
-from lavender_ray.data.rejects import read_rejects
 from lavender_ray.data.synthetic import make_synthetic_records
+from lavender_ray.pipeline.cache import IMAGE_HASH, read_cached_targets
+from lavender_ray.pipeline.extract import extract_to_cache
+from lavender_ray.pipeline.sd_stage import SDTargetStage, sd_stage_options, stage_device
+from lavender_ray.rejects import read_rejects
 from lavender_ray.schema import RECORD_SCHEMA, TARGET_FIELDS
-from lavender_ray.sd.cache import IMAGE_HASH, extract_to_cache, read_cached_targets
 from lavender_ray.sd.components import sd_config_hash
-from lavender_ray.sd.stage import SDTargetStage, sd_stage_options, stage_device
 from lavender_ray.sd.target import SDTarget
 
 OVERRIDES = {

@@ -11,8 +11,9 @@ import pytest
 from lavender_ray import storage
 from lavender_ray.config import ConfigError, absolute_paths, load_config
 from lavender_ray.eval.evaluate import check_local
-from lavender_ray.train.launch import check_storage, checkpoint_location, local_paths
-from lavender_ray.train.placement import check_shared_folders
+from lavender_ray.placement import check_shared_folders
+from lavender_ray.runs import checkpoint_location
+from lavender_ray.train.launch import check_storage, local_paths
 from lavender_ray.train.worker import InjectedFault, maybe_inject_fault
 
 

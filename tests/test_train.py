@@ -27,6 +27,8 @@ from lavender_ray.config import load_config
 from lavender_ray.schema import RECORD_SCHEMA
 from lavender_ray.train.launch import train
 
+pytestmark = pytest.mark.slow  # every test here starts a TorchTrainer
+
 N_GOOD = 13  # + 5 convertible images = 18 usable records: 9 steps for each of 2 workers
 
 

@@ -268,6 +268,7 @@ def scenario(tmp_path_factory) -> dict:
     return json.loads((out / "scenario.json").read_text())
 
 
+@pytest.mark.slow  # a Ray Tune search of TorchTrainer trials
 def test_asha_stops_the_trial_whose_metric_is_worse_at_the_first_rung(scenario):
     first = scenario["first"]
     assert first["trial_000"]["status"] == "completed" and first["trial_000"]["step"] == 4
@@ -278,6 +279,7 @@ def test_asha_stops_the_trial_whose_metric_is_worse_at_the_first_rung(scenario):
     assert stopped["loss/total"] > first["trial_000"]["loss/total"]
 
 
+@pytest.mark.slow  # a Ray Tune search of TorchTrainer trials
 def test_interrupting_leaves_the_rest_unfinished_and_resuming_completes_it(scenario):
     assert scenario["first_interrupted"]  # trial_002 unfinished or not created yet
     assert scenario["first"].get("trial_002", {"status": "unfinished"})["status"] == "unfinished"
@@ -290,6 +292,7 @@ def test_interrupting_leaves_the_rest_unfinished_and_resuming_completes_it(scena
     assert second["trial_002"]["step"] == 4
 
 
+@pytest.mark.slow  # a Ray Tune search of TorchTrainer trials
 def test_existing_experiments_are_not_overwritten_and_resume_needs_the_same_config(scenario):
     refusals = scenario["refusals"]
     assert "a Tune experiment exists" in refusals["fresh_over_existing"]
@@ -297,6 +300,7 @@ def test_existing_experiments_are_not_overwritten_and_resume_needs_the_same_conf
     assert "optim.lr: 0.001 -> 0.5" in refusals["resume_changed"]
 
 
+@pytest.mark.slow  # a Ray Tune search of TorchTrainer trials
 def test_the_search_writes_a_trials_table_and_a_best_preset_for_training(scenario):
     table_md, table_csv, preset = scenario["outputs"]
     with open(table_csv) as f:

@@ -5,15 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lavender_ray.vlm.geometry import (
-    cell_box,
-    llava_grid,
-    merged_grid,
-    mllama_canvas,
-    resize_maps,
-    tile_grid,
-    token_grid,
-)
+from lavender_ray.tensors import resize_maps
+from lavender_ray.vlm.geometry import cell_box, token_grid
+from lavender_ray.vlm.llava.geometry import llava_grid
+from lavender_ray.vlm.mllama.geometry import mllama_canvas, tile_grid
+from lavender_ray.vlm.qwen2_vl.geometry import merged_grid
 
 SUPPORTED = [[1, 1], [1, 2], [1, 3], [1, 4], [2, 1], [2, 2], [3, 1], [4, 1]]
 

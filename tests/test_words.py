@@ -9,10 +9,9 @@ from transformers import PreTrainedTokenizerFast
 
 from lavender_ray.words import (
     AnswerTokens,
+    Word,
     _prefix_spans,
     _windowed_spans,
-    MatchedWord,
-    Word,
     answer_tokens,
     lemma,
     match_words,

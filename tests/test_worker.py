@@ -8,10 +8,14 @@ import math
 import pytest
 import torch
 
-from lavender_ray.train.local import TrainBatch
-from lavender_ray.train.worker import (
-    MetricMeter, all_reduce_sum, average_norm_statistics, cast_inputs, format_metrics,
+from lavender_ray.train.reporting import (
+    MetricMeter,
+    all_reduce_sum,
+    average_norm_statistics,
+    format_metrics,
 )
+from lavender_ray.train.step import TrainBatch
+from lavender_ray.train.worker import cast_inputs
 
 
 def test_all_reduce_sum_without_a_process_group_is_the_value():

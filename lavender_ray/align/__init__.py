@@ -1,11 +1,5 @@
 """The Aligner between raw VLM attention and SD word maps (METHOD.md section 4)."""
 
-from lavender_ray.align.aligner import (
-    Aligner,
-    build_aligner,
-    load_aligner,
-    minmax_normalise,
-    save_aligner,
-)
+from lavender_ray.align.aligner import Aligner, build_aligner, load_aligner, save_aligner
 
-__all__ = ["Aligner", "build_aligner", "load_aligner", "minmax_normalise", "save_aligner"]
+__all__ = ["Aligner", "build_aligner", "load_aligner", "save_aligner"]

@@ -36,8 +36,8 @@ from torch import nn
 from torch.nn import functional as F
 
 from lavender_ray.config import AlignerConfig
+from lavender_ray.tensors import minmax_normalise
 
-MINMAX_EPS = 1e-8
 GROUP_NORM_MAX_GROUPS = 8
 METADATA_KEY = "lavender_aligner"
 HIDDEN_3X3_CONVS = {"light": 0, "sim": 1, "deep": 3}  # 3x3 convs between the first and the last
@@ -120,13 +120,6 @@ def _batch_norm_fp32(layer: nn.BatchNorm2d, x: torch.Tensor) -> torch.Tensor:
             kept.copy_(used)
     return out
 
-
-def minmax_normalise(maps: torch.Tensor) -> torch.Tensor:
-    """[n, s, s] -> [n, s, s]: (m - min) / (max - min + 1e-8) per map, over space."""
-    flat = maps.flatten(1)  # [n, s, s] -> [n, s*s]
-    low = flat.min(dim=1, keepdim=True).values
-    high = flat.max(dim=1, keepdim=True).values
-    return ((flat - low) / (high - low + MINMAX_EPS)).view_as(maps)
 
 
 def build_network(num_heads: int, cfg: AlignerConfig) -> nn.Sequential:

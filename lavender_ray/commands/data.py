@@ -1,5 +1,5 @@
 """`lavender data inspect`: counts per source, rejects per reason, a few decoded samples and a
-PNG contact sheet of the configured data mixture (`lavender_ray.data.inspect`)."""
+PNG contact sheet of the configured data mixture (`lavender_ray.pipeline.inspect`)."""
 
 from __future__ import annotations
 
@@ -26,9 +26,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    # imported when the command runs: `lavender --help` stays fast (commands/__init__.py)
     import ray
 
-    from lavender_ray.data.inspect import format_report, inspect_data
+    from lavender_ray.pipeline.inspect import format_report, inspect_data
 
     if args.samples < 0:
         print(f"lavender data inspect: --samples must be >= 0, got {args.samples}", file=sys.stderr)

@@ -31,6 +31,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    # imported when the command runs: `lavender --help` stays fast (commands/__init__.py)
     from lavender_ray.eval.evaluate import describe, evaluate, split_names
 
     cfg = load_config(args.preset, args.overrides)

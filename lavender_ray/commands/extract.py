@@ -1,7 +1,7 @@
 """`lavender extract`: SD per-word attention targets for the configured data sources.
 
-Reads `data.sources`, runs the SD stage (`lavender_ray.sd.stage`) on the local Ray or the cluster
-given by `RAY_ADDRESS` / `--address`, and appends Parquet shards to the target cache under
+Reads `data.sources`, runs the SD stage (`lavender_ray.pipeline.sd_stage`) on the local Ray or
+the cluster given by `RAY_ADDRESS` / `--address`, and appends Parquet shards to the target cache under
 `--out` (local path or pyarrow URI such as `s3://bucket/prefix`): records already cached under
 the same extraction config are skipped. Rejected records land in `<out>/rejects/<run id>/`.
 """
@@ -30,9 +30,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    # imported when the command runs: `lavender --help` stays fast (commands/__init__.py)
     import ray
 
-    from lavender_ray.sd.cache import export_authors_layout, extract_to_cache
+    from lavender_ray.pipeline.extract import export_authors_layout, extract_to_cache
 
     cfg = load_config(args.preset, args.overrides)
     if not ray.is_initialized():

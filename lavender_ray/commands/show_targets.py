@@ -20,7 +20,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from lavender_ray.sd.render import write_target_pngs
+    # imported when the command runs: `lavender --help` stays fast (commands/__init__.py)
+    from lavender_ray.pipeline.render import write_target_pngs
 
     paths = write_target_pngs(args.targets, Path(args.out), limit=args.limit, ids=args.ids)
     for path in paths:

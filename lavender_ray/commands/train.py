@@ -18,6 +18,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    # imported when the command runs: `lavender --help` stays fast (commands/__init__.py)
     from lavender_ray.train.launch import describe, train
 
     print(describe(train(load_config(args.preset, args.overrides))))

@@ -26,6 +26,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    # imported when the command runs: `lavender --help` stays fast (commands/__init__.py)
     from lavender_ray.tune import describe, run_tune
 
     cfg = load_config(args.preset, args.overrides)

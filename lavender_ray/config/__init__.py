@@ -26,6 +26,7 @@ from lavender_ray.config.loading import (
     set_dotted,
 )
 from lavender_ray.config.sections import (
+    CONFIG_FILE,
     AlignerConfig,
     ConfigError,
     DataConfig,
@@ -47,9 +48,9 @@ from lavender_ray.config.sections import (
 )
 
 __all__ = [
-    "PRESET_PACKAGE", "AlignerConfig", "ConfigError", "DataConfig", "EvalConfig", "LavenderConfig",
-    "LoraConfig", "LossConfig", "MetricName", "OptimConfig", "PipelineConfig", "SDConfig",
-    "Section", "SourceConfig", "TrainConfig", "TuneConfig", "VLMConfig", "absolute_paths",
-    "apply_overrides", "config_hash", "format_validation_error", "load_config", "parse_override",
-    "preset_names", "read_preset", "run_paths", "set_dotted",
+    "CONFIG_FILE", "PRESET_PACKAGE", "AlignerConfig", "ConfigError", "DataConfig", "EvalConfig",
+    "LavenderConfig", "LoraConfig", "LossConfig", "MetricName", "OptimConfig", "PipelineConfig",
+    "SDConfig", "Section", "SourceConfig", "TrainConfig", "TuneConfig", "VLMConfig",
+    "absolute_paths", "apply_overrides", "config_hash", "format_validation_error", "load_config",
+    "parse_override", "preset_names", "read_preset", "run_paths", "set_dotted",
 ]  # fmt: skip

@@ -13,7 +13,18 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from lavender_ray.families import check_family
+
+CONFIG_FILE = "config.yaml"  # the resolved config next to every run, export and report
 
 
 class ConfigError(ValueError):
@@ -36,7 +47,7 @@ FlickrSplit = Literal["train", "val", "test", "restval"]
 class SourceConfig(Section):
     """One data source. `path` is a local path or any pyarrow filesystem URI (`s3://...`).
 
-    Sampling (`lavender_ray.data.sources`): a record is kept with probability `fraction`, decided
+    Sampling (`lavender_ray.data.mixture`): a record is kept with probability `fraction`, decided
     by a hash of (data.seed, name, record id), so the sample is deterministic and order-free;
     then `max_samples` caps the count (the first ones read)."""
 
@@ -148,7 +159,9 @@ class SDConfig(Section):
 
 # ---------------------------------------------------------------------------------------- vlm
 class VLMConfig(Section):
-    family: Literal["mllama", "llava", "qwen2_vl"] = "mllama"
+    family: str = Field(
+        default="mllama", description="one of `lavender_ray.families.VLM_FAMILIES`"
+    )
     model_id: str = "meta-llama/Llama-3.2-11B-Vision-Instruct"
     revision: str | None = None
     attention_layers: list[int] | None = Field(
@@ -161,6 +174,11 @@ class VLMConfig(Section):
     seed: int = Field(
         default=0, ge=0, description="seed of the VLM side's random weights: tiny/*, LoRA init"
     )
+
+    @field_validator("family")
+    @classmethod
+    def _registered_family(cls, family: str) -> str:
+        return check_family(family)
 
 
 # ------------------------------------------------------------------------------------ aligner
@@ -369,7 +387,7 @@ class LavenderConfig(Section):
 
     def save(self, directory: str | Path) -> Path:
         """Write the resolved config as `config.yaml` into `directory` (created)."""
-        path = Path(directory) / "config.yaml"
+        path = Path(directory) / CONFIG_FILE
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(self.to_yaml())
         return path
@@ -399,7 +417,8 @@ def format_validation_error(err: ValidationError, root: type[BaseModel]) -> str:
             allowed = ", ".join(field_names(parent)) if parent else "?"
             lines.append(f"unknown key {key!r}; valid keys here: {allowed}")
         else:
-            lines.append(f"{key}={value!r}: {problem['msg']}")
+            message = problem["msg"].removeprefix("Value error, ")
+            lines.append(f"{key}={value!r}: {message}")
     return "invalid config:\n  " + "\n  ".join(lines)
 
 

@@ -1,1 +1,3 @@
-"""Data: the synthetic data set, readers for the formats users bring, and the rejects output."""
+"""Data without Ray: the formats users bring (`formats`), the paper data sets' raw rows
+(`readers`), mixture sampling (`mixture`), benchmark rows (`benchmarks`) and the synthetic data set
+(`synthetic`). `lavender_ray.pipeline` reads files with Ray Data and runs these on each row."""

@@ -1,8 +1,8 @@
-"""Raw readers for the paper's data sets, each in the layout its publisher ships.
+"""The raw rows of the paper's data sets, each in the layout its publisher ships.
 
-Each `read_<format>(source)` returns a Ray Dataset of raw rows that `formats.FORMATS[<format>]`
-converts into records (`sources.read_raw` dispatches through `RAW_READERS`). Paths are local or
-any pyarrow filesystem URI; a `path` may name one file or a folder of them.
+`lavender_ray.pipeline.read.RAW_READERS` reads each layout with Ray Data (a `path` may name one
+file or a folder of them, local or any pyarrow URI); what needs unpacking before
+`formats.FORMATS[<format>]` converts a row into a record is here, pure:
 
     flickr30k  Karpathy's `dataset_flickr30k.json` ({"images": [{"filename", "split",
                "sentences": [{"raw", ...}, x5], ...}]}), parsed in one read task (~30 MB), and
@@ -23,13 +23,7 @@ row, is broken).
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from typing import Any
-
-import pyarrow.fs as pafs
-
-from lavender_ray.config import SourceConfig
-from lavender_ray.storage import filesystem_and_path
 
 READER_REJECT = "__reject__"
 FLICKR_COLUMNS = ("filename", "imgid", "split", "sentence_index", "caption")
@@ -39,37 +33,6 @@ FLICKR_COLUMNS = ("filename", "imgid", "split", "sentence_index", "caption")
 def reader_reject(reason: str, detail: str, **fields: Any) -> dict[str, Any]:
     """A raw row a reader could not unpack: carried to the converter step as a reject."""
     return {**fields, READER_REJECT: f"{reason}: {detail}"}
-
-
-def list_files(path: str, extensions: tuple[str, ...]) -> tuple[pafs.FileSystem, list[str]]:
-    """`path` (a file, or a folder searched recursively) -> its files ending in `extensions`,
-    sorted. Raises FileNotFoundError naming the path and the extensions looked for."""
-    fs, inner = filesystem_and_path(path)
-    info = fs.get_file_info(inner)
-    if info.type == pafs.FileType.File:
-        files = [inner] if inner.endswith(extensions) else []
-    elif info.type == pafs.FileType.Directory:
-        selector = pafs.FileSelector(inner, recursive=True)
-        files = sorted(f.path for f in fs.get_file_info(selector)
-                       if f.type == pafs.FileType.File and f.path.endswith(extensions))
-    else:
-        raise FileNotFoundError(f"{path!r} does not exist")
-    if not files:
-        raise FileNotFoundError(f"{path!r} holds no files ending in {', '.join(extensions)}")
-    return fs, files
-
-
-def _path(source: SourceConfig) -> str:
-    assert source.path, "SourceConfig validation guarantees a path for file formats"
-    return source.path
-
-
-def read_parquet_files(path: str):
-    """Every `.parquet` file under `path` as one streamed Dataset."""
-    import ray
-
-    fs, files = list_files(path, (".parquet",))
-    return ray.data.read_parquet(files, filesystem=fs)
 
 
 # ----------------------------------------------------------------------------------- flickr30k
@@ -110,47 +73,3 @@ def flickr30k_rows(
         elif splits is None or entry.get("split") in splits:
             rows += [{**row, READER_REJECT: None} for row in _caption_rows(entry, captions)]
     return rows
-
-
-def read_flickr30k(source: SourceConfig):
-    """The Karpathy JSON file(s) under `path` -> caption rows (`flickr30k_rows`)."""
-    import ray
-
-    fs, files = list_files(_path(source), (".json",))
-    return ray.data.read_binary_files(files, filesystem=fs, include_paths=True).flat_map(
-        flickr30k_rows, fn_kwargs={"splits": source.splits, "captions": source.captions}
-    )
-
-
-# --------------------------------------------------------------------------------------- laion
-def read_laion(source: SourceConfig):
-    """img2dataset WebDataset shards, else its Parquet files (see the module docstring)."""
-    import ray
-
-    try:
-        fs, shards = list_files(_path(source), (".tar",))
-    except FileNotFoundError:
-        try:
-            fs, files = list_files(_path(source), (".parquet",))
-        except FileNotFoundError as err:
-            raise FileNotFoundError(
-                f"source {source.name!r}: no img2dataset output (.tar shards or .parquet) "
-                f"at {source.path!r} ({err})"
-            ) from None
-        return ray.data.read_parquet(files, filesystem=fs)
-    return ray.data.read_webdataset(shards, filesystem=fs, decoder=None)
-
-
-# ------------------------------------------------------------------------- rlaif_v and ocrvqa
-def read_parquet_source(source: SourceConfig):
-    """RLAIF-V and the_cauldron ship Parquet shards: every `.parquet` file under `path`."""
-    return read_parquet_files(_path(source))
-
-
-# --------------------------------------------------------------------------------- dispatching
-RAW_READERS: dict[str, Callable[[SourceConfig], Any]] = {
-    "flickr30k": read_flickr30k,
-    "laion": read_laion,
-    "rlaif_v": read_parquet_source,
-    "ocrvqa": read_parquet_source,
-}

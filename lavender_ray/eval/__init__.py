@@ -3,7 +3,9 @@
 - `metrics`: pure benchmark metrics with each benchmark's answer rules, the benchmark-name ->
   metric registry, and attention-map agreement (MSE, Pearson, top-10% IoU).
 - `inference`: Ray Data batch inference, one model per actor, greedy decoding.
+- `scoring`: each model's predictions scored with the benchmark's metric, per-row files.
 - `attention`: attention probes (SD | VLM | aligned maps per word), before/after comparison, PNGs.
 - `synthetic_bench`: a synthetic benchmark written as VLMEvalKit TSV, Parquet and JSONL.
+- `report`: `results.json` and the Markdown tables of `results.md`.
 - `evaluate`: the orchestration behind `lavender evaluate` and its report folder.
 """

@@ -18,6 +18,7 @@ top-10% IoU; `eval.map_metrics.map_agreement`).
 
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,10 +28,15 @@ import torch
 from PIL import Image, ImageDraw
 
 from lavender_ray.align import Aligner
-from lavender_ray.align.aligner import minmax_normalise
+from lavender_ray.config import LavenderConfig
+from lavender_ray.data.synthetic import make_synthetic_records
 from lavender_ray.eval.map_metrics import map_agreement
-from lavender_ray.sd.render import CELL, MARGIN, _font, overlay
-from lavender_ray.train.local import collate_records
+from lavender_ray.images import decode_image
+from lavender_ray.pictures import CELL, MARGIN, load_font, overlay
+from lavender_ray.sd.components import resolve_dtype
+from lavender_ray.sd.extractor import SDExtractor
+from lavender_ray.tensors import minmax_normalise
+from lavender_ray.train.step import collate_records
 from lavender_ray.words import select_words
 
 LABEL_W = 110
@@ -89,16 +95,28 @@ def probe_attention(
     return samples
 
 
-def batch_image(record: dict[str, Any]) -> Image.Image:
-    import io
+def synthetic_probe_records(cfg: LavenderConfig, n: int, device: str = "cpu") -> list[dict]:
+    """`n` synthetic probe records with SD targets (held out: another seed than training),
+    extracted with `cfg.sd` on `device`; on CPU an fp16 `sd.dtype` runs in fp32 (CPU has no
+    fast fp16 kernels, and fp16 inversion there gives NaN maps)."""
+    records = make_synthetic_records(n, seed=cfg.data.seed + 1000)
+    sd = cfg.sd
+    if device == "cpu" and resolve_dtype(sd.dtype, device) == "fp16":
+        sd = sd.model_copy(update={"dtype": "fp32"})
+    extractor = SDExtractor(sd, device=device)
+    images = [decode_image(r["image"], cfg.data.max_image_pixels) for r in records]
+    targets = extractor.extract(images, [r["target_text"] for r in records])
+    return [{**r, **t.to_row()} for r, t in zip(records, targets)]
 
+
+def batch_image(record: dict[str, Any]) -> Image.Image:
     return Image.open(io.BytesIO(record["image"])).convert("RGB")
 
 
 def render_probe(sample: ProbeSample, panels: list[str] | None = None) -> Image.Image:
     """A grid: one row per word; columns = the image, then one heat overlay per panel."""
     panels = panels or list(sample.maps)
-    font = _font(14)
+    font = load_font(14)
     header = 22
     cols = 1 + len(panels)
     width = LABEL_W + cols * (CELL + MARGIN) + MARGIN

@@ -3,7 +3,7 @@
     report = evaluate(cfg, trained_dir, ["TextVQA_VAL", "synthetic"], out_dir)
 
 1. Benchmarks: each name is a key of `eval.benchmarks` (a local path or URI of a VLMEvalKit TSV,
-   Parquet or JSONL file, read by `data.benchmarks.read_benchmark`) or ``synthetic`` (generated
+   Parquet or JSONL file, read by `pipeline.benchmarks.read_benchmark`) or ``synthetic`` (generated
    into `<out>/benchmarks/` in every format, the TSV evaluated). All benchmarks stream through
    one pipeline: the base model's actor pool, then the adapter's (`eval.inference`). Each
    benchmark is scored with its metric (`eval.metrics.metric_for`) for both models.
@@ -34,16 +34,37 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+import ray
+
 from lavender_ray.config import ConfigError, LavenderConfig
-from lavender_ray.data.rejects import read_rejects, write_rejects
-from lavender_ray.eval.inference import (
-    ADAPTER, BASE, ModelSpec, inference_device, trained_config,
+from lavender_ray.eval.attention import (
+    compare_probes,
+    probe_agreement,
+    probe_attention,
+    synthetic_probe_records,
+    write_probe_pngs,
 )
-from lavender_ray.eval.metrics import Metric, MetricResult, Prediction, metric_for, score_rows
+from lavender_ray.eval.inference import (
+    ADAPTER,
+    BASE,
+    add_predictions,
+    computing,
+    inference_device,
+    load_model,
+    tag_benchmark,
+)
+from lavender_ray.eval.metrics import Metric, metric_for
 from lavender_ray.eval.report import format_number, markdown_report, results_dict
+from lavender_ray.eval.scoring import BenchmarkScores, score_benchmark, write_predictions
+from lavender_ray.eval.synthetic_bench import write_synthetic_benchmark
+from lavender_ray.pipeline.benchmarks import read_benchmark
+from lavender_ray.placement import check_shared_folders, cluster_nodes
+from lavender_ray.rejects import read_rejects, write_rejects
+from lavender_ray.runs import trained_config
 from lavender_ray.schema import Reject
 from lavender_ray.storage import filesystem_and_path, is_uri
-from lavender_ray.train.placement import check_shared_folders, cluster_nodes
 
 SYNTHETIC = "synthetic"
 SCORE_STAGE = "score"
@@ -71,8 +92,6 @@ def benchmark_sources(cfg: LavenderConfig, names: list[str], out_dir: Path) -> d
     """Benchmark name -> file to read; ``synthetic`` (unless a configured key) is generated now
     into `<out_dir>/benchmarks/`. Names must have passed `benchmark_metrics`. Raises
     `FileNotFoundError` for a configured file that does not exist."""
-    from lavender_ray.eval.synthetic_bench import write_synthetic_benchmark
-
     sources = {}
     for name in names:
         if name in cfg.eval.benchmarks:
@@ -86,8 +105,6 @@ def benchmark_sources(cfg: LavenderConfig, names: list[str], out_dir: Path) -> d
 
 def check_exists(path: str, name: str) -> str:
     """`path` if the file exists (local or URI), else `FileNotFoundError` naming the benchmark."""
-    import pyarrow.fs as pafs
-
     fs, inner = filesystem_and_path(path)
     if fs.get_file_info(inner).type == pafs.FileType.NotFound:
         raise FileNotFoundError(f"eval.benchmarks.{name}={path!r}: the file does not exist")
@@ -111,72 +128,12 @@ def benchmark_metrics(cfg: LavenderConfig, names: list[str]) -> dict[str, Metric
         raise ConfigError(str(err)) from None
 
 
-# --------------------------------------------------------------------------------- scoring
-def to_prediction(row: dict[str, Any], column: str) -> Prediction:
-    """An output row of `inference.add_predictions` -> the `Prediction` of one model."""
-    return Prediction(
-        id=str(row["id"]),
-        prediction=row[column] or "",
-        answers=tuple(json.loads(row["answers"])),
-        options=json.loads(row["options"]),
-        category=row["category"],
-        image_key=row["image_key"],
-        extras=json.loads(row["extras"]),
-    )
-
-
-@dataclass
-class BenchmarkScores:
-    """One benchmark's results: per model the summary and the per-row scores (same rows)."""
-
-    metric: Metric
-    rows: list[dict[str, Any]]
-    results: dict[str, MetricResult]
-    row_scores: dict[str, list[float]]
-    unscorable: dict[str, str]
-
-
-def score_benchmark(
-    metric: Metric, rows: list[dict[str, Any]], models: tuple[ModelSpec, ...]
-) -> BenchmarkScores:
-    """Score every model on the rows every model can be scored on; rows the metric cannot score
-    (`score_rows`) are left out for all models and returned as {id: reason}."""
-    unscorable: dict[str, str] = {}
-    for spec in models:
-        unscorable.update(score_rows(metric, [to_prediction(r, spec.column) for r in rows])[2])
-    kept = [r for r in rows if str(r["id"]) not in unscorable]
-    results, row_scores = {}, {}
-    for spec in models:
-        row_scores[spec.name], results[spec.name] = metric.evaluate(
-            [to_prediction(r, spec.column) for r in kept]
-        )
-    return BenchmarkScores(metric, kept, results, row_scores, unscorable)
-
-
-def write_predictions(scores: BenchmarkScores, path: Path, models: tuple[ModelSpec, ...]) -> Path:
-    """One JSON line per scored row: id, category, question, options, answers, and per model
-    its answer and score."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", encoding="utf-8") as handle:
-        for i, row in enumerate(scores.rows):
-            line = {"id": row["id"], "category": row["category"], "question": row["question"],
-                    "options": json.loads(row["options"]), "answers": json.loads(row["answers"])}
-            for spec in models:
-                line[spec.name] = {"answer": row[spec.column],
-                                   "score": scores.row_scores[spec.name][i]}
-            handle.write(json.dumps(line, ensure_ascii=False) + "\n")
-    return path
-
-
 # ------------------------------------------------------------------------------ benchmarks
 def run_benchmarks(
     cfg: LavenderConfig, trained_dir: Path, sources: dict[str, str], metrics: dict[str, Metric],
     rejects_dir: str,
 ) -> dict[str, BenchmarkScores]:
     """Every benchmark through both models' actor pools in one pipeline, then scored."""
-    from lavender_ray.data.benchmarks import read_benchmark
-    from lavender_ray.eval.inference import add_predictions, tag_benchmark
-
     tagged = [
         tag_benchmark(read_benchmark(path, name, rejects_dir), name, metrics[name].prompt)
         for name, path in sources.items()
@@ -207,22 +164,15 @@ def probe_records(
     `eval.probe_path` (Parquet with the target columns), else synthetic records (another seed
     than training) with targets extracted with the run's `sd` section on `device`."""
     if cfg.eval.probe_path:
-        import pyarrow.parquet as pq
-
         fs, inner = filesystem_and_path(cfg.eval.probe_path)
         table = pq.read_table(inner, filesystem=fs)
         return table.slice(0, cfg.eval.probe_samples).to_pylist()
-    from lavender_ray.demo import report_records
-
-    return report_records(run_cfg, cfg.eval.probe_samples, device)
+    return synthetic_probe_records(run_cfg, cfg.eval.probe_samples, device)
 
 
 def probe_before_after(config: dict[str, Any], trained_dir: str) -> list[Any]:
     """Ray task body: the probe records through the base model and the adapter (one model in
     memory at a time), both with the trained Aligner, merged per record (`compare_probes`)."""
-    from lavender_ray.eval.attention import compare_probes, probe_attention
-    from lavender_ray.eval.inference import computing, load_model
-
     cfg = LavenderConfig.from_dict(config)
     device = inference_device(cfg)
     run_cfg, adapter, aligner = load_model(ADAPTER, trained_dir, device)
@@ -238,8 +188,6 @@ def probe_before_after(config: dict[str, Any], trained_dir: str) -> list[Any]:
 
 def start_probe(cfg: LavenderConfig, trained_dir: Path) -> Any:
     """Submit `probe_before_after` as a Ray task (`eval.num_cpus`, `eval.num_gpus`)."""
-    import ray
-
     task = ray.remote(probe_before_after).options(num_cpus=cfg.eval.num_cpus,
                                                   num_gpus=cfg.eval.num_gpus)
     return task.remote(cfg.to_dict(), str(trained_dir))
@@ -268,10 +216,6 @@ def evaluate(
     `eval.benchmarks` keys or ``synthetic``) and on the attention probe; write the report into
     `out_dir` (default `<trained dir>/eval-<timestamp>`). Runs on the connected Ray, else
     `ray.init()` (RAY_ADDRESS or a new local Ray)."""
-    import ray
-
-    from lavender_ray.eval.attention import probe_agreement, write_probe_pngs
-
     check_local(trained_dir, "--adapter")
     check_local(out_dir, "--out")
     trained_dir = Path(trained_dir).resolve()

@@ -8,7 +8,7 @@ Every model is a `GenerateStage` actor pool (`eval.pool_size` actors, `eval.num_
 stream through the base model's pool and then the adapter's, and both run at the same time.
 Each stage appends one `prediction_<model>` column.
 
-The models come from one trained run directory (`train.local.save_trained`'s layout):
+The models come from one saved run (`runs.save_trained`'s layout):
 ``adapter`` is the run loaded with `load_trained`; ``base`` is the same base model built from the
 run's config (`vlm.build_adapter`) with its LoRA, if any, switched off, so it computes exactly
 the pretrained model.
@@ -36,22 +36,22 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
+import ray
 import torch
 from PIL import Image
 
 from lavender_ray.align import Aligner, load_aligner
-from lavender_ray.config import LavenderConfig, load_config
-from lavender_ray.data.rejects import write_rejects
+from lavender_ray.config import LavenderConfig
 from lavender_ray.eval.metrics import PromptStyle
 from lavender_ray.images import decode_image
+from lavender_ray.rejects import write_rejects
+from lavender_ray.runs import ALIGNER_FILE, load_trained, trained_config
 from lavender_ray.schema import RecordError, Reject
-from lavender_ray.train.local import ALIGNER_FILE, CONFIG_FILE, VLM_DIR, load_trained
+from lavender_ray.vlm import VLMAdapter, build_adapter
 from lavender_ray.vlm.chat import template_messages
 
 if TYPE_CHECKING:
     from ray.data import Dataset
-
-    from lavender_ray.vlm.adapter import CapturingAdapter
 
 INFERENCE_STAGE = "inference"
 CHOICE_INSTRUCTION = "Please select the correct answer from the options above."
@@ -134,7 +134,7 @@ def greedy_config(model: torch.nn.Module, max_new_tokens: int, pad_token_id: int
 
 @torch.no_grad()
 def generate_answers(
-    adapter: CapturingAdapter, images: list[Image.Image], prompts: list[str], max_new_tokens: int
+    adapter: VLMAdapter, images: list[Image.Image], prompts: list[str], max_new_tokens: int
 ) -> list[str]:
     """Greedy answers of the adapter's model to one image + prompt each (one left-padded batch);
     the new tokens decoded without special tokens, stripped."""
@@ -155,33 +155,19 @@ def generate_answers(
 
 
 @contextmanager
-def computing(adapter: CapturingAdapter, spec: ModelSpec) -> Iterator[None]:
+def computing(adapter: VLMAdapter, spec: ModelSpec) -> Iterator[None]:
     """Inside: the adapter's model computes `spec`'s model (LoRA switched off for the base)."""
     disable = getattr(adapter.model, "disable_adapter", None)
     with disable() if (disable is not None and not spec.trained) else nullcontext():
         yield
 
 
-def trained_config(trained_dir: str | Path) -> LavenderConfig:
-    """The resolved config of a run saved by `train.local.save_trained` (checked layout)."""
-    directory = Path(trained_dir)
-    missing = [n for n in (VLM_DIR, ALIGNER_FILE, CONFIG_FILE) if not (directory / n).exists()]
-    if missing:
-        raise FileNotFoundError(
-            f"--adapter {str(directory)!r} is not a saved run (train.local.save_trained layout): "
-            f"missing {', '.join(missing)}"
-        )
-    return load_config(str(directory / CONFIG_FILE))
-
-
 def load_model(
     spec: ModelSpec, trained_dir: str, device: str
-) -> tuple[LavenderConfig, CapturingAdapter, Aligner]:
+) -> tuple[LavenderConfig, VLMAdapter, Aligner]:
     """(run config, adapter, trained Aligner) for `spec` from a trained run directory; for the
     base the adapter is built fresh from the run's config (use it inside
     `computing(adapter, BASE)`)."""
-    from lavender_ray.vlm import build_adapter
-
     if spec.trained:
         return load_trained(trained_dir, device)
     cfg = trained_config(trained_dir)
@@ -236,8 +222,6 @@ def add_predictions(
 ) -> Dataset:
     """Tagged benchmark rows -> the rows (without images) with one prediction column per model,
     each model on its own actor pool (`eval.pool_size`, `eval.num_cpus`, `eval.num_gpus`)."""
-    import ray
-
     for spec in models:
         ds = ds.map_batches(
             GenerateStage,

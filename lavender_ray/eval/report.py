@@ -6,13 +6,11 @@ from __future__ import annotations
 import math
 from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from lavender_ray.config import LavenderConfig
 from lavender_ray.eval.inference import ADAPTER, BASE
-
-if TYPE_CHECKING:
-    from lavender_ray.eval.evaluate import BenchmarkScores
+from lavender_ray.eval.scoring import BenchmarkScores
 
 
 def finite(value: Any) -> Any:

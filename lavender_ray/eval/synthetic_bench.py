@@ -35,7 +35,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from lavender_ray.data.synthetic import (
-    COLORS, RELATIONS, Scene, draw_scene, png_bytes, sample_scene,
+    COLORS,
+    RELATIONS,
+    Scene,
+    draw_scene,
+    png_bytes,
+    sample_scene,
 )
 from lavender_ray.schema import make_benchmark_row
 

@@ -8,10 +8,10 @@ Modules (the maths is pure; the capture is small and stateful)::
     aggregate   probabilities -> per-token maps -> per-word maps (pure functions)
     extractor   `SDExtractor(cfg.sd).extract(images, texts) -> list[SDTarget]`
     target      `SDTarget` and its row form (`schema.TARGET_FIELDS`)
-    stage       the Ray Data stage `SDTargetStage` and `add_sd_targets(ds, cfg, rejects_dir)`
-    cache       Parquet target cache keyed by id + image hash + config hash, `extract_to_cache`
     authors     the authors' `<image>/lpm_attention/<stem>/attention_<word>.jpg` layout
-    render      the show-targets picture
+
+The Ray Data stage that runs the extractor on an actor pool, the target cache and the
+show-targets pictures are in `lavender_ray.pipeline`; this package imports no Ray.
 
 Names below load lazily, so `import lavender_ray.sd.target` does not import diffusers.
 """
@@ -24,9 +24,6 @@ from typing import Any
 _EXPORTS = {
     "SDExtractor": "lavender_ray.sd.extractor",
     "SDTarget": "lavender_ray.sd.target",
-    "SDTargetStage": "lavender_ray.sd.stage",
-    "add_sd_targets": "lavender_ray.sd.stage",
-    "extract_to_cache": "lavender_ray.sd.cache",
     "sd_config_hash": "lavender_ray.sd.components",
 }
 

@@ -28,10 +28,10 @@ import re
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
+
+from lavender_ray.tensors import minmax_normalise, resize_maps
 
 WORD_PATTERN = re.compile(r"[^\W_]+")
-MINMAX_EPS = 1e-8
 NO_WORD = -1
 
 
@@ -47,11 +47,6 @@ def head_mean_maps(probs: torch.Tensor) -> torch.Tensor:
     maps = probs.to(torch.promote_types(probs.dtype, torch.float32)).mean(dim=1)  # [b, q, k]
     return maps.transpose(1, 2).reshape(b, k, side, side)  # [b, q, k] -> [b, k, side, side]
 
-
-def resize_maps(maps: torch.Tensor, output_size: int) -> torch.Tensor:
-    """[b, k, side, side] -> [b, k, S, S], bilinear, align_corners=False."""
-    size = (output_size, output_size)
-    return F.interpolate(maps, size=size, mode="bilinear", align_corners=False)
 
 
 def probs_to_token_maps(probs: torch.Tensor, output_size: int) -> torch.Tensor:
@@ -164,10 +159,3 @@ def word_maps(token_maps: torch.Tensor, token_word: list[int], n_words: int) -> 
         raise ValueError("a word has no token; plan_words and the token maps disagree")
     means = (weights @ flat) / counts.clamp(min=1)  # [w, S*S]
     return minmax_normalise(means.reshape(n_words, size, size))
-
-
-def minmax_normalise(maps: torch.Tensor) -> torch.Tensor:
-    """Each map [..., S, S] to [0, 1]: (m - min) / (max - min + 1e-8), over its own pixels."""
-    lo = maps.amin(dim=(-2, -1), keepdim=True)
-    hi = maps.amax(dim=(-2, -1), keepdim=True)
-    return (maps - lo) / (hi - lo + MINMAX_EPS)

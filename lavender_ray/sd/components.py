@@ -13,13 +13,7 @@ from transformers import CLIPTextModel, CLIPTokenizer
 
 from lavender_ray.config import SDConfig, config_hash
 from lavender_ray.sd.tiny import OFFLINE_SD_IDS, SCHEDULER_KWARGS, SDComponents, build_offline_sd
-
-TORCH_DTYPES = {
-    "fp32": torch.float32,
-    "fp16": torch.float16,
-    "bf16": torch.bfloat16,
-    "fp64": torch.float64,
-}
+from lavender_ray.tensors import TORCH_DTYPES
 
 
 def resolve_dtype(dtype: str, device_type: str) -> str:

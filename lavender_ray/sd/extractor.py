@@ -36,13 +36,13 @@ from lavender_ray.config import SDConfig
 from lavender_ray.sd.aggregate import WordPlan, plan_words, word_maps
 from lavender_ray.sd.capture import AttentionStore, attn2_map_sides, capture, select_modules
 from lavender_ray.sd.components import (
-    TORCH_DTYPES,
     default_device_type,
     load_components,
     resolve_dtype,
     sd_config_hash,
 )
 from lavender_ray.sd.target import SDTarget
+from lavender_ray.tensors import TORCH_DTYPES
 
 EARLY_STOP_SLOPE = 2e-5  # null-text early-stop threshold grows by this per step (reference code)
 # Null-text loss scale when the UNet runs in fp16: the loss is a mean over the latent's elements

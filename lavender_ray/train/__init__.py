@@ -1,1 +1,3 @@
-"""Training: the single-process step and loop (`local`), the Ray Train + DeepSpeed trainer."""
+"""Training: the shared step (`step`), the one-process loop (`local`), and the Ray Train +
+DeepSpeed trainer (`launch` on the driver, `worker` per rank, `reporting` where its metrics and
+checkpoints leave, `export` of the trained parts, `precision` for the DeepSpeed config)."""

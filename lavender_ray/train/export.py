@@ -18,8 +18,9 @@ import torch
 from safetensors import safe_open
 from torch import nn
 
-from lavender_ray.config import LavenderConfig
-from lavender_ray.train.local import ALIGNER_FILE, VLM_DIR, LavenderModule, save_trained
+from lavender_ray.config import CONFIG_FILE, LavenderConfig
+from lavender_ray.runs import ALIGNER_FILE, VLM_DIR, save_trained
+from lavender_ray.train.step import LavenderModule
 from lavender_ray.vlm.lora import FULL_WEIGHTS, PEFT_WEIGHTS
 
 
@@ -58,7 +59,7 @@ def gathered(module: nn.Module, zero_stage: int) -> Iterator[None]:
     if zero_stage != 3:
         yield
         return
-    import deepspeed
+    import deepspeed  # in the worker only: importing it probes accelerators (see worker.py)
 
     params = [p for p in module.parameters() if p.requires_grad]
     with deepspeed.zero.GatheredParameters(params, modifier_rank=None):
@@ -101,8 +102,8 @@ def verify_export(
     weights = vlm_dir / (PEFT_WEIGHTS if (vlm_dir / PEFT_WEIGHTS).exists() else FULL_WEIGHTS)
     vlm = _read_safetensors(weights)
     aligner = _read_safetensors(directory / ALIGNER_FILE)
-    if not (directory / "config.yaml").is_file():
-        raise RuntimeError(f"export check: {directory}/config.yaml is missing")
+    if not (directory / CONFIG_FILE).is_file():
+        raise RuntimeError(f"export check: {directory}/{CONFIG_FILE} is missing")
     if len(vlm) != len(expected):
         raise RuntimeError(
             f"export check: {weights} holds {len(vlm)} tensors but {len(expected)} parameters "

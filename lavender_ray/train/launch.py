@@ -11,15 +11,20 @@ from the latest checkpoint.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import PurePosixPath
 from typing import Any
 
-from lavender_ray.config import LavenderConfig, absolute_paths, run_paths
-from lavender_ray.data.rejects import count_rejects
+import ray
+import ray.train
+from ray.data import DataContext, ExecutionOptions
+from ray.train.torch import TorchTrainer
+
+from lavender_ray.config import CONFIG_FILE, LavenderConfig, absolute_paths, run_paths
+from lavender_ray.pipeline.dataset import build_train_dataset
+from lavender_ray.placement import check_placement, check_shared_folders, cluster_nodes
+from lavender_ray.rejects import count_rejects
+from lavender_ray.runs import EXPORT_DIR, checkpoint_location, run_dir_of
 from lavender_ray.storage import absolute, is_remote, write_text
-from lavender_ray.train.placement import check_placement, check_shared_folders, cluster_nodes
-from lavender_ray.train.local import CONFIG_FILE
-from lavender_ray.train.worker import EXPORT_DIR, train_fn_per_worker
+from lavender_ray.train.worker import train_fn_per_worker
 
 
 @dataclass
@@ -47,17 +52,6 @@ def describe(summary: TrainSummary) -> str:
     )
 
 
-def run_dir_of(cfg: LavenderConfig) -> str:
-    """`<storage_path>/<run_name>`; a local storage path is made absolute."""
-    return f"{absolute(cfg.train.storage_path).rstrip('/')}/{cfg.train.run_name}"
-
-
-def checkpoint_location(run_dir: str, checkpoint_path: str) -> str:
-    """Where a checkpoint of the run in `run_dir` lives, as a local path or full URI. Ray's
-    checkpoint paths drop the URI scheme (`bucket/prefix/...` for s3://bucket/prefix/...)."""
-    return f"{run_dir}/{PurePosixPath(checkpoint_path).name}"
-
-
 def local_paths(cfg: LavenderConfig) -> dict[str, str]:
     """Config key -> value of every path the run's workers, actors and tasks read or write, for
     those that are local (a URI other than file:// is visible everywhere)."""
@@ -81,9 +75,6 @@ def build_trainer(
 ):
     """The `TorchTrainer` for `cfg`: workers, resources, accelerator type, failure handling;
     `callbacks` go to its `RunConfig` (Ray Tune's `TuneReportCallback` in a Tune trial)."""
-    import ray.train
-    from ray.train.torch import TorchTrainer
-
     t = cfg.train
     resources: dict[str, float] = {"CPU": t.cpus_per_worker}
     if t.use_gpu:
@@ -114,9 +105,6 @@ def build_trainer(
 def ingest_config():
     """Ray Train's `DataConfig` with the ingest options it would copy from the DataContext,
     less the deprecated `exclude_resources` (its default copy warns in every run)."""
-    import ray.train
-    from ray.data import DataContext, ExecutionOptions
-
     ctx = DataContext.get_current().execution_options
     options = ExecutionOptions(
         resource_limits=ctx.resource_limits,
@@ -129,10 +117,6 @@ def ingest_config():
 def train(cfg: LavenderConfig, callbacks: list[Any] | None = None) -> TrainSummary:
     """Build the streaming pipeline and the trainer, train, and say where everything went.
     Storage and placement (`placement.check_placement`) are checked before anything starts."""
-    import ray
-
-    from lavender_ray.data.pipeline import build_train_dataset
-
     cfg = absolute_paths(cfg)
     if not ray.is_initialized():
         ray.init()

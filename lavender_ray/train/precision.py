@@ -1,61 +1,16 @@
-"""Precision and the DeepSpeed config: the one place batch arithmetic and dtypes are decided.
+"""The DeepSpeed config: the one place batch arithmetic and dtypes reach DeepSpeed.
 
-`resolve_precision` turns `train.precision` (auto|bf16|fp16|fp32) and the device into the
-precision the run uses; `deepspeed_config` builds DeepSpeed's config dict from the typed config
-and the world size. No hand-written DeepSpeed JSON exists anywhere else.
+`deepspeed_config` builds DeepSpeed's config dict from the typed config, the world size and the
+precision `placement.resolve_precision` decided. No hand-written DeepSpeed JSON exists anywhere
+else.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
-from lavender_ray.config import ConfigError, LavenderConfig
-
-Precision = Literal["bf16", "fp16", "fp32"]
-
-
-@dataclass(frozen=True)
-class Device:
-    """What a worker runs on: `kind` cpu|cuda, the GPU name and whether it does bf16."""
-
-    kind: Literal["cpu", "cuda"]
-    name: str = "cpu"
-    bf16: bool = True
-
-    @classmethod
-    def current(cls) -> Device:
-        import torch
-
-        if not torch.cuda.is_available():
-            return cls("cpu")
-        # Without `including_emulation=False`, torch says yes on a V100 (it can *create* bf16
-        # tensors there) and the run would train in slow emulated bf16.
-        bf16 = torch.cuda.is_bf16_supported(including_emulation=False)
-        return cls("cuda", torch.cuda.get_device_name(), bf16)
-
-
-def resolve_precision(requested: str, device: Device) -> Precision:
-    """`auto` = fp32 on CPU, bf16 where the GPU supports it, else fp16 (V100) with loss scaling.
-
-    Explicit choices the hardware cannot honour are refused, naming both."""
-    if requested == "auto":
-        if device.kind == "cpu":
-            return "fp32"
-        return "bf16" if device.bf16 else "fp16"
-    if requested == "fp16" and device.kind == "cpu":
-        raise ConfigError(
-            "train.precision='fp16' is not supported on CPU (no fp16 kernels, no loss scaling "
-            "there); use 'fp32', 'bf16' or 'auto'"
-        )
-    if requested == "bf16" and device.kind == "cuda" and not device.bf16:
-        raise ConfigError(
-            f"train.precision='bf16' but {device.name} has no bf16 support (V100 and older); "
-            "use 'fp16' or 'auto'"
-        )
-    if requested not in ("bf16", "fp16", "fp32"):
-        raise ConfigError(f"train.precision={requested!r}; allowed: auto, bf16, fp16, fp32")
-    return requested  # type: ignore[return-value]
+from lavender_ray.config import LavenderConfig
+from lavender_ray.placement import Precision
 
 
 def deepspeed_config(cfg: LavenderConfig, world_size: int, precision: Precision) -> dict[str, Any]:

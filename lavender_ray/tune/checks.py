@@ -7,9 +7,13 @@ import math
 import warnings
 from typing import Any
 
+import ray
 import yaml
+from ray.tune import Tuner
+from ray.util.state import list_nodes
 
 from lavender_ray.config import ConfigError, LavenderConfig
+from lavender_ray.placement import worker_request, worker_slots
 from lavender_ray.storage import read_text
 from lavender_ray.tune.layout import TuneLayout
 
@@ -37,9 +41,6 @@ def check_tune_config(cfg: LavenderConfig) -> int:
 def require_state_api() -> None:
     """Refuse a Ray without the dashboard (State API): stopped trials would keep their
     placement groups and the next trials would wait forever."""
-    import ray
-    from ray.util.state import list_nodes
-
     context = ray.get_runtime_context()
     try:
         nodes = list_nodes(address=context.gcs_address, timeout=30)
@@ -61,8 +62,6 @@ def max_concurrent_trials(cfg: LavenderConfig, nodes: list[dict[str, float]]) ->
     (GPUs of `train.accelerator` with GPU workers, CPUs otherwise); a warning says when the
     cap applies or when no node fits a worker yet (autoscaling: `tune.max_concurrent_trials`
     or 1)."""
-    from lavender_ray.train.placement import worker_request, worker_slots
-
     requested = cfg.tune.max_concurrent_trials
     request = worker_request(cfg)
     fit = worker_slots(request, nodes) // cfg.train.num_workers
@@ -94,8 +93,6 @@ def _flatten(raw: Any, prefix: str = "") -> dict[str, Any]:
 
 def check_experiment(cfg: LavenderConfig, layout: TuneLayout, resume: bool) -> None:
     """A new experiment must not exist yet; a resumed one must exist with this very config."""
-    from ray.tune import Tuner
-
     exists = Tuner.can_restore(layout.experiment_dir)
     if not resume:
         if exists:

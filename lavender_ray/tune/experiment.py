@@ -5,12 +5,12 @@
 On the connected Ray (`connect_ray`), in this order:
 
 1. the search space is parsed and validated against the config (`space.parse_search_space`),
-   storage and placement are checked (`train.placement.check_placement`), and the experiment's
+   storage and placement are checked (`placement.check_placement`), and the experiment's
    resolved config is written to `<experiment>/tune_config.yaml`;
 2. the SD targets all trials share are prepared once (`tune.targets`, default `cache`):
-   `sd.cache.extract_to_cache` fills `pipeline.cache_path` (default `<experiment>/sd_cache`),
-   then trials read it in `pipeline.mode=cache` (or `precomputed`: its targets folder, no SD
-   actor in a trial); `stream` leaves every trial to run SD itself;
+   `pipeline.extract.extract_to_cache` fills `pipeline.cache_path` (default
+   `<experiment>/sd_cache`), then trials read it in `pipeline.mode=cache` (or `precomputed`: its
+   targets folder, no SD actor in a trial); `stream` leaves every trial to run SD itself;
 3. a `Tuner` runs `trial.run_trial` (a driver function building a `TorchTrainer`) per sampled
    config with `tune.trial_resources`, ASHA over Tune's reports (`training_iteration`, one per
    `train.report_every` steps) with `tune.grace_period` and `tune.reduction_factor`, at most
@@ -30,17 +30,29 @@ that ASHA stops; without it the next trials wait forever, so `run_tune` refuses 
 from __future__ import annotations
 
 import os
+import socket
 from dataclasses import dataclass
 from typing import Any
 
+import ray
+from ray import tune
+from ray.tune import ExperimentAnalysis
+from ray.tune.integration.ray_train import CHECKPOINT_PATH_KEY
+from ray.tune.schedulers import ASHAScheduler
+from ray.tune.search.basic_variant import BasicVariantGenerator
+
 from lavender_ray.config import ConfigError, LavenderConfig, absolute_paths, apply_overrides
+from lavender_ray.pipeline.extract import extract_to_cache
+from lavender_ray.placement import check_placement, cluster_nodes
+from lavender_ray.runs import checkpoint_location
+from lavender_ray.storage import write_text
+from lavender_ray.train.launch import check_storage
 from lavender_ray.tune.checks import (
     check_experiment,
     check_tune_config,
     max_concurrent_trials,
     require_state_api,
 )
-from lavender_ray.storage import write_text
 from lavender_ray.tune.layout import TuneLayout, layout_of
 from lavender_ray.tune.report import (
     TrialRow,
@@ -51,6 +63,7 @@ from lavender_ray.tune.report import (
     trials_markdown,
 )
 from lavender_ray.tune.space import SearchSpace, parse_search_space
+from lavender_ray.tune.trial import run_trial, trial_name
 
 
 @dataclass(frozen=True)
@@ -93,8 +106,6 @@ def describe(summary: TuneSummary) -> str:
 def shared_targets(cfg: LavenderConfig, layout: TuneLayout, space: SearchSpace) -> dict[str, Any]:
     """Extract the SD targets once (`tune.targets`) and return the `pipeline.*` overrides that
     point the trials at them; `{}` when trials use the pipeline as configured."""
-    from lavender_ray.sd.cache import extract_to_cache
-
     mode = cfg.tune.targets
     if mode == "stream" or cfg.pipeline.mode == "precomputed":
         return {}
@@ -129,8 +140,6 @@ def connect_ray(address: str | None = None) -> None:
     that its processes inherit it: Ray Train's placement-group cleaner looks its cluster up
     without an address and, with another Ray running on the same machine, would otherwise find
     several and fail (stopped trials would keep their resources)."""
-    import ray
-
     if ray.is_initialized():
         return
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
@@ -157,8 +166,6 @@ def connect_ray(address: str | None = None) -> None:
 
 
 def _free_port() -> int:
-    import socket
-
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -175,12 +182,6 @@ def build_tuner(
 ):
     """A new `Tuner`: seeded search, ASHA on `tune.metric` over `reports` reports per trial,
     at most `limit` trials at once, deterministic trial names."""
-    from ray import tune
-    from ray.tune.schedulers import ASHAScheduler
-    from ray.tune.search.basic_variant import BasicVariantGenerator
-
-    from lavender_ray.tune.trial import trial_name
-
     t = cfg.tune
     scheduler = ASHAScheduler(
         time_attr="training_iteration",
@@ -219,12 +220,6 @@ def run_tune(
     """Run (or with `resume` continue) the search of `cfg.tune`; see the module docstring.
     `callbacks` are Ray Tune callbacks of the experiment (a resumed experiment keeps its own);
     `address` is the Ray to use when none is connected (`connect_ray`)."""
-    from ray import tune
-
-    from lavender_ray.train.launch import check_storage
-    from lavender_ray.train.placement import check_placement, cluster_nodes
-    from lavender_ray.tune.trial import run_trial
-
     cfg = absolute_paths(cfg)
     space = parse_search_space(cfg.tune.search_space, cfg.to_dict())
     reports = check_tune_config(cfg)
@@ -256,11 +251,6 @@ def run_tune(
 def trial_rows(layout: TuneLayout, max_steps: int) -> list[TrialRow]:
     """One `TrialRow` per trial of the Tune experiment of `layout`, by name; checkpoints as
     full paths or URIs under the trial's Ray Train run (`runs/<trial>`)."""
-    from ray.tune import ExperimentAnalysis
-    from ray.tune.integration.ray_train import CHECKPOINT_PATH_KEY
-
-    from lavender_ray.train.launch import checkpoint_location
-
     rows = []
     for trial in ExperimentAnalysis(layout.experiment_dir).trials:
         metrics = dict(trial.last_result or {})

@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from lavender_ray.config import LavenderConfig
+from lavender_ray.runs import run_dir_of
 from lavender_ray.storage import absolute
 
 
@@ -31,8 +32,6 @@ class TuneLayout:
 
 def layout_of(cfg: LavenderConfig) -> TuneLayout:
     """`<train.storage_path>/<train.run_name>/...`; a local storage path is made absolute."""
-    from lavender_ray.train.launch import run_dir_of
-
     root = run_dir_of(cfg)
     cache = absolute(cfg.pipeline.cache_path or f"{root}/sd_cache")
     return TuneLayout(

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import yaml
+from ray import tune
 
 from lavender_ray.config import ConfigError, LavenderConfig, apply_overrides
 
@@ -62,8 +63,6 @@ class Dimension:
 
     def to_tune(self) -> Any:
         """The Ray Tune domain (`tune.loguniform(...)`, `tune.grid_search([...])`, ...)."""
-        from ray import tune
-
         if self.function == "grid":
             return tune.grid_search(list(self.args[0]))
         if self.function == "choice":

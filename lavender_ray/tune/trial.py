@@ -14,12 +14,14 @@ run again and resumes from that run's latest checkpoint.
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING, Any
+from typing import Any
+
+import ray.tune
+from ray.tune.experiment import Trial
+from ray.tune.integration.ray_train import TuneReportCallback
 
 from lavender_ray.config import LavenderConfig, apply_overrides
-
-if TYPE_CHECKING:
-    from ray.tune.experiment import Trial
+from lavender_ray.train.launch import train
 
 TRIAL_ID = re.compile(r"_(\d+)$")
 
@@ -44,10 +46,5 @@ def trial_config(base: dict[str, Any], sampled: dict[str, Any], name: str) -> La
 
 def run_trial(config: dict[str, Any], base: dict[str, Any]) -> None:
     """Tune function trainable: train one sampled config, reporting to Tune through Ray Train."""
-    import ray.tune
-    from ray.tune.integration.ray_train import TuneReportCallback
-
-    from lavender_ray.train.launch import train
-
     cfg = trial_config(base, config, ray.tune.get_context().get_trial_name())
     train(cfg, callbacks=[TuneReportCallback()])

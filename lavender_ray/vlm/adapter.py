@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import io
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from typing import Any, ClassVar, Literal
 
 import torch
@@ -69,12 +70,14 @@ def to_pil(image: ImageInput) -> Image.Image:
 class CapturingAdapter(ABC):
     """Base of the family adapters (see `base.VLMAdapter` for the contract).
 
-    Subclasses set `family`, `model_class`, and implement `attention_modules` and `sample_maps`;
-    `sequence_keys` lists the processor outputs that have the sequence on dim 1.
+    Subclasses set `family`, `model_class`, `build_tiny` (the family's offline tiny model:
+    `(seed, text_width) -> (model, processor)`), and implement `attention_modules` and
+    `sample_maps`; `sequence_keys` lists the processor outputs that have the sequence on dim 1.
     """
 
     family: ClassVar[str]
     model_class: ClassVar[type[PreTrainedModel]]
+    build_tiny: ClassVar[Callable[..., tuple[PreTrainedModel, Any]]]
     sequence_keys: ClassVar[tuple[str, ...]] = ("input_ids", "attention_mask", "labels")
 
     def __init__(

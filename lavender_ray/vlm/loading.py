@@ -8,31 +8,35 @@ checkpoints) while the processor still comes from `model_id`.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from transformers import PreTrainedModel
 
 from lavender_ray.config import VLMConfig
-from lavender_ray.vlm.tiny import TINY_PREFIX, build_tiny
-
-if TYPE_CHECKING:
-    from lavender_ray.vlm.adapter import CapturingAdapter
-
-DTYPES: dict[str, torch.dtype] = {
-    "fp32": torch.float32,
-    "fp16": torch.float16,
-    "bf16": torch.bfloat16,
-}
+from lavender_ray.tensors import TORCH_DTYPES
+from lavender_ray.vlm.adapter import CapturingAdapter
+from lavender_ray.vlm.tiny import TEXT_HIDDEN, TINY_PREFIX
 
 
 def resolve_dtype(dtype: str, tiny: bool) -> torch.dtype | str:
     """`vlm.dtype` -> a torch dtype; "auto" is the checkpoint's dtype (fp32 for tiny models)."""
     if dtype == "auto":
         return torch.float32 if tiny else "auto"
-    if dtype not in DTYPES:
-        raise ValueError(f"vlm.dtype={dtype!r}; allowed: auto, {', '.join(DTYPES)}")
-    return DTYPES[dtype]
+    if dtype not in TORCH_DTYPES:
+        raise ValueError(f"vlm.dtype={dtype!r}; allowed: auto, {', '.join(TORCH_DTYPES)}")
+    return TORCH_DTYPES[dtype]
+
+
+def build_tiny_model(
+    adapter_cls: type[CapturingAdapter], seed: int, text_width: int = TEXT_HIDDEN
+) -> tuple[PreTrainedModel, Any]:
+    """The family's tiny model (`tiny/<family>`, in eval mode) and its processor."""
+    model, processor = adapter_cls.build_tiny(seed, text_width=text_width)
+    model_id = TINY_PREFIX + adapter_cls.family
+    model.config.name_or_path = model_id  # what PEFT writes as base_model_name_or_path
+    model.name_or_path = model_id
+    return model, processor
 
 
 def load_model_and_processor(
@@ -52,7 +56,7 @@ def load_model_and_processor(
                 f"vlm.model_id={model_id!r} does not match vlm.family={vlm_cfg.family!r}; "
                 f"the tiny model of this family is {expected!r}"
             )
-        model, processor = build_tiny(model_id, seed=vlm_cfg.seed)
+        model, processor = build_tiny_model(adapter_cls, vlm_cfg.seed)
         if weights_dir is not None:
             model = model_class.from_pretrained(weights_dir, dtype=dtype)
         return model.to(dtype).eval(), processor

@@ -17,7 +17,6 @@ import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 from peft import LoraConfig as PeftLoraConfig
@@ -27,9 +26,7 @@ from torch import nn
 from transformers import PreTrainedModel
 
 from lavender_ray.config import LoraConfig, VLMConfig
-
-if TYPE_CHECKING:
-    from lavender_ray.vlm.adapter import CapturingAdapter
+from lavender_ray.vlm.adapter import CapturingAdapter
 
 META_FILE = "lavender_vlm.json"
 PEFT_WEIGHTS = "adapter_model.safetensors"

@@ -1,48 +1,63 @@
-"""Lazy registry of VLM family adapters and the entry points that build them.
+"""The entry points that build a family's adapter, through the one list of families
+(`lavender_ray.families.VLM_FAMILIES`).
 
     adapter = build_adapter(cfg.vlm, cfg.lora, map_size=cfg.sd.output_size)
     save_adapter(adapter, run_dir / "vlm")
     adapter = load_adapter(cfg.vlm, cfg.lora, run_dir / "vlm", map_size=32)
+    model, processor = build_tiny("tiny/mllama", seed=0)
 
-A family module is imported only when its adapter is asked for. Unknown families raise with the
-list of registered ones.
+A family package is imported only when its adapter is asked for, so loading one family imports
+no other. Unknown families raise with the list of registered ones.
 """
 
 from __future__ import annotations
 
 import importlib
 from pathlib import Path
+from typing import Any
+
+from transformers import PreTrainedModel
 
 from lavender_ray.config import LoraConfig, VLMConfig
+from lavender_ray.families import VLM_FAMILIES, check_family, registered_families
 from lavender_ray.vlm.adapter import CapturingAdapter
+from lavender_ray.vlm.loading import build_tiny_model, load_model_and_processor
+from lavender_ray.vlm.lora import apply_finetuning, load_lora, read_meta
+from lavender_ray.vlm.tiny import TEXT_HIDDEN, TINY_PREFIX
 
-FAMILIES: dict[str, str] = {
-    "mllama": "lavender_ray.vlm.mllama:MllamaAdapter",
-    "llava": "lavender_ray.vlm.llava:LlavaAdapter",
-    "qwen2_vl": "lavender_ray.vlm.qwen2_vl:Qwen2VLAdapter",
-}
-
-
-def registered_families() -> list[str]:
-    return sorted(FAMILIES)
+__all__ = [
+    "adapter_class", "build_adapter", "build_tiny", "load_adapter", "registered_families",
+    "tiny_names",
+]  # fmt: skip
 
 
 def adapter_class(family: str) -> type[CapturingAdapter]:
     """The adapter class of `family`, imported on first use."""
-    if family not in FAMILIES:
-        raise ValueError(
-            f"unknown VLM family {family!r}; "
-            f"registered families: {', '.join(registered_families())}"
-        )
-    module_name, class_name = FAMILIES[family].split(":")
+    module_name, class_name = VLM_FAMILIES[check_family(family)].split(":")
     return getattr(importlib.import_module(module_name), class_name)
+
+
+def tiny_names() -> list[str]:
+    """The offline tiny model ids, one per family (`tiny/<family>`)."""
+    return [TINY_PREFIX + family for family in registered_families()]
+
+
+def build_tiny(
+    model_id: str, seed: int = 0, text_width: int = TEXT_HIDDEN
+) -> tuple[PreTrainedModel, Any]:
+    """`tiny/<family>` -> (model in eval mode, processor). Raises listing the tiny ids.
+
+    `text_width`: hidden size of the language model (MLP 2x wider, same heads and layers),
+    for benchmarks that grow the model around fixed attention maps."""
+    family = model_id.removeprefix(TINY_PREFIX)
+    if not model_id.startswith(TINY_PREFIX) or family not in VLM_FAMILIES:
+        raise ValueError(f"unknown tiny model {model_id!r}; tiny models: {', '.join(tiny_names())}")
+    return build_tiny_model(adapter_class(family), seed, text_width)
 
 
 def _adapter(
     vlm_cfg: VLMConfig, map_size: int, weights_dir: str | Path | None = None
 ) -> CapturingAdapter:
-    from lavender_ray.vlm.loading import load_model_and_processor
-
     cls = adapter_class(vlm_cfg.family)
     model, processor = load_model_and_processor(vlm_cfg, cls, weights_dir)
     if vlm_cfg.gradient_checkpointing:
@@ -63,8 +78,6 @@ def build_adapter(vlm_cfg: VLMConfig, lora_cfg: LoraConfig, map_size: int = 32) 
 
     The model comes back in eval mode, as `from_pretrained` returns models: call
     `adapter.model.train()` before training (LoRA dropout is active only then)."""
-    from lavender_ray.vlm.lora import apply_finetuning
-
     adapter = _adapter(vlm_cfg, map_size)
     adapter.model = apply_finetuning(adapter.base_model, lora_cfg, seed=vlm_cfg.seed).eval()
     return adapter
@@ -75,8 +88,6 @@ def load_adapter(
 ) -> CapturingAdapter:
     """An adapter whose fine-tuned weights come from a directory written by `save_adapter`;
     trainable as after `build_adapter`, model in eval mode."""
-    from lavender_ray.vlm.lora import load_lora, read_meta
-
     meta = read_meta(adapter_dir, vlm_cfg, lora_cfg)
     if meta["mode"] == "full":
         adapter = _adapter(vlm_cfg, map_size, weights_dir=adapter_dir)

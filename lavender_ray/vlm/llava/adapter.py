@@ -18,13 +18,17 @@ from __future__ import annotations
 import torch
 from transformers import LlavaForConditionalGeneration, PreTrainedModel
 
+from lavender_ray.tensors import resize_maps
 from lavender_ray.vlm.adapter import SelfAttentionAdapter
-from lavender_ray.vlm.geometry import llava_grid, resize_maps, token_grid
+from lavender_ray.vlm.geometry import token_grid
+from lavender_ray.vlm.llava.geometry import llava_grid
+from lavender_ray.vlm.llava.tiny import tiny_llava
 
 
 class LlavaAdapter(SelfAttentionAdapter):
     family = "llava"
     model_class = LlavaForConditionalGeneration
+    build_tiny = staticmethod(tiny_llava)
 
     def __init__(self, model: PreTrainedModel, processor, **kwargs) -> None:
         super().__init__(model, processor, **kwargs)

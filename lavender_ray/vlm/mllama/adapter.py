@@ -21,8 +21,10 @@ import torch
 from torch import nn
 from transformers import MllamaForConditionalGeneration, PreTrainedModel
 
+from lavender_ray.tensors import resize_maps
 from lavender_ray.vlm.adapter import CapturingAdapter
-from lavender_ray.vlm.geometry import mllama_canvas, resize_maps, tile_grid
+from lavender_ray.vlm.mllama.geometry import mllama_canvas, tile_grid
+from lavender_ray.vlm.mllama.tiny import tiny_mllama
 
 
 def _side(value: int | list[int] | tuple[int, int]) -> int:
@@ -39,6 +41,7 @@ class MllamaAdapter(CapturingAdapter):
     family = "mllama"
     model_class = MllamaForConditionalGeneration
     sequence_keys = ("input_ids", "attention_mask", "labels", "cross_attention_mask")
+    build_tiny = staticmethod(tiny_mllama)
 
     def __init__(self, model: PreTrainedModel, processor, **kwargs) -> None:
         super().__init__(model, processor, **kwargs)

@@ -23,12 +23,15 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-from PIL import Image, ImageDraw, ImageFont, ImageOps
+from PIL import Image, ImageDraw, ImageOps
 
 from lavender_ray.config import LavenderConfig
-from lavender_ray.data.rejects import read_rejects
-from lavender_ray.data.sources import read_sources, sampling_fractions, source_quotas
+from lavender_ray.data.mixture import source_quotas
 from lavender_ray.images import decode_image
+from lavender_ray.pictures import load_font
+from lavender_ray.pipeline.read import read_sources, sampling_fractions
+from lavender_ray.placement import check_shared_folders, cluster_nodes
+from lavender_ray.rejects import read_rejects
 from lavender_ray.schema import RecordError, parse_messages
 from lavender_ray.words import WORD_RE
 
@@ -111,13 +114,6 @@ def rejects_by_source(table: pa.Table) -> dict[str, dict[str, int]]:
 
 
 # ------------------------------------------------------------------------------ contact sheet
-def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
-    try:
-        return ImageFont.load_default(size=size)
-    except (TypeError, OSError):  # Pillow without FreeType: the bitmap font, one size
-        return ImageFont.load_default()
-
-
 def _tile_text(sample: dict[str, Any]) -> list[str]:
     lines = [f"[{sample['source']}] {sample['id']}"]
     for label, key in (("Q", "question"), ("A", "answer"), ("T", "target_text")):
@@ -134,7 +130,7 @@ def contact_sheet(samples: list[dict[str, Any]], path: Path) -> Path:
     rows = max(1, -(-len(samples) // columns))
     cell_h = THUMB + TEXT_HEIGHT
     sheet = Image.new("RGB", (columns * THUMB, rows * cell_h), (255, 255, 255))
-    draw, font = ImageDraw.Draw(sheet), _font(11)
+    draw, font = ImageDraw.Draw(sheet), load_font(11)
     for i, sample in enumerate(samples):
         x, y = (i % columns) * THUMB, (i // columns) * cell_h
         with Image.open(io.BytesIO(sample["thumbnail"])) as thumb:
@@ -153,8 +149,6 @@ def inspect_data(cfg: LavenderConfig, out_dir: str | Path, samples: int = 2) -> 
 
     Rejects go to `<out_dir>/rejects` (emptied first, so the counts are this run's); read tasks
     on other nodes write them there, so on a multi-node cluster `out_dir` must be shared."""
-    from lavender_ray.train.placement import check_shared_folders, cluster_nodes
-
     check_shared_folders(cfg, cluster_nodes(), "--out")
     out = Path(out_dir).resolve()
     rejects_dir = out / "rejects"

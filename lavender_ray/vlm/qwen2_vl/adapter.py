@@ -25,32 +25,21 @@ from transformers import (
     PreTrainedModel,
     ProcessorMixin,
     Qwen2VLForConditionalGeneration,
-    Qwen2VLProcessor,
 )
 
+from lavender_ray.tensors import resize_maps
 from lavender_ray.vlm.adapter import SelfAttentionAdapter
-from lavender_ray.vlm.geometry import merged_grid, resize_maps, token_grid
-
-
-class Qwen2VLImageProcessorOnly(Qwen2VLProcessor):
-    """Qwen2-VL's processor for images only.
-
-    `Qwen2VLProcessor` also takes a video processor, whose class needs torchvision (not a
-    dependency of this project); images, token expansion and `mm_token_type_ids` are unchanged.
-    """
-
-    def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs) -> None:
-        self.image_token = getattr(tokenizer, "image_token", None) or "<|image_pad|>"
-        self.video_token = getattr(tokenizer, "video_token", None) or "<|video_pad|>"
-        self.image_token_id = tokenizer.convert_tokens_to_ids(self.image_token)
-        self.video_token_id = tokenizer.convert_tokens_to_ids(self.video_token)
-        ProcessorMixin.__init__(self, image_processor, tokenizer, chat_template=chat_template)
+from lavender_ray.vlm.geometry import token_grid
+from lavender_ray.vlm.qwen2_vl.geometry import merged_grid
+from lavender_ray.vlm.qwen2_vl.processor import Qwen2VLImageProcessorOnly
+from lavender_ray.vlm.qwen2_vl.tiny import tiny_qwen2_vl
 
 
 class Qwen2VLAdapter(SelfAttentionAdapter):
     family = "qwen2_vl"
     model_class = Qwen2VLForConditionalGeneration
     sequence_keys = ("input_ids", "attention_mask", "labels", "mm_token_type_ids")
+    build_tiny = staticmethod(tiny_qwen2_vl)
 
     def __init__(self, model: PreTrainedModel, processor, **kwargs) -> None:
         super().__init__(model, processor, **kwargs)

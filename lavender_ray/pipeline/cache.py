@@ -8,32 +8,24 @@ Layout under a root (local path or any pyarrow filesystem URI such as `s3://buck
 
 A record is cached when a shard under its config hash holds a row with the same `id` and the
 same `image_sha256` (SHA-256 of the encoded image bytes); a changed image or any change of the
-extraction config (`components.sd_config_hash`) means a new target. `extract_to_cache` is the
+extraction config (`sd.components.sd_config_hash`) means a new target. `extract_to_cache` is the
 write-through path: it skips cached records, extracts the others and appends new shards, so
 re-running with the same config does no SD work for what exists. Rejected records are retried
 on the next run (a source may have been fixed); each run's rejects are kept in their own folder.
+The functions here run inside Ray Data tasks and import no model library; the runs that fill
+and read the cache are in `lavender_ray.pipeline.extract`.
 """
 
 from __future__ import annotations
 
 import hashlib
-import os
-import time
 import uuid
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from lavender_ray.config import LavenderConfig
-from lavender_ray.data.rejects import count_rejects
 from lavender_ray.storage import filesystem_and_path
-from lavender_ray.schema import TARGET_FIELDS
-
-if TYPE_CHECKING:
-    from ray.data import Dataset
 
 IMAGE_HASH = "image_sha256"
 TARGETS, REJECTS, RUNS = "targets", "rejects", "runs"
@@ -116,69 +108,22 @@ def key_and_skip_cached(batch: pa.Table, cached: CacheKeys) -> pa.Table:
     return batch.filter(pa.array(keep, type=pa.bool_()))
 
 
-@dataclass(frozen=True)
-class ExtractSummary:
-    """What one `extract_to_cache` run did."""
-
-    config_hash: str
-    targets_dir: str
-    rejects_dir: str
-    config_path: str
-    cached_before: int
-    written: int
-    rejects: dict[str, int]
+def keep_keys(batch: pa.Table, keys: frozenset[tuple[str, str]]) -> pa.Table:
+    pairs = zip(batch["id"].to_pylist(), batch[IMAGE_HASH].to_pylist())
+    return batch.filter(pa.array([p in keys for p in pairs], type=pa.bool_()))
 
 
-def new_run_id() -> str:
-    return f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+class WriteThrough:
+    """`map_batches` function: append each batch as a Parquet shard to the cache, pass it on."""
+
+    def __init__(self, out_dir: str) -> None:
+        self.out_dir = out_dir
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        if batch.num_rows:
+            fs, root = filesystem_and_path(self.out_dir)
+            fs.create_dir(root, recursive=True)
+            pq.write_table(batch, f"{root}/{uuid.uuid4().hex}.parquet", filesystem=fs)
+        return batch
 
 
-def absolute(root: str) -> str:
-    """Local paths become absolute (Ray workers do not share the driver's cwd); URIs stay."""
-    return root if "://" in root else os.path.abspath(root)
-
-
-def save_run_config(cfg: LavenderConfig, root: str, run_id: str) -> str:
-    fs, path = filesystem_and_path(join(root, RUNS, f"{run_id}.yaml"))
-    fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
-    with fs.open_output_stream(path) as out:
-        out.write(cfg.to_yaml().encode())
-    return path
-
-
-def extract_to_cache(cfg: LavenderConfig, root: str, ds: Dataset | None = None) -> ExtractSummary:
-    """Read the configured sources (or take `ds`, a Dataset of records), skip what is cached
-    under this config, run the SD stage on the rest and append the results as Parquet shards."""
-    from lavender_ray.sd.components import sd_config_hash
-    from lavender_ray.sd.stage import add_sd_targets, stage_device
-
-    root = absolute(root)
-    run_id = new_run_id()
-    config_hash = sd_config_hash(cfg.sd, stage_device(cfg))
-    rejects_dir = join(root, REJECTS, run_id)
-    if ds is None:
-        from lavender_ray.data.sources import read_sources
-
-        ds = read_sources(cfg, rejects_dir)
-    config_path = save_run_config(cfg, root, run_id)
-    out_dir = targets_dir(root, config_hash)
-    cached = cached_keys(root, config_hash)
-    rows_before = count_rows(out_dir)
-    todo = ds.map_batches(key_and_skip_cached, fn_kwargs={"cached": cached}, batch_format="pyarrow")
-    add_sd_targets(todo, cfg, rejects_dir).write_parquet(out_dir)
-    written = count_rows(out_dir) - rows_before
-    rejects = count_rejects(rejects_dir)
-    return ExtractSummary(
-        config_hash, out_dir, rejects_dir, config_path, len(cached), written, rejects
-    )
-
-
-def export_authors_layout(root: str, config_hash: str, authors_root: str) -> int:
-    """Write every target cached under `config_hash` in the authors' layout (local folder)."""
-    from lavender_ray.sd.authors import export_targets
-
-    table = read_cached_targets(root, config_hash)
-    if table is None:
-        return 0
-    columns = ["id"] + [name for name, _ in TARGET_FIELDS]
-    return export_targets(table.select(columns).to_pylist(), authors_root)

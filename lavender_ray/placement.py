@@ -1,9 +1,10 @@
 """Hardware-aware placement: which GPU type each stage runs on, and whether the config runs there.
 
-Two stages ask for hardware: the SD actor pool (`pipeline.sd_num_gpus`, `pipeline.sd_accelerator`,
-reaching `map_batches(accelerator_type=...)` in `sd.stage.sd_stage_options`) and the trainer's
-worker group (`train.use_gpu`, `train.accelerator`, reaching `ScalingConfig(accelerator_type=...)`
-in `train.launch.build_trainer`). Ray turns an accelerator type into the resource
+Two stages ask for hardware: the SD actor pool (`pipeline.sd_num_gpus`,
+`pipeline.sd_accelerator`, reaching `map_batches(accelerator_type=...)` in
+`pipeline.sd_stage.sd_stage_options`) and the trainer's worker group (`train.use_gpu`,
+`train.accelerator`, reaching `ScalingConfig(accelerator_type=...)` in
+`train.launch.build_trainer`). Ray turns an accelerator type into the resource
 `accelerator_type:<name>` (0.001 per actor/worker), which GPU nodes carry.
 
 `check_placement(cfg, nodes)` runs on the driver before anything starts and refuses, naming the
@@ -12,12 +13,13 @@ field, the value and what is allowed:
 - an accelerator name Ray does not use (`a100`, `A100,V100`), or one set on a stage without GPUs;
 - one DeepSpeed group over several GPU types: `train.accelerator` unset with GPU workers on a
   cluster that has more than one GPU type (bf16 support, memory and speed differ per type);
-- a precision the hardware cannot honour, through `precision.resolve_precision`: bf16 on V100
+- a precision the hardware cannot honour (`resolve_precision`): bf16 on V100
   (and other GPUs without bf16), fp16 on CPU; the same rules for `sd.dtype` on the SD pool.
 
 `nodes` are the resource dicts of the cluster's nodes (`cluster_nodes()`), or of a cluster
 launcher's node types for `worker_slots`, which counts how many workers of a stage fit.
-This module imports Ray only inside `cluster_nodes`.
+This module imports Ray only inside `cluster_nodes` and torch only inside `Device.current`: the
+driver's checks run before either is needed.
 """
 
 from __future__ import annotations
@@ -26,9 +28,55 @@ import math
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import Literal
 
 from lavender_ray.config import ConfigError, LavenderConfig
-from lavender_ray.train.precision import Device, Precision, resolve_precision
+
+Precision = Literal["bf16", "fp16", "fp32"]
+
+
+@dataclass(frozen=True)
+class Device:
+    """What a worker runs on: `kind` cpu|cuda, the GPU name and whether it does bf16."""
+
+    kind: Literal["cpu", "cuda"]
+    name: str = "cpu"
+    bf16: bool = True
+
+    @classmethod
+    def current(cls) -> Device:
+        import torch  # here, not at the top: the driver's checks need no torch
+
+        if not torch.cuda.is_available():
+            return cls("cpu")
+        # Without `including_emulation=False`, torch says yes on a V100 (it can *create* bf16
+        # tensors there) and the run would train in slow emulated bf16.
+        bf16 = torch.cuda.is_bf16_supported(including_emulation=False)
+        return cls("cuda", torch.cuda.get_device_name(), bf16)
+
+
+def resolve_precision(requested: str, device: Device) -> Precision:
+    """`auto` = fp32 on CPU, bf16 where the GPU supports it, else fp16 (V100) with loss scaling.
+
+    Explicit choices the hardware cannot honour are refused, naming both."""
+    if requested == "auto":
+        if device.kind == "cpu":
+            return "fp32"
+        return "bf16" if device.bf16 else "fp16"
+    if requested == "fp16" and device.kind == "cpu":
+        raise ConfigError(
+            "train.precision='fp16' is not supported on CPU (no fp16 kernels, no loss scaling "
+            "there); use 'fp32', 'bf16' or 'auto'"
+        )
+    if requested == "bf16" and device.kind == "cuda" and not device.bf16:
+        raise ConfigError(
+            f"train.precision='bf16' but {device.name} has no bf16 support (V100 and older); "
+            "use 'fp16' or 'auto'"
+        )
+    if requested not in ("bf16", "fp16", "fp32"):
+        raise ConfigError(f"train.precision={requested!r}; allowed: auto, bf16, fp16, fp32")
+    return requested  # type: ignore[return-value]
+
 
 ACCELERATOR_PREFIX = "accelerator_type:"
 
@@ -166,7 +214,7 @@ def worker_request(cfg: LavenderConfig) -> dict[str, float]:
 
 
 def sd_actor_request(cfg: LavenderConfig) -> dict[str, float]:
-    """Resources of one SD actor, as `sd.stage.sd_stage_options` asks for them."""
+    """Resources of one SD actor, as `pipeline.sd_stage.sd_stage_options` asks for them."""
     p = cfg.pipeline
     request = {"CPU": p.sd_num_cpus}
     if p.sd_num_gpus:
@@ -189,7 +237,7 @@ def worker_slots(request: Mapping[str, float], nodes: Iterable[NodeResources]) -
 
 def cluster_nodes() -> list[dict[str, float]]:
     """Total resources of each alive node of the connected Ray cluster."""
-    import ray
+    import ray  # here, not at the top: the checks above run without Ray
 
     return [dict(n["Resources"]) for n in ray.nodes() if n.get("Alive")]
 

@@ -1,4 +1,5 @@
-"""Pictures of SD targets: the image, then one heat overlay per word, captioned with the word.
+"""Pictures of attention maps: heat overlays on the image, the SD-target sheet and shared drawing
+helpers (used by `lavender show-targets`, the evaluation probes and `lavender data inspect`).
 
 Pure PIL + numpy. `render_target(image, text, words, maps)` returns a PIL image laid out as::
 
@@ -10,7 +11,6 @@ Pure PIL + numpy. `render_target(image, text, words, maps)` returns a PIL image 
 from __future__ import annotations
 
 import textwrap
-from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
@@ -42,7 +42,7 @@ def overlay(image: Image.Image, word_map: np.ndarray, size: int = CELL) -> Image
     return Image.blend(base, colored, OVERLAY_ALPHA)
 
 
-def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+def load_font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
     try:
         return ImageFont.load_default(size=size)
     except (TypeError, OSError):  # Pillow without FreeType: the bitmap font has one size
@@ -64,7 +64,7 @@ def render_target(
     cells += [(overlay(image, m), w) for w, m in zip(words, maps)]
     columns = max(1, min(columns, len(cells)))
     rows = -(-len(cells) // columns)
-    font = _font(14)
+    font = load_font(14)
     heading = f"{title}: {text}" if title else text
     header = textwrap.wrap(heading, width=columns * CELL // 8) or [""]
     header_h = 18 * len(header) + MARGIN
@@ -80,33 +80,3 @@ def render_target(
         canvas.paste(picture, (x, y))
         draw.text((x + CELL // 2, y + CELL + 3), caption, fill=(0, 0, 0), font=font, anchor="mt")
     return canvas
-
-
-
-def write_target_pngs(
-    targets: str, out: Path, limit: int = 8, ids: list[str] | None = None
-) -> list[Path]:
-    """Render up to `limit` target rows found under `targets` (an extract root, a folder of
-    shards or one Parquet file) to `<out>/<id>-<config hash>.png`; returns the paths."""
-    from lavender_ray.images import decode_image
-    from lavender_ray.sd.cache import read_target_rows
-    from lavender_ray.sd.target import SDTarget
-
-    table = read_target_rows(targets)
-    if table is None:
-        return []
-    rows = table.to_pylist()
-    if ids:
-        wanted = set(ids)
-        rows = [r for r in rows if r["id"] in wanted]
-    out.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for row in rows[:limit]:
-        target = SDTarget.from_row(row)
-        image = decode_image(row["image"], max_pixels=2**31)
-        text, title = row["target_text"], row["id"]
-        picture = render_target(image, text, target.words, target.maps, title=title)
-        path = out / f"{row['id'].replace('/', '_')}-{target.config_hash}.png"
-        picture.save(path)
-        paths.append(path)
-    return paths

@@ -21,12 +21,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
+import ray
 from PIL import Image
 
 from lavender_ray import storage
 from lavender_ray.config import LavenderConfig
-from lavender_ray.data.rejects import write_rejects
 from lavender_ray.images import decode_image
+from lavender_ray.rejects import write_rejects
 from lavender_ray.schema import RecordError, Reject
 from lavender_ray.sd.aggregate import find_words
 from lavender_ray.sd.extractor import SDExtractor, TextPlan
@@ -136,8 +137,6 @@ def sd_stage_options(cfg: LavenderConfig, rejects_dir: str) -> dict[str, Any]:
     """The `map_batches` arguments of the SD stage: an actor pool sized by
     `pipeline.sd_pool_min/max`, `pipeline.sd_num_cpus/gpus` per actor, `pipeline.sd_accelerator`
     as the accelerator type when set, `sd.batch_size` records per batch."""
-    import ray
-
     pipeline = cfg.pipeline
     pool = ray.data.ActorPoolStrategy(min_size=pipeline.sd_pool_min, max_size=pipeline.sd_pool_max)
     options: dict[str, Any] = {

@@ -1,0 +1,102 @@
+"""Where a run's files live, and the saved-run format (one home for every name below).
+
+A training run (`lavender train`, a Tune trial, the demo) writes under
+`<train.storage_path>/<train.run_name>/` (a local path or any pyarrow URI)::
+
+    config.yaml                     the resolved config (`CONFIG_FILE`)
+    rejects/                        every record a stage could not use (`lavender_ray.rejects`)
+    checkpoint_step<N>/             one Ray Train checkpoint (`checkpoint_name`):
+        deepspeed/                  every rank's DeepSpeed state (`DS_TAG`)
+        lavender_state_rank<r>.json step and records of rank r (`STATE_FILE`)
+        metrics.jsonl               rank 0's reported metrics so far (`METRICS_FILE`)
+        export/                     the verified saved run (`EXPORT_DIR`)
+    adapter/                        the final saved run, copied from the last export
+    metrics.jsonl                   the final metrics history
+
+A **saved run** (`save_trained` / `load_trained`; what `lavender evaluate --adapter` reads)::
+
+    vlm/                            PEFT adapter (or full weights) + lavender_vlm.json
+    aligner.safetensors             the Aligner with its architecture in the metadata
+    config.yaml                     the resolved config it was trained with
+
+Other layouts build on these: a Tune experiment (`lavender_ray.tune.layout`) and the SD target
+cache (`lavender_ray.pipeline.cache`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path, PurePosixPath
+
+import torch
+
+from lavender_ray.align import Aligner, load_aligner, save_aligner
+from lavender_ray.config import CONFIG_FILE, LavenderConfig, load_config
+from lavender_ray.storage import absolute
+from lavender_ray.vlm import VLMAdapter, load_adapter, save_adapter
+
+VLM_DIR = "vlm"
+ALIGNER_FILE = "aligner.safetensors"
+SAVED_RUN_PARTS = (VLM_DIR, ALIGNER_FILE, CONFIG_FILE)
+ADAPTER_DIR = "adapter"
+EXPORT_DIR = "export"
+METRICS_FILE = "metrics.jsonl"
+DS_TAG = "deepspeed"
+STATE_FILE = "lavender_state_rank{rank}.json"  # one per rank: Ray merges the ranks' folders
+FAULT_MARKER = "fault_injected"  # `train.fail_at_step`: the injected failure happened
+
+
+def run_dir_of(cfg: LavenderConfig) -> str:
+    """`<storage_path>/<run_name>`; a local storage path is made absolute."""
+    return f"{absolute(cfg.train.storage_path).rstrip('/')}/{cfg.train.run_name}"
+
+
+def checkpoint_name(step: int) -> str:
+    """The folder name of the checkpoint taken after `step` optimizer steps."""
+    return f"checkpoint_step{step:07d}"
+
+
+def checkpoint_location(run_dir: str, checkpoint_path: str) -> str:
+    """Where a checkpoint of the run in `run_dir` lives, as a local path or full URI. Ray's
+    checkpoint paths drop the URI scheme (`bucket/prefix/...` for s3://bucket/prefix/...)."""
+    return f"{run_dir}/{PurePosixPath(checkpoint_path).name}"
+
+
+def save_trained(
+    directory: str | Path,
+    adapter: VLMAdapter,
+    aligner: Aligner,
+    cfg: LavenderConfig,
+    vlm_state_dict: dict[str, torch.Tensor] | None = None,
+) -> Path:
+    """Write a saved run: `vlm/` (PEFT adapter dir, or full weights), `aligner.safetensors`
+    and the resolved `config.yaml`. Under ZeRO-3 pass the gathered VLM weights as
+    `vlm_state_dict` and call inside the Aligner's `GatheredParameters`."""
+    directory = Path(directory)
+    save_adapter(adapter, directory / VLM_DIR, state_dict=vlm_state_dict)
+    save_aligner(aligner, directory / ALIGNER_FILE)
+    cfg.save(directory)
+    return directory
+
+
+def trained_config(directory: str | Path) -> LavenderConfig:
+    """The resolved config of a saved run, after checking the folder holds one
+    (`FileNotFoundError` naming the missing parts)."""
+    directory = Path(directory)
+    missing = [n for n in SAVED_RUN_PARTS if not (directory / n).exists()]
+    if missing:
+        raise FileNotFoundError(
+            f"{str(directory)!r} is not a saved run: missing {', '.join(missing)}"
+        )
+    return load_config(str(directory / CONFIG_FILE))
+
+
+def load_trained(
+    directory: str | Path, device: str | torch.device = "cpu"
+) -> tuple[LavenderConfig, VLMAdapter, Aligner]:
+    """Read back what `save_trained` wrote: (config, adapter with its trained weights, Aligner)."""
+    directory = Path(directory)
+    cfg = trained_config(directory)
+    adapter = load_adapter(cfg.vlm, cfg.lora, directory / VLM_DIR, map_size=cfg.sd.output_size)
+    adapter.model.to(device)
+    aligner = load_aligner(directory / ALIGNER_FILE, expected=cfg.aligner, device=device)
+    return cfg, adapter, aligner

@@ -1,0 +1,236 @@
+"""One training step of Lavender: the batch, the loss, the trainable module and its optimizer.
+
+The distributed trainer (`train.worker`) and the one-process loop (`train.local.fit_local`)
+call the same pieces::
+
+    module = LavenderModule(adapter, aligner, cfg.loss, cfg.sd.output_size)
+    optimizer = build_optimizer(module, cfg.optim)        # or DeepSpeed wraps module + optimizer
+    out = module(batch, step, total_steps)                # forward: VLM + words + Aligner + loss
+    optimizer_step(out.total, optimizer, module, cfg.optim.grad_clip)   # engine.backward/step
+
+`step_loss` is the per-step function: the VLM's outputs + the SD targets of the batch in, loss and
+metrics out. Backward and the optimizer step are separate (`optimizer_step`) so DeepSpeed can take
+them over.
+
+Shapes::
+
+    b  batch   T  text length   V  vocab   L  captured layers   H  heads   s  map side
+    n  matched words in the batch
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from lavender_ray.align import Aligner
+from lavender_ray.config import LossConfig, OptimConfig
+from lavender_ray.images import decode_image
+from lavender_ray.loss import LossOutput, alpha_at, attention_loss, lambda_at, lavender_loss
+from lavender_ray.schema import decode_maps, parse_messages
+from lavender_ray.vlm.base import CapturedAttention, VLMAdapter, VLMForwardOutput
+from lavender_ray.words import select_words
+
+TARGET_COLUMNS = ("sd_words", "sd_maps", "sd_map_size")
+
+
+@dataclass
+class TrainBatch:
+    """Adapter inputs (with `labels`) + the SD targets of each sample.
+
+    sd_words[i]: word keys of sample i; sd_maps[i]: float32 [n_sd_i, s, s] in [0, 1].
+    """
+
+    inputs: dict[str, torch.Tensor]
+    sd_words: list[list[str]]
+    sd_maps: list[torch.Tensor]
+
+    def to(self, device: torch.device | str) -> TrainBatch:
+        moved = {k: v.to(device) if torch.is_tensor(v) else v for k, v in self.inputs.items()}
+        return TrainBatch(moved, self.sd_words, [m.to(device) for m in self.sd_maps])
+
+    def __len__(self) -> int:
+        return len(self.sd_words)
+
+
+def collate_records(
+    records: Sequence[dict[str, Any]], adapter: VLMAdapter, map_size: int
+) -> TrainBatch:
+    """Records with SD target columns -> one `TrainBatch` (images decoded, chat-templated, padded).
+
+    Raises `ValueError` naming the record when a target column is missing, the map size differs
+    from `map_size` (config `sd.output_size`) or the number of maps differs from the words.
+    """
+    if not records:
+        raise ValueError("cannot collate an empty list of records")
+    images, conversations, words, maps = [], [], [], []
+    for record in records:
+        missing = [c for c in TARGET_COLUMNS if record.get(c) is None]
+        if missing:
+            raise ValueError(
+                f"record {record.get('id')!r} has no SD targets (missing {', '.join(missing)}); "
+                "run the SD stage first or use pipeline.mode=precomputed"
+            )
+        if int(record["sd_map_size"]) != map_size:
+            raise ValueError(
+                f"record {record.get('id')!r}: sd_map_size={record['sd_map_size']} but the trainer "
+                f"expects sd.output_size={map_size}"
+            )
+        record_maps = decode_maps(record["sd_maps"], map_size)  # bytes -> [n_sd, s, s]
+        if record_maps.shape[0] != len(record["sd_words"]):
+            raise ValueError(
+                f"record {record.get('id')!r}: {len(record['sd_words'])} sd_words but "
+                f"{record_maps.shape[0]} maps"
+            )
+        # the same decoding (EXIF, alpha, 16-bit, CMYK -> RGB) as the SD stage saw
+        images.append(decode_image(record["image"], max_pixels=sys.maxsize))
+        conversations.append(parse_messages(record["messages"]))
+        words.append(list(record["sd_words"]))
+        maps.append(torch.from_numpy(record_maps.copy()))
+    return TrainBatch(adapter.build_inputs(images, conversations), words, maps)
+
+
+def step_loss(
+    outputs: VLMForwardOutput,
+    batch: TrainBatch,
+    aligner: Aligner,
+    tokenizer: Any,
+    loss_cfg: LossConfig,
+    step: int,
+    total_steps: int,
+) -> LossOutput:
+    """The Lavender loss of one batch from the VLM's outputs and the batch's SD targets.
+
+    Words come from `loss.word_source` (argmax of `outputs.logits` or the labels), are matched
+    to the SD words (`loss.matching`, `loss.skip_stop_words`), their VLM maps go through the
+    Aligner and are compared with the SD maps. With lambda_t = 0 the alignment term is computed
+    for the metric only and left out of the total.
+    """
+    alpha = alpha_at(step, loss_cfg)
+    lambda_t = lambda_at(step, total_steps, loss_cfg)
+    vlm_maps, target = matched_maps(outputs, batch, tokenizer, loss_cfg)
+    num_matched = len(vlm_maps)
+    if num_matched == 0:
+        aligned = aligner_anchor(aligner, outputs.captured)  # [1, s, s]
+        predicted = target = aligned[:0]  # no words: L_att is exactly 0
+    else:
+        aligned = predicted = aligner(vlm_maps)  # [n, L, H, s, s] -> [n, s, s]
+    att = attention_loss(predicted if lambda_t != 0 else predicted.detach(), target)
+    out = lavender_loss(outputs.lm_loss, att, num_matched, alpha, lambda_t)
+    # Every rank runs the Aligner exactly once per step and every Aligner parameter is in the
+    # graph (a zero-weighted term; the value is unchanged): ZeRO gathers (stage 3) and reduces
+    # parameters collectively, so ranks must agree on which parameters a step uses.
+    out.total = out.total + 0.0 * aligned.sum()
+    return out
+
+
+def matched_maps(
+    outputs: VLMForwardOutput, batch: TrainBatch, tokenizer: Any, loss_cfg: LossConfig
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The VLM maps `[n, L, H, s, s]` of the batch's words matched to SD words
+    (`loss.word_source`, `loss.matching`, `loss.skip_stop_words`) and their SD maps `[n, s, s]`
+    (n may be 0)."""
+    matched = select_words(
+        batch.inputs["labels"],
+        outputs.logits,
+        batch.sd_words,
+        tokenizer,
+        source=loss_cfg.word_source,
+        matching=loss_cfg.matching,
+        skip_stop_words=loss_cfg.skip_stop_words,
+    )
+    vlm_maps = torch.cat(
+        [
+            outputs.captured.word_maps(i, [word.rows for word in words])
+            for i, words in enumerate(matched)
+        ]
+    )  # [n, L, H, s, s]
+    target = torch.cat(
+        [batch.sd_maps[i][[w.sd_index for w in words]] for i, words in enumerate(matched)]
+    ).to(vlm_maps.device)  # [n, s, s]
+    return vlm_maps, target
+
+
+def aligner_anchor(aligner: Aligner, captured: CapturedAttention) -> torch.Tensor:
+    """The Aligner on one all-zero word map (eval mode: batch-norm statistics stay untouched).
+
+    captured: the forward's attention (for L, H, s and the device) -> [1, s, s]."""
+    shape = (1, captured.num_layers, captured.num_heads, captured.size, captured.size)
+    dummy = torch.zeros(shape, device=captured.probs[0].device)  # [1, L, H, s, s]
+    was_training = aligner.training
+    aligner.eval()
+    try:
+        return aligner(dummy)
+    finally:
+        aligner.train(was_training)
+
+
+class LavenderModule(nn.Module):
+    """The trainable whole, one `nn.Module` for an optimizer or DeepSpeed: the adapter's model
+    (LoRA or full) + the Aligner. `forward(batch, step, total_steps)` is one step's loss."""
+
+    def __init__(
+        self, adapter: VLMAdapter, aligner: Aligner, loss_cfg: LossConfig, map_size: int
+    ) -> None:
+        super().__init__()
+        self.model = adapter.model
+        self.aligner = aligner
+        self.adapter = adapter
+        self.loss_cfg = loss_cfg
+        self.map_size = map_size
+
+    def forward(self, batch: TrainBatch, step: int, total_steps: int) -> LossOutput:
+        outputs = self.adapter.forward(batch.inputs, self.map_size)
+        return step_loss(
+            outputs, batch, self.aligner, self.adapter.tokenizer, self.loss_cfg, step, total_steps
+        )
+
+
+def build_optimizer(module: LavenderModule, optim_cfg: OptimConfig) -> torch.optim.AdamW:
+    """AdamW over the trainable VLM parameters (`optim.lr`) and the Aligner (`optim.aligner_lr`,
+    default `optim.lr`)."""
+    model_params = [p for p in module.model.parameters() if p.requires_grad]
+    aligner_params = list(module.aligner.parameters())
+    if not model_params:
+        raise ValueError("the VLM has no trainable parameters (LoRA not applied, or all frozen)")
+    groups = [
+        {"params": model_params, "lr": optim_cfg.lr, "name": "vlm"},
+        {"params": aligner_params, "lr": optim_cfg.aligner_lr or optim_cfg.lr, "name": "aligner"},
+    ]
+    return torch.optim.AdamW(
+        groups, lr=optim_cfg.lr, betas=optim_cfg.betas, weight_decay=optim_cfg.weight_decay
+    )
+
+
+def build_lr_scheduler(
+    optimizer: torch.optim.Optimizer, optim_cfg: OptimConfig, steps_per_epoch: int
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """Per-step schedule: linear warm-up over `optim.warmup_steps`, times StepLR
+    `optim.step_lr_gamma ** epoch` (METHOD.md section 6). Call `.step()` after every step."""
+    if steps_per_epoch <= 0:
+        raise ValueError(f"steps_per_epoch must be > 0, got {steps_per_epoch}")
+
+    def factor(step: int) -> float:
+        warm = min(1.0, (step + 1) / optim_cfg.warmup_steps) if optim_cfg.warmup_steps else 1.0
+        return warm * optim_cfg.step_lr_gamma ** (step // steps_per_epoch)
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def optimizer_step(
+    loss: torch.Tensor, optimizer: torch.optim.Optimizer, module: nn.Module, grad_clip: float
+) -> float | None:
+    """Backward, clip (`grad_clip` > 0) and step; returns the gradient norm before clipping."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    norm = None
+    if grad_clip > 0:
+        params = [p for p in module.parameters() if p.grad is not None]
+        norm = float(torch.nn.utils.clip_grad_norm_(params, grad_clip))
+    optimizer.step()
+    return norm
