@@ -19,6 +19,8 @@ from lavender_ray.sd.authors import image_name_for, read_word_maps
 from lavender_ray.sd.components import sd_config_hash
 from lavender_ray.sd.target import SDTarget
 
+pytestmark = pytest.mark.slow  # each mode runs the SD actor pool or reads its cache
+
 
 def config(tmp: Path, records: list[dict], **extra):
     path = tmp / "records.parquet"

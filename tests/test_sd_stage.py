@@ -103,6 +103,7 @@ def test_stage_rejects_a_sample_whose_maps_are_not_finite(tmp_path) -> None:
     check_targets(out, sd_config_hash(cfg.sd, "cpu"))
 
 
+@pytest.mark.slow  # the SD actor pool through Ray Data, twice, and the CLI
 def test_ray_extract_counts_every_record_then_the_cli_reruns_from_cache(
     ray_local, tmp_path, capsys
 ) -> None:
