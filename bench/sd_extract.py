@@ -34,8 +34,7 @@ REAL_SIZE = {
     "model_id": "random/sd14",
     "image_size": 512,
     "attention_resolutions": [16, 32],
-    "inversion_steps": 10,
-    "denoise_steps": 10,
+    "ddim_steps": 10,
     "null_text_inner_steps": 5,
     "null_text_early_stop": 0.0,  # every inner step runs: the worst case
     "guidance_scale": 7.5,
@@ -44,8 +43,7 @@ REAL_SIZE = {
 SMOKE = {
     "image_size": 64,
     "attention_resolutions": [2, 4],
-    "inversion_steps": 1,
-    "denoise_steps": 1,
+    "ddim_steps": 1,
 }
 
 

@@ -27,7 +27,24 @@ def test_every_shipped_preset_loads_and_round_trips(name, tmp_path):
 
 
 def test_required_presets_exist():
-    assert {"demo", "llama32_11b_lora"} <= set(preset_names())
+    assert {"demo", "llama32_11b_lora", "llama32_11b_lora_fast"} <= set(preset_names())
+
+
+def test_a_preset_extends_another_section_by_section(tmp_path):
+    fast, paper = load_config("llama32_11b_lora_fast"), load_config("llama32_11b_lora")
+    assert (fast.sd.inversion, fast.sd.guidance_scale) == ("ddim", 1.0)
+    assert (paper.sd.inversion, paper.sd.guidance_scale) == ("null_text", 7.5)
+    assert fast.sd.model_dump(exclude={"inversion", "guidance_scale"}) == paper.sd.model_dump(
+        exclude={"inversion", "guidance_scale"})
+    assert fast.vlm == paper.vlm and fast.train == paper.train
+    mine = tmp_path / "mine.yaml"
+    mine.write_text("extends: demo\ntrain: {max_steps: 3}\n")
+    assert load_config(str(mine)).train.max_steps == 3
+    assert load_config(str(mine)).train.num_workers == load_config("demo").train.num_workers
+    loop = tmp_path / "loop.yaml"
+    loop.write_text(f"extends: {loop}\n")
+    with pytest.raises(ConfigError, match="circle"):
+        load_config(str(loop))
 
 
 def test_overrides_are_typed():
@@ -54,7 +71,7 @@ def test_override_dict_form_matches_string_form():
         ("train.precision=fp8", ["train.precision", "fp8", "bf16"]),
         ("train.max_steps=-2", ["train.max_steps", "-2", "greater than 0"]),
         ("train.max_steps.x=1", ["train.max_steps", "not a section"]),
-        ("sd.inversion_steps=10 ", []),
+        ("sd.ddim_steps=10 ", []),
     ],
 )
 def test_bad_overrides_name_key_value_and_choices(override, fragments):
@@ -68,8 +85,14 @@ def test_bad_overrides_name_key_value_and_choices(override, fragments):
 
 
 def test_cross_field_rules():
-    with pytest.raises(ConfigError, match="denoise_steps"):
-        load_config("demo", ["sd.inversion=null_text", "sd.denoise_steps=7"])
+    with pytest.raises(ConfigError, match=r"sd.inversion=ddim with sd.guidance_scale=7.5.*guidance_scale=1"):
+        load_config("demo", ["sd.inversion=ddim", "sd.guidance_scale=7.5"])
+    # each mode's own guidance unless one is given: the paper's 7.5 for null-text, 1 for ddim
+    assert load_config("demo", ["sd.inversion=null_text"]).sd.guidance_scale == 7.5
+    assert load_config("demo", ["sd.inversion=ddim"]).sd.guidance_scale == 1.0
+    assert load_config("llama32_11b_lora", ["sd.inversion=ddim"]).sd.guidance_scale == 1.0
+    with pytest.raises(ConfigError, match="unknown key 'sd.denoise_steps'.*ddim_steps"):
+        load_config("demo", ["sd.denoise_steps=7"])
     with pytest.raises(ConfigError, match="sd_pool_min"):
         load_config("demo", ["pipeline.sd_pool_min=3", "pipeline.sd_pool_max=2"])
     with pytest.raises(ConfigError, match="needs a 'path'"):
@@ -89,7 +112,7 @@ def test_override_syntax_errors():
 
 
 def test_config_hash_tracks_values():
-    a, b = load_config("demo"), load_config("demo", ["sd.inversion_steps=5"])
+    a, b = load_config("demo"), load_config("demo", ["sd.ddim_steps=5"])
     assert config_hash(a.sd) == config_hash(load_config("demo").sd)
     assert config_hash(a.sd) != config_hash(b.sd)
 

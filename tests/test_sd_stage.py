@@ -24,8 +24,7 @@ from lavender_ray.sd.target import SDTarget
 OVERRIDES = {
     "sd.image_size": 16,
     "sd.attention_resolutions": [4, 8],
-    "sd.inversion_steps": 2,
-    "sd.denoise_steps": 2,
+    "sd.ddim_steps": 2,
     "sd.guidance_scale": 1.0,
     "sd.batch_size": 8,
     "data.max_image_pixels": 100 * 100,  # the limit bad_image_cases' "huge" image exceeds

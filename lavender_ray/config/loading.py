@@ -21,6 +21,7 @@ from lavender_ray.config.sections import ConfigError, LavenderConfig, field_name
 from lavender_ray.storage import absolute
 
 PRESET_PACKAGE = "lavender_ray.presets"
+EXTENDS_KEY = "extends"
 
 
 def preset_names() -> list[str]:
@@ -29,8 +30,12 @@ def preset_names() -> list[str]:
     return sorted(p.name[: -len(".yaml")] for p in folder.iterdir() if p.name.endswith(".yaml"))
 
 
-def read_preset(preset: str) -> dict[str, Any]:
-    """The raw dict of a shipped preset name or a YAML file path."""
+def read_preset(preset: str, _seen: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The raw dict of a shipped preset name or a YAML file path. A preset may start from
+    another (`extends: NAME|PATH`): its values are laid over that one's, section by section."""
+    if preset in _seen:
+        chain = " -> ".join((*_seen, preset))
+        raise ConfigError(f"presets extend each other in a circle: {chain}")
     if preset.endswith((".yaml", ".yml")) or "/" in preset:
         path = Path(preset)
         if not path.is_file():
@@ -47,7 +52,23 @@ def read_preset(preset: str) -> dict[str, Any]:
     raw = yaml.safe_load(text) or {}
     if not isinstance(raw, dict):
         raise ConfigError(f"preset {preset!r} must be a YAML mapping, got {type(raw).__name__}")
-    return raw
+    base = raw.pop(EXTENDS_KEY, None)
+    if base is None:
+        return raw
+    if not isinstance(base, str):
+        raise ConfigError(f"preset {preset!r}: {EXTENDS_KEY} must name a preset, got {base!r}")
+    return merge(read_preset(base, (*_seen, preset)), raw)
+
+
+def merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """`over` laid over `base`: mappings merge key by key, any other value replaces."""
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = value
+    return out
 
 
 def parse_override(override: str) -> tuple[str, Any]:

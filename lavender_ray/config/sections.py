@@ -124,6 +124,7 @@ class DataConfig(Section):
 
 # ----------------------------------------------------------------------------------------- sd
 Dtype = Literal["auto", "fp32", "fp16", "bf16"]
+NULL_TEXT_GUIDANCE = 7.5  # the guidance null-text inversion optimises for (the paper's w)
 SDDtype = Literal["auto", "fp32", "fp16", "bf16", "fp64"]
 
 
@@ -131,12 +132,19 @@ class SDConfig(Section):
     model_id: str = "CompVis/stable-diffusion-v1-4"
     revision: str | None = None
     inversion: Literal["ddim", "null_text"] = "null_text"
-    inversion_steps: int = Field(default=10, gt=0)
-    denoise_steps: int = Field(default=10, gt=0)
+    ddim_steps: int = Field(
+        default=10, gt=0,
+        description="DDIM steps of the inversion and of the denoising (the same schedule: "
+        "denoising retraces the inverted trajectory)",
+    )
     null_text_inner_steps: int = Field(default=5, ge=1)
     null_text_lr: float = Field(default=1e-2, gt=0)
     null_text_early_stop: float = Field(default=1e-5, ge=0)
-    guidance_scale: float = Field(default=7.5, ge=1.0)
+    guidance_scale: float | None = Field(
+        default=None, ge=1.0,
+        description="classifier-free guidance of the denoising; null = 7.5 for null_text, 1 for "
+        "ddim (the only value that stays on the image's trajectory there)",
+    )
     image_size: int = Field(default=512, gt=0)
     attention_resolutions: list[int] = Field(default_factory=lambda: [16, 32], min_length=1)
     output_size: int = Field(default=32, gt=0)
@@ -146,13 +154,23 @@ class SDConfig(Section):
     batch_size: int = Field(default=8, gt=0)
     seed: int = 0
 
+    @model_validator(mode="before")
+    @classmethod
+    def _guidance_of_the_mode(cls, raw: Any) -> Any:
+        """`guidance_scale: null` -> the mode's own: 7.5 (null_text, the paper's) or 1 (ddim)."""
+        if isinstance(raw, dict) and raw.get("guidance_scale") is None:
+            ddim = raw.get("inversion", "null_text") == "ddim"
+            raw = {**raw, "guidance_scale": 1.0 if ddim else NULL_TEXT_GUIDANCE}
+        return raw
+
     @model_validator(mode="after")
-    def _null_text_needs_same_schedule(self) -> SDConfig:
-        if self.inversion == "null_text" and self.denoise_steps != self.inversion_steps:
+    def _ddim_stays_on_the_trajectory(self) -> SDConfig:
+        if self.inversion == "ddim" and self.guidance_scale != 1.0:
             raise ValueError(
-                f"sd.inversion=null_text optimises one null embedding per inversion step, so "
-                f"sd.denoise_steps ({self.denoise_steps}) must equal sd.inversion_steps "
-                f"({self.inversion_steps})"
+                f"sd.inversion=ddim with sd.guidance_scale={self.guidance_scale}: plain DDIM "
+                "inversion is unguided, and guided denoising leaves the inverted trajectory (the "
+                "maps would describe another image); use sd.guidance_scale=1 (negative-prompt "
+                "inversion) or sd.inversion=null_text, which optimises for guidance"
             )
         return self
 

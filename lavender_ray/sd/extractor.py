@@ -7,9 +7,10 @@ A batch of B images with B different texts runs as one UNet call per step (2B ro
 classifier-free guidance). Pipeline per batch:
 
 1. resize + centre-crop to `sd.image_size`, VAE-encode (latent mean) and scale;
-2. DDIM inversion conditioned on each sample's text (`sd.inversion_steps`, guidance 1);
-3. denoising from the inverted latent with the cross-attention capture recording:
-   - `ddim`: plain DDIM with guidance `sd.guidance_scale` and the empty-text embedding;
+2. DDIM inversion conditioned on each sample's text (`sd.ddim_steps`, guidance 1);
+3. denoising from the inverted latent over the same steps, the cross-attention capture recording:
+   - `ddim`: plain conditional DDIM, unguided (negative-prompt inversion: it retraces the
+     inverted trajectory);
    - `null_text`: null-text inversion (Mokady et al. 2023): at each step, each sample's own
      unconditional embedding is optimised (Adam, lr `null_text_lr * (1 - i/100)`, at most
      `null_text_inner_steps` steps, fp32) so that the guided step lands on the inverted
@@ -185,7 +186,7 @@ class SDExtractor:
 
     def _invert(self, latents: torch.Tensor, cond: torch.Tensor) -> list[torch.Tensor]:
         """DDIM inversion, conditional only: [z_0, z_1, ..., z_n] (each [B, 4, h, w])."""
-        self.inverse_scheduler.set_timesteps(self.sd.inversion_steps, device=self.device)
+        self.inverse_scheduler.set_timesteps(self.sd.ddim_steps, device=self.device)
         trajectory = [latents]
         for t in self.inverse_scheduler.timesteps:
             eps = self._eps(trajectory[-1], t, cond)
@@ -195,19 +196,13 @@ class SDExtractor:
     def _denoise_ddim(
         self, latents: torch.Tensor, cond: torch.Tensor, store: AttentionStore
     ) -> torch.Tensor:
-        """DDIM denoising from the inverted latent, recording the conditional pass."""
-        b, g = latents.shape[0], self.sd.guidance_scale
-        self.scheduler.set_timesteps(self.sd.denoise_steps, device=self.device)
-        null = self._null_embedding.expand(b, -1, -1)
+        """DDIM denoising from the inverted latent, conditional and unguided (guidance 1, which
+        the config enforces in this mode: it keeps the denoising on the inverted trajectory),
+        recording every step."""
+        self.scheduler.set_timesteps(self.sd.ddim_steps, device=self.device)
         for t in self.scheduler.timesteps:
-            if g == 1.0:
-                with store.recording():
-                    eps = self._eps(latents, t, cond)
-            else:
-                with store.recording(keep=slice(b, 2 * b)):
-                    both = self._eps(torch.cat([latents, latents]), t, torch.cat([null, cond]))
-                eps_null, eps_cond = both.chunk(2)  # [2B, ...] -> 2 x [B, ...]
-                eps = eps_null + g * (eps_cond - eps_null)
+            with store.recording():
+                eps = self._eps(latents, t, cond)
             latents = self.scheduler.step(eps, t, latents).prev_sample
         return latents
 
@@ -215,7 +210,7 @@ class SDExtractor:
         self, trajectory: list[torch.Tensor], cond: torch.Tensor, store: AttentionStore
     ) -> torch.Tensor:
         """Null-text inversion; the denoising it reconstructs is the recorded pass."""
-        n = self.sd.denoise_steps
+        n = self.sd.ddim_steps
         self.scheduler.set_timesteps(n, device=self.device)
         latents = trajectory[-1]
         b = latents.shape[0]
