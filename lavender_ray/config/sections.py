@@ -206,6 +206,11 @@ class AlignerConfig(Section):
     activation: Literal["relu6", "leaky_relu"] = "relu6"
     hidden_dim: int = Field(default=32, gt=0)
     layer_reduction: Literal["aligner_then_mean", "mean_then_aligner"] = "aligner_then_mean"
+    word_pooling: Literal["aligner_then_pool", "pool_then_aligner"] = Field(
+        default="aligner_then_pool",
+        description="run the Aligner on each attention row of a word and average the word after "
+        "it (the authors' order), or average the word's rows first (fewer maps)",
+    )
 
 
 # --------------------------------------------------------------------------------------- loss
