@@ -1,4 +1,5 @@
-"""Step time of a Lavender training step vs a plain LoRA SFT step, same model, same batch.
+"""Step time of a Lavender training step, in each word-pooling order, vs a plain LoRA SFT step,
+same model, same batch.
 
     python bench/train_step.py                         # tiny models of every family, CPU
     python bench/train_step.py --text-widths 32,256,1024   # the same, language models widened
@@ -7,13 +8,17 @@
                                                        # weights, LoRA, bf16, one CUDA GPU
     python bench/train_step.py --real-size --cpu-dry-run   # same code path, reduced widths, CPU
 
-Lavender step: forward with attention capture + words + Aligner + loss, backward, AdamW step.
-Plain step: the same model with SDPA everywhere (capture off), HF's LM loss, backward, AdamW
-step. Steps alternate (one Lavender, one plain) so machine noise hits both alike; the medians
-are reported with their ratio (goal: <= 1.3x), the Aligner's share of the difference (its
-forward + backward alone on the step's word maps) and the captured probabilities kept for
-backward (answer rows; "all rows" is what capturing every row would keep). The Aligner costs
-the same whatever the size of the language model (it scales with words x layers x heads x s^2),
+Lavender step: forward with attention capture + words + Aligner + loss, backward, AdamW step,
+timed in both `aligner.word_pooling` orders: `aligner_then_pool` (the authors': the Aligner
+runs on every distinct attention row of the matched words, a word is the mean of its rows'
+outputs) and `pool_then_aligner` (the Aligner runs on one pooled map per word). Plain step: the
+same model with SDPA everywhere (capture off), HF's LM loss, backward, AdamW step. Steps rotate
+(Lavender in each order, then plain) so machine noise hits all alike; the medians are reported
+with each order's ratio to plain (goal: <= 1.3x) and the ratio of the two orders, the maps
+through the Aligner per step (counted on its input), the share of the words' maps (row layout +
+Aligner + pooling, forward + backward alone) and the captured probabilities kept for backward
+(answer rows; "all rows" is what capturing every row would keep). The Aligner costs
+the same whatever the size of the language model (it scales with maps x layers x heads x s^2),
 so the ratio falls as the model grows: `--text-widths` widens the tiny language models (hidden
 size, MLP; same layers, heads and maps) to show that trend on a CPU. The real-size model is
 built from the published Llama-3.2-11B-Vision hyper-parameters with random weights (nothing is
@@ -46,9 +51,10 @@ from lavender_ray.schema import encode_maps  # noqa: E402
 from lavender_ray.train.step import (  # noqa: E402
     LavenderModule,
     TrainBatch,
+    aligned_word_maps,
     build_optimizer,
     collate_records,
-    matched_maps,
+    matched_words,
     optimizer_step,
 )
 from lavender_ray.vlm import VLMAdapter  # noqa: E402
@@ -57,6 +63,7 @@ from lavender_ray.vlm.registry import adapter_class, build_tiny  # noqa: E402
 from lavender_ray.vlm.tiny import TEXT_HIDDEN  # noqa: E402
 
 GOAL_RATIO = 1.3
+ORDERS = ("aligner_then_pool", "pool_then_aligner")  # aligner.word_pooling, the default first
 
 
 # ----------------------------------------------------------------------------- data
@@ -109,82 +116,128 @@ def timed(step: Callable[[], object], device: torch.device) -> float:
 def compare(
     cfg: LavenderConfig, adapter: VLMAdapter, batch: TrainBatch, steps: int, warmup: int
 ) -> dict[str, float]:
-    """Alternate Lavender and plain steps; median seconds of each, ratio, matched words."""
+    """Rotate Lavender steps in each `ORDERS` pooling order and plain steps; median seconds of
+    each (keys: the order, "plain"), ratios, maps through the Aligner per step, matched words."""
     device = next(adapter.model.parameters()).device
-    aligner = build_aligner(cfg.aligner, adapter.num_heads).to(device)
-    module = LavenderModule(adapter, aligner, cfg.loss, cfg.sd.output_size).train()
-    optimizer = build_optimizer(module, cfg.optim)
     batch = batch.to(device)
+    kinds: dict[str, Callable[[], None]] = {}
+    modules: dict[str, LavenderModule] = {}
     matched: list[float] = []
-
-    def lavender() -> None:
-        out = module(batch, step=0, total_steps=max(steps, 1))
-        optimizer_step(out.total, optimizer, module, cfg.optim.grad_clip)
-        matched.append(out.metrics["align/matched_words"])
+    aligner_maps: dict[str, list[int]] = {order: [] for order in ORDERS}
+    for order in ORDERS:
+        torch.manual_seed(cfg.train.seed)  # the same initial Aligner in both orders
+        aligner_cfg = cfg.aligner.model_copy(update={"word_pooling": order})
+        aligner = build_aligner(aligner_cfg, adapter.num_heads).to(device)
+        aligner.register_forward_hook(
+            lambda _module, args, _out, order=order: aligner_maps[order].append(len(args[0]))
+        )  # fmt: skip
+        module = LavenderModule(adapter, aligner, cfg.loss, cfg.sd.output_size).train()
+        modules[order] = module
+        kinds[order] = lavender_step(module, build_optimizer(module, cfg.optim), batch, steps,
+                                     cfg.optim.grad_clip, matched)  # fmt: skip
+    plain_optimizer = build_optimizer(modules[ORDERS[0]], cfg.optim)
 
     def plain() -> None:
         with plain_attention(adapter.base_model):
             loss = adapter.model(**batch.inputs, use_cache=False).loss
-            optimizer_step(loss, optimizer, module, cfg.optim.grad_clip)
+            optimizer_step(loss, plain_optimizer, modules[ORDERS[0]], cfg.optim.grad_clip)
 
-    times: dict[str, list[float]] = {"lavender": [], "plain": []}
+    kinds["plain"] = plain
+    times: dict[str, list[float]] = {name: [] for name in kinds}
     peaks: dict[str, float] = {}
-    for name, step in (("lavender", lavender), ("plain", plain)):
+    for name, step in kinds.items():
         for _ in range(warmup):
             step()
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
             timed(step, device)
             peaks[name] = torch.cuda.max_memory_allocated(device) / 2**30
+    for order in ORDERS:
+        aligner_maps[order].clear()  # count the timed steps only
     for _ in range(steps):
-        times["lavender"].append(timed(lavender, device))
-        times["plain"].append(timed(plain, device))
+        for name, step in kinds.items():
+            times[name].append(timed(step, device))
     result = {name: statistics.median(values) for name, values in times.items()}
-    result["ratio"] = result["lavender"] / result["plain"]
-    result.update(overheads(module, batch, steps, device))
+    for order in ORDERS:
+        result[f"ratio/{order}"] = result[order] / result["plain"]
+        result[f"maps/{order}"] = statistics.mean(aligner_maps[order])
+    for order in ORDERS:  # after the counts: these calls go through the Aligner too
+        result[f"aligner/{order}"] = aligner_share(modules[order], batch, steps, device)
+    result["ratio"] = result[ORDERS[0]] / result[ORDERS[1]]
+    result.update(captured_sizes(modules[ORDERS[0]], batch))
     result["matched_words"] = statistics.mean(matched)
     for name, peak in peaks.items():
-        result[f"peak_gib_{name}"] = peak
+        result[f"peak_gib/{name}"] = peak
     return result
 
 
-def overheads(
-    module: LavenderModule, batch: TrainBatch, steps: int, device: torch.device
-) -> dict[str, float]:
-    """Median seconds of the Aligner's forward + backward alone on the step's word maps; MiB of
-    captured probabilities (answer rows) and what every row would take."""
-    with torch.no_grad():
-        outputs = module.adapter.forward(batch.inputs, module.map_size)
-        maps, _ = matched_maps(outputs, batch, module.adapter.tokenizer, module.loss_cfg)
-    captured = outputs.captured
-    mib = sum(p.numel() * p.element_size() for p in captured.probs) / 2**20
-    sizes = {"captured_mib": mib, "all_rows_mib": mib * captured.length / len(captured.rows)}
-    if len(maps) == 0:
-        return {"aligner": 0.0, **sizes}
-    maps.requires_grad_(True)
+def lavender_step(
+    module: LavenderModule,
+    optimizer: torch.optim.Optimizer,
+    batch: TrainBatch,
+    steps: int,
+    grad_clip: float,
+    matched: list[float],
+) -> Callable[[], None]:
+    """One Lavender training step of `module` (appends its matched words to `matched`)."""
 
     def step() -> None:
-        module.aligner(maps).square().mean().backward()
+        out = module(batch, step=0, total_steps=max(steps, 1))
+        optimizer_step(out.total, optimizer, module, grad_clip)
+        matched.append(out.metrics["align/matched_words"])
 
-    seconds = statistics.median(timed(step, device) for _ in range(max(steps, 1)))
-    return {"aligner": seconds, **sizes}
+    return step
+
+
+def aligner_share(
+    module: LavenderModule, batch: TrainBatch, steps: int, device: torch.device
+) -> float:
+    """Median seconds of the words' maps alone (row layout + Aligner + pooling, in the module's
+    order), forward + backward, on the step's captured attention."""
+    with torch.no_grad():
+        outputs = module.adapter.forward(batch.inputs, module.map_size)
+    matched = matched_words(outputs, batch, module.adapter.tokenizer, module.loss_cfg)
+    rows = [[word.rows for word in words] for words in matched]
+    if not any(rows):
+        return 0.0
+    for probs in outputs.captured.probs:
+        probs.requires_grad_(True)  # backward into the layout too, as in training
+
+    def step() -> None:
+        aligned_word_maps(module.aligner, outputs.captured, rows).square().mean().backward()
+
+    return statistics.median(timed(step, device) for _ in range(max(steps, 1)))
+
+
+def captured_sizes(module: LavenderModule, batch: TrainBatch) -> dict[str, float]:
+    """MiB of captured probabilities (answer rows) and what every row would take."""
+    with torch.no_grad():
+        captured = module.adapter.forward(batch.inputs, module.map_size).captured
+    mib = sum(p.numel() * p.element_size() for p in captured.probs) / 2**20
+    return {"captured_mib": mib, "all_rows_mib": mib * captured.length / len(captured.rows)}
 
 
 def report(label: str, result: dict[str, float]) -> None:
-    verdict = "ok" if result["ratio"] <= GOAL_RATIO else f"above the {GOAL_RATIO}x goal"
     line = (
-        f"{label:<38} lavender {1e3 * result['lavender']:9.1f} ms   "
-        f"plain {1e3 * result['plain']:9.1f} ms   ratio {result['ratio']:.2f}x ({verdict})   "
+        f"{label:<38} plain {1e3 * result['plain']:9.1f} ms   "
         f"words/batch {result['matched_words']:.1f}   "
-        f"Aligner fwd+bwd {1e3 * result['aligner']:.1f} ms"
-        f"   probs kept {result['captured_mib']:.2f} MiB (all rows {result['all_rows_mib']:.2f})"
+        f"probs kept {result['captured_mib']:.2f} MiB (all rows {result['all_rows_mib']:.2f})"
     )
-    if "peak_gib_lavender" in result:
-        line += (
-            f"   peak {result['peak_gib_lavender']:.1f} GiB (plain "
-            f"{result['peak_gib_plain']:.1f} GiB)"
-        )
+    if "peak_gib/plain" in result:
+        line += f"   peak {result['peak_gib/plain']:.1f} GiB"
     print(line, flush=True)
+    for order in ORDERS:
+        ratio = result[f"ratio/{order}"]
+        verdict = "ok" if ratio <= GOAL_RATIO else f"above the {GOAL_RATIO}x goal"
+        line = (
+            f"  {order:<20} lavender {1e3 * result[order]:9.1f} ms   ratio {ratio:.2f}x "
+            f"({verdict})   Aligner maps/step {result[f'maps/{order}']:.1f}   "
+            f"maps fwd+bwd {1e3 * result[f'aligner/{order}']:.1f} ms"
+        )
+        if f"peak_gib/{order}" in result:
+            line += f"   peak {result[f'peak_gib/{order}']:.1f} GiB"
+        print(line, flush=True)
+    print(f"  {ORDERS[0]} / {ORDERS[1]}: {result['ratio']:.2f}x step time", flush=True)
 
 
 # ----------------------------------------------------------------------------- real size

@@ -1,8 +1,10 @@
-"""The Aligner: every variant/norm/activation/reduction, gradients, save/load."""
+"""The Aligner: every variant/norm/activation/reduction, the authors' layouts and parameter
+counts, the two word-pooling orders, gradients, save/load."""
 
 from __future__ import annotations
 
 import itertools
+import json
 
 import pytest
 import torch
@@ -10,10 +12,17 @@ from safetensors.torch import save_file
 from torch import nn
 
 from lavender_ray.align import Aligner, build_aligner, load_aligner, save_aligner
-from lavender_ray.align.aligner import FP32BatchNorm2d, FP32Conv2d, FP32GroupNorm
+from lavender_ray.align.aligner import (
+    METADATA_KEY,
+    FP32BatchNorm2d,
+    FP32Conv2d,
+    FP32GroupNorm,
+)
 from lavender_ray.config import AlignerConfig
 from lavender_ray.loss import attention_loss
 from lavender_ray.tensors import minmax_normalise
+from lavender_ray.train.step import aligned_word_maps
+from lavender_ray.vlm.base import CapturedAttention
 
 VARIANTS = ("light", "sim", "deep")
 NORMS = ("instance", "batch", "group", "none")
@@ -57,6 +66,71 @@ def test_variant_depths_and_channels(variant, convs3x3):
     assert all(c.padding == (1, 1) for c in convs[:-1])
     default = [type(m) for m in Aligner(6).net]
     assert default[:3] == [FP32Conv2d, FP32GroupNorm, nn.ReLU6]  # instance norm, see below
+
+
+def _layers(aligner: Aligner) -> list[str]:
+    """The network as words: 'conv3 4->16', 'norm 16' (with the norm's class), 'act'."""
+    names = []
+    for m in aligner.net:
+        if isinstance(m, nn.Conv2d):
+            names.append(f"conv{m.kernel_size[0]} {m.in_channels}->{m.out_channels}")
+        elif isinstance(m, (nn.ReLU6, nn.LeakyReLU)):
+            names.append("act")
+        elif isinstance(m, nn.Identity):
+            names.append("norm -")
+        else:
+            names.append(f"norm {m.num_features if hasattr(m, 'num_features') else m.num_channels}")
+    return names
+
+
+# H = 4 heads, d = 16: the authors' layouts (diffag_xattn_manager.py), Norm after every 3x3
+# conv but the 3rd and 4th of `deep`
+AUTHORS_LAYOUTS = {
+    "light": "conv3 4->16,norm 16,act,conv3 16->4,norm 4,act,conv1 4->1",
+    "sim": "conv3 4->16,norm 16,act,conv3 16->16,norm 16,act,conv3 16->4,norm 4,act,conv1 4->1",
+    "deep": "conv3 4->16,norm 16,act,conv3 16->16,norm 16,act,conv3 16->16,act,conv3 16->16,act,"
+    "conv3 16->4,norm 4,act,conv1 4->1",
+}
+NORM_CLASSES = {
+    "instance": FP32GroupNorm, "batch": FP32BatchNorm2d, "group": FP32GroupNorm,
+    "none": nn.Identity,
+}  # fmt: skip
+# 3x3 weights: 4*16*9 = 576, 16*16*9 = 2304, 16*4*9 = 576; last conv 4 + 1 bias = 5
+CONV_PARAMS = {
+    "light": 576 + 576 + 5, "sim": 576 + 2304 + 576 + 5, "deep": 576 + 3 * 2304 + 576 + 5
+}  # fmt: skip
+# affine norms (batch, group): weight + bias per channel: light 2*(16+4), sim/deep 2*(16+16+4)
+NORM_PARAMS = {"light": 40, "sim": 72, "deep": 72}
+
+
+@pytest.mark.parametrize("variant,norm", list(itertools.product(VARIANTS, NORMS)))
+def test_layer_layout_and_parameter_count_are_the_authors(variant, norm):
+    aligner = Aligner(4, AlignerConfig(variant=variant, norm=norm, hidden_dim=16))
+    names = _layers(aligner)
+    expected = AUTHORS_LAYOUTS[variant]
+    if norm == "none":
+        expected = ",".join("norm -" if n.startswith("norm") else n for n in expected.split(","))
+    assert ",".join(names) == expected
+    norms = [m for m in aligner.net if not isinstance(m, (nn.Conv2d, nn.ReLU6))]
+    assert norms and all(type(m) is NORM_CLASSES[norm] for m in norms)
+    affine = NORM_PARAMS[variant] if norm in ("batch", "group") else 0
+    assert sum(p.numel() for p in aligner.parameters()) == CONV_PARAMS[variant] + affine
+    assert (CONV_PARAMS["light"], CONV_PARAMS["sim"], CONV_PARAMS["deep"]) == (1157, 3461, 8069)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_group_norm_has_one_affine_group_per_channel_everywhere(variant):
+    aligner = Aligner(6, AlignerConfig(variant=variant, norm="group", hidden_dim=12))
+    norms = [m for m in aligner.net if isinstance(m, nn.GroupNorm)]
+    assert len(norms) == (2 if variant == "light" else 3)
+    for norm in norms:
+        assert norm.num_groups == norm.num_channels and norm.affine
+    x = torch.randn(2, 12, 5, 5)  # per channel and map: instance norm times weight plus bias
+    with torch.no_grad():
+        norms[0].weight.fill_(2.0), norms[0].bias.fill_(0.5)
+    torch.testing.assert_close(
+        norms[0](x), 2.0 * nn.functional.instance_norm(x) + 0.5, rtol=1e-5, atol=1e-5
+    )
 
 
 def test_instance_norm_is_per_channel_per_map_with_no_parameters():
@@ -109,6 +183,30 @@ def test_save_load_round_trip_gives_identical_outputs(tmp_path):
     assert torch.equal(aligner(maps), loaded(maps))
     for key, value in aligner.state_dict().items():
         assert torch.equal(value, loaded.state_dict()[key]), key
+
+
+def _old_file(path, cfg: AlignerConfig, aligner: Aligner) -> None:
+    """A file as written before layout version 2: the spec has no `layout_version`."""
+    spec = {"num_heads": 4, "config": cfg.model_dump(mode="json")}
+    tensors = {k: v.contiguous() for k, v in aligner.state_dict().items()}
+    save_file(tensors, str(path), metadata={METADATA_KEY: json.dumps(spec)})
+
+
+def test_old_files_load_unless_their_layout_was_removed(tmp_path):
+    torch.manual_seed(0)
+    kept = AlignerConfig(variant="sim", norm="batch", hidden_dim=8)
+    aligner = Aligner(4, kept).eval()
+    _old_file(tmp_path / "sim.safetensors", kept, aligner)
+    with pytest.warns(UserWarning, match="trained on pooled word maps"):
+        loaded = load_aligner(tmp_path / "sim.safetensors").eval()
+    assert torch.equal(loaded(_maps()), aligner(_maps()))
+    for cfg, message in [
+        (AlignerConfig(norm="group", hidden_dim=8), r"aligner.norm='group' \(8 groups"),
+        (AlignerConfig(variant="deep", hidden_dim=8), r"aligner.variant='deep' \(a Norm after"),
+    ]:
+        _old_file(tmp_path / "old.safetensors", cfg, Aligner(4, cfg))
+        with pytest.raises(ValueError, match=f"saved with a removed layout: {message}"):
+            load_aligner(tmp_path / "old.safetensors")
 
 
 def test_load_rejects_wrong_config_and_foreign_files(tmp_path):
@@ -179,3 +277,72 @@ def test_fp32_layers_equal_the_torch_layers_they_extend(norm, training):
         torch.testing.assert_close(ours.net(x), torch_layers(x), rtol=0, atol=1e-6)
     for (name, mine), (_, ref) in zip(ours.named_buffers(), theirs.named_buffers()):
         torch.testing.assert_close(mine, ref, rtol=0, atol=1e-7, msg=name)
+
+
+# ------------------------------------------------------------------------ word pooling order
+def _captured(side: int = 8, layers: int = 2, heads: int = 4, seed: int = 0) -> CapturedAttention:
+    """Two samples, rows 3..8 of T=10 captured, keys = the s*s grid (layout: a reshape)."""
+    generator = torch.Generator().manual_seed(seed)
+    logits = torch.randn(layers, 2, heads, 6, side * side, generator=generator)
+    probs = [p.softmax(-1).requires_grad_(True) for p in logits]  # L x [b, H, R, K]
+
+    def layout(p: torch.Tensor, sample: int) -> torch.Tensor:
+        return p.unflatten(-1, (side, side))  # [H, q, K] -> [H, q, s, s]
+
+    return CapturedAttention(probs, layout, side, length=10, rows=range(3, 9))
+
+
+# sample 0: "dog" (rows 3, 4), "red" (5), "dog" again (3: twice, the word occurs twice);
+# sample 1: one word of rows 6..8
+WORDS = [[(3, 4), (5,), (3, 5, 3)], [(6, 7, 8)]]
+
+
+def _aligner(order: str, norm: str = "instance") -> Aligner:
+    torch.manual_seed(0)
+    return Aligner(4, AlignerConfig(hidden_dim=8, norm=norm, word_pooling=order))
+
+
+def test_pooling_orders_give_maps_of_the_same_shape_that_differ():
+    captured = _captured()
+    per_row = aligned_word_maps(_aligner("aligner_then_pool"), captured, WORDS)
+    pooled = aligned_word_maps(_aligner("pool_then_aligner"), captured, WORDS)
+    assert per_row.shape == pooled.shape == (4, 8, 8)
+    assert not torch.allclose(per_row, pooled, atol=1e-3)
+    single = [[(5,)], []]  # a one-row word: both orders give the same map
+    torch.testing.assert_close(
+        aligned_word_maps(_aligner("aligner_then_pool"), captured, single),
+        aligned_word_maps(_aligner("pool_then_aligner"), captured, single),
+    )
+
+
+def test_pool_then_aligner_is_the_aligner_on_the_pooled_word_maps_exactly():
+    captured, aligner = _captured(), _aligner("pool_then_aligner", norm="batch")
+    expected = aligner(torch.cat([captured.word_maps(i, w) for i, w in enumerate(WORDS)]))
+    assert torch.equal(aligned_word_maps(aligner, captured, WORDS), expected)
+
+
+@pytest.mark.parametrize("norm", ["instance", "batch"])
+def test_aligner_then_pool_is_the_per_row_loop_with_one_aligner_call(norm):
+    captured, aligner = _captured(), _aligner("aligner_then_pool", norm=norm).eval()
+    expected = []
+    for sample, words in enumerate(WORDS):
+        for rows in words:
+            per_row = [aligner(captured.word_maps(sample, [[row]]))[0] for row in rows]  # [s, s]
+            expected.append(minmax_normalise(torch.stack(per_row).mean(dim=0)))
+    calls = []
+    aligner.register_forward_hook(lambda module, args, out: calls.append(args[0].shape[0]))
+    got = aligned_word_maps(aligner, captured, WORDS)
+    torch.testing.assert_close(got, torch.stack(expected), rtol=1e-5, atol=1e-6)
+    assert calls == [3 + 3]  # one call (ZeRO), on the distinct rows: {3, 4, 5} and {6, 7, 8}
+
+
+@pytest.mark.parametrize("order", ["aligner_then_pool", "pool_then_aligner"])
+def test_gradients_reach_the_aligner_and_the_captured_probabilities(order):
+    captured, aligner = _captured(), _aligner(order, norm="group")
+    out = aligned_word_maps(aligner, captured, WORDS)
+    attention_loss(out, torch.rand_like(out)).backward()
+    for name, param in aligner.named_parameters():
+        assert param.grad is not None and param.grad.abs().sum() > 0, name
+    used = torch.tensor([[1, 1, 1, 0, 0, 0], [0, 0, 0, 1, 1, 1]]).bool()  # [b, R]: WORDS' rows
+    for probs in captured.probs:  # gradient on the words' rows, and on them only
+        assert torch.equal(probs.grad.abs().sum(dim=(1, 3)) > 0, used)  # [b, H, R, K] -> [b, R]

@@ -7,26 +7,32 @@ Shapes::
     input  [n, L, H, s, s]   per-word VLM attention, heads as channels
     output [n, s, s]         per-word map, min-max normalised to [0, 1] over space
 
-Networks (3x3 convs: padding 1, no bias; every conv but the last is followed by Norm -> Act)::
+Networks, as the authors' code (3x3 convs: padding 1, no bias)::
 
-    light  conv3x3(H->d) conv3x3(d->H)                                        conv1x1(H->1, bias)
-    sim    conv3x3(H->d) conv3x3(d->d) conv3x3(d->H)                          conv1x1(H->1, bias)
-    deep   conv3x3(H->d) conv3x3(d->d) x3 conv3x3(d->H)                       conv1x1(H->1, bias)
+    light  conv3x3(H->d) Norm Act  conv3x3(d->H) Norm Act                      conv1x1(H->1, bias)
+    sim    conv3x3(H->d) Norm Act  conv3x3(d->d) Norm Act  conv3x3(d->H) Norm Act
+                                                                               conv1x1(H->1, bias)
+    deep   conv3x3(H->d) Norm Act  conv3x3(d->d) Norm Act  conv3x3(d->d) Act  conv3x3(d->d) Act
+           conv3x3(d->H) Norm Act                                              conv1x1(H->1, bias)
 
-(`d` = `aligner.hidden_dim`; "deep" has 5 3x3 convs.) Norms: instance (no affine; computed as
-GroupNorm with one group per channel), batch, group (`gcd(channels, 8)` groups, affine), none.
-Activations: ReLU6, LeakyReLU(0.1).
+(`d` = `aligner.hidden_dim`; "deep" has no Norm after its 3rd and 4th convs.) Norms: instance
+(no affine; computed as GroupNorm with one group per channel), batch, group (one group per
+channel, affine), none. Activations: ReLU6, LeakyReLU(0.1).
 Layer reduction: `aligner_then_mean` runs the one (shared) net on each layer's maps and averages
 the outputs over layers; `mean_then_aligner` averages the layers first. The min-max normalisation
 comes last, after the layer mean.
 
 Saved as safetensors with the architecture in the file's metadata, so a file rebuilds itself.
+Files written before layout version 2 used 8 groups in `group` norm and a Norm after every conv
+of `deep`; those two cannot be rebuilt and fail to load with a message saying so (the others
+are unchanged and load, with a warning when their config asks for `aligner_then_pool`: they were
+trained on pooled word maps, the only order then).
 """
 
 from __future__ import annotations
 
 import json
-import math
+import warnings
 from pathlib import Path
 
 import torch
@@ -38,9 +44,11 @@ from torch.nn import functional as F
 from lavender_ray.config import AlignerConfig
 from lavender_ray.tensors import minmax_normalise
 
-GROUP_NORM_MAX_GROUPS = 8
 METADATA_KEY = "lavender_aligner"
-HIDDEN_3X3_CONVS = {"light": 0, "sim": 1, "deep": 3}  # 3x3 convs between the first and the last
+# 2: the authors' `group` norm (one group per channel) and `deep` layout; 1 (no version in the
+# file): 8 groups, a Norm after every conv of `deep`
+LAYOUT_VERSION = 2
+VARIANTS = ("light", "sim", "deep")
 
 
 class Aligner(nn.Module):
@@ -74,7 +82,11 @@ class Aligner(nn.Module):
 
     def spec(self) -> dict[str, object]:
         """Everything needed to rebuild this Aligner (stored in the safetensors metadata)."""
-        return {"num_heads": self.num_heads, "config": self.cfg.model_dump(mode="json")}
+        return {
+            "num_heads": self.num_heads,
+            "config": self.cfg.model_dump(mode="json"),
+            "layout_version": LAYOUT_VERSION,
+        }
 
 
 def _fp32(t: torch.Tensor | None) -> torch.Tensor | None:
@@ -122,21 +134,30 @@ def _batch_norm_fp32(layer: nn.BatchNorm2d, x: torch.Tensor) -> torch.Tensor:
 
 
 
+def conv_layout(variant: str, num_heads: int, hidden: int) -> list[tuple[int, int, bool]]:
+    """(in channels, out channels, followed by Norm) of each 3x3 conv of `variant`, in order."""
+    heads = num_heads
+    layouts = {
+        "light": [(heads, hidden, True), (hidden, heads, True)],
+        "sim": [(heads, hidden, True), (hidden, hidden, True), (hidden, heads, True)],
+        "deep": [
+            (heads, hidden, True), (hidden, hidden, True), (hidden, hidden, False),
+            (hidden, hidden, False), (hidden, heads, True),
+        ],
+    }  # fmt: skip
+    if variant not in layouts:
+        raise ValueError(f"aligner.variant={variant!r} is not one of {', '.join(VARIANTS)}")
+    return layouts[variant]
+
+
 def build_network(num_heads: int, cfg: AlignerConfig) -> nn.Sequential:
     """The conv stack of the configured variant: [m, H, s, s] -> [m, 1, s, s]."""
-    if cfg.variant not in HIDDEN_3X3_CONVS:
-        raise ValueError(
-            f"aligner.variant={cfg.variant!r} is not one of {', '.join(HIDDEN_3X3_CONVS)}"
-        )
-    hidden = cfg.hidden_dim
-    widths = [num_heads, hidden] + [hidden] * HIDDEN_3X3_CONVS[cfg.variant] + [num_heads]
     layers: list[nn.Module] = []
-    for c_in, c_out in zip(widths[:-1], widths[1:]):
-        layers += [
-            FP32Conv2d(c_in, c_out, kernel_size=3, padding=1, bias=False),
-            make_norm(cfg.norm, c_out),
-            make_activation(cfg.activation),
-        ]
+    for c_in, c_out, normalised in conv_layout(cfg.variant, num_heads, cfg.hidden_dim):
+        layers.append(FP32Conv2d(c_in, c_out, kernel_size=3, padding=1, bias=False))
+        if normalised:
+            layers.append(make_norm(cfg.norm, c_out))
+        layers.append(make_activation(cfg.activation))
     layers.append(FP32Conv2d(num_heads, 1, kernel_size=1, bias=True))
     return nn.Sequential(*layers)
 
@@ -150,7 +171,7 @@ def make_norm(kind: str, channels: int) -> nn.Module:
     if kind == "batch":
         return FP32BatchNorm2d(channels)
     if kind == "group":
-        return FP32GroupNorm(math.gcd(channels, GROUP_NORM_MAX_GROUPS), channels)
+        return FP32GroupNorm(channels, channels)  # the authors' GroupNorm(c, c), affine
     if kind == "none":
         return nn.Identity()
     raise ValueError(f"aligner.norm={kind!r} is not one of instance, batch, group, none")
@@ -196,6 +217,7 @@ def load_aligner(
         raise ValueError(f"{str(path)!r} is not an aligner file: no {METADATA_KEY!r} metadata")
     spec = json.loads(metadata[METADATA_KEY])
     cfg = AlignerConfig.model_validate(spec["config"])
+    check_layout_version(path, int(spec.get("layout_version", 1)), cfg)
     if expected is not None and expected != cfg:
         saved, wanted = cfg.model_dump(), expected.model_dump()
         diffs = [
@@ -208,3 +230,34 @@ def load_aligner(
     aligner = Aligner(int(spec["num_heads"]), cfg)
     aligner.load_state_dict(tensors, strict=True)
     return aligner.to(device)
+
+
+def check_layout_version(path: Path, version: int, cfg: AlignerConfig) -> None:
+    """Raise when the file's layout cannot be rebuilt: a newer version, or a version-1 file of a
+    layout that changed (`group` norm: 8 groups then; `deep`: a Norm after every conv then)."""
+    if version > LAYOUT_VERSION:
+        raise ValueError(
+            f"aligner file {str(path)!r} has layout version {version}; this code reads up to "
+            f"{LAYOUT_VERSION}"
+        )
+    if version == 1:
+        removed = [
+            f"aligner.{field}={value!r} ({how})"
+            for field, value, how in (
+                ("norm", "group", "8 groups, now one per channel as the authors"),
+                ("variant", "deep", "a Norm after every conv, now none after the 3rd and 4th"),
+            )
+            if getattr(cfg, field) == value
+        ]
+        if removed:
+            raise ValueError(
+                f"aligner file {str(path)!r} was saved with a removed layout: "
+                f"{'; '.join(removed)}; it cannot be rebuilt, train the Aligner again"
+            )
+        if cfg.word_pooling == "aligner_then_pool":
+            warnings.warn(
+                f"aligner file {str(path)!r} was trained on pooled word maps (pool_then_aligner, "
+                "the only order before layout version 2); it is loaded with "
+                "aligner.word_pooling=aligner_then_pool as its config says",
+                stacklevel=3,
+            )

@@ -32,11 +32,11 @@ from lavender_ray.config import LavenderConfig
 from lavender_ray.data.synthetic import make_synthetic_records
 from lavender_ray.eval.map_metrics import map_agreement
 from lavender_ray.images import decode_image
-from lavender_ray.pictures import CELL, MARGIN, load_font, overlay
+from lavender_ray.pictures import CELL, MARGIN, fit_cell, load_font, overlay
 from lavender_ray.sd.components import resolve_dtype
 from lavender_ray.sd.extractor import SDExtractor
 from lavender_ray.tensors import minmax_normalise
-from lavender_ray.train.step import collate_records
+from lavender_ray.train.step import aligned_word_maps, collate_records
 from lavender_ray.words import select_words
 
 LABEL_W = 110
@@ -77,8 +77,10 @@ def probe_attention(
             )[0]
             if not matched:
                 continue
-            raw = out.captured.word_maps(0, [w.rows for w in matched])  # [n, L, H, s, s]
+            rows = [w.rows for w in matched]
+            raw = out.captured.word_maps(0, rows)  # [n, L, H, s, s]
             vlm = minmax_normalise(raw.mean(dim=(1, 2)))  # [n, L, H, s, s] -> [n, s, s]
+            aligned = aligned_word_maps(aligner, out.captured, [rows])  # [n, s, s]
             sd = batch.sd_maps[0][[w.sd_index for w in matched]]  # [n, s, s]
             samples.append(
                 ProbeSample(
@@ -87,7 +89,7 @@ def probe_attention(
                     text=str(record["target_text"]),
                     words=[w.sd_key for w in matched],
                     maps={TARGET_PANEL: sd.cpu().numpy(), RAW_PANEL: vlm.cpu().numpy(),
-                          ALIGNED_PANEL: aligner(raw).cpu().numpy()},
+                          ALIGNED_PANEL: aligned.cpu().numpy()},
                 )
             )
     finally:
@@ -127,7 +129,7 @@ def render_probe(sample: ProbeSample, panels: list[str] | None = None) -> Image.
     for c, name in enumerate(["image", *panels]):
         x = LABEL_W + c * (CELL + MARGIN) + CELL // 2
         draw.text((x, header + 4), name, fill=(0, 0, 0), font=font, anchor="mt")
-    thumb = sample.image.resize((CELL, CELL), Image.Resampling.BICUBIC)
+    thumb, _ = fit_cell(sample.image)
     for r, word in enumerate(sample.words):
         y = header * 2 + r * (CELL + MARGIN)
         draw.text((MARGIN, y + CELL // 2), word, fill=(0, 0, 0), font=font, anchor="lm")

@@ -15,7 +15,7 @@ them over.
 Shapes::
 
     b  batch   T  text length   V  vocab   L  captured layers   H  heads   s  map side
-    n  matched words in the batch
+    n  matched words in the batch     m  maps through the Aligner (n, or the words' distinct rows)
 """
 
 from __future__ import annotations
@@ -33,8 +33,9 @@ from lavender_ray.config import LossConfig, OptimConfig
 from lavender_ray.images import decode_image
 from lavender_ray.loss import LossOutput, alpha_at, attention_loss, lambda_at, lavender_loss
 from lavender_ray.schema import decode_maps, parse_messages
+from lavender_ray.tensors import minmax_normalise
 from lavender_ray.vlm.base import CapturedAttention, VLMAdapter, VLMForwardOutput
-from lavender_ray.words import select_words
+from lavender_ray.words import MatchedWord, select_words
 
 TARGET_COLUMNS = ("sd_words", "sd_maps", "sd_map_size")
 
@@ -108,18 +109,22 @@ def step_loss(
 
     Words come from `loss.word_source` (argmax of `outputs.logits` or the labels), are matched
     to the SD words (`loss.matching`, `loss.skip_stop_words`), their VLM maps go through the
-    Aligner and are compared with the SD maps. With lambda_t = 0 the alignment term is computed
-    for the metric only and left out of the total.
+    Aligner (`aligned_word_maps`) and are compared with the SD maps. With lambda_t = 0 the
+    alignment term is computed for the metric only and left out of the total.
     """
     alpha = alpha_at(step, loss_cfg)
     lambda_t = lambda_at(step, total_steps, loss_cfg)
-    vlm_maps, target = matched_maps(outputs, batch, tokenizer, loss_cfg)
-    num_matched = len(vlm_maps)
+    matched = matched_words(outputs, batch, tokenizer, loss_cfg)
+    num_matched = sum(len(words) for words in matched)
     if num_matched == 0:
         aligned = aligner_anchor(aligner, outputs.captured)  # [1, s, s]
         predicted = target = aligned[:0]  # no words: L_att is exactly 0
     else:
-        aligned = predicted = aligner(vlm_maps)  # [n, L, H, s, s] -> [n, s, s]
+        rows = [[word.rows for word in words] for words in matched]
+        aligned = predicted = aligned_word_maps(aligner, outputs.captured, rows)  # [n, s, s]
+        target = torch.cat(
+            [batch.sd_maps[i][[w.sd_index for w in words]] for i, words in enumerate(matched)]
+        ).to(predicted.device)  # [n, s, s]
     att = attention_loss(predicted if lambda_t != 0 else predicted.detach(), target)
     out = lavender_loss(outputs.lm_loss, att, num_matched, alpha, lambda_t)
     # Every rank runs the Aligner exactly once per step and every Aligner parameter is in the
@@ -129,13 +134,12 @@ def step_loss(
     return out
 
 
-def matched_maps(
+def matched_words(
     outputs: VLMForwardOutput, batch: TrainBatch, tokenizer: Any, loss_cfg: LossConfig
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The VLM maps `[n, L, H, s, s]` of the batch's words matched to SD words
-    (`loss.word_source`, `loss.matching`, `loss.skip_stop_words`) and their SD maps `[n, s, s]`
-    (n may be 0)."""
-    matched = select_words(
+) -> list[list[MatchedWord]]:
+    """The batch's words matched to SD words (`loss.word_source`, `loss.matching`,
+    `loss.skip_stop_words`), one list per sample (possibly empty)."""
+    return select_words(
         batch.inputs["labels"],
         outputs.logits,
         batch.sd_words,
@@ -144,16 +148,39 @@ def matched_maps(
         matching=loss_cfg.matching,
         skip_stop_words=loss_cfg.skip_stop_words,
     )
-    vlm_maps = torch.cat(
-        [
-            outputs.captured.word_maps(i, [word.rows for word in words])
-            for i, words in enumerate(matched)
-        ]
-    )  # [n, L, H, s, s]
-    target = torch.cat(
-        [batch.sd_maps[i][[w.sd_index for w in words]] for i, words in enumerate(matched)]
-    ).to(vlm_maps.device)  # [n, s, s]
-    return vlm_maps, target
+
+
+def aligned_word_maps(
+    aligner: Aligner, captured: CapturedAttention, words: Sequence[Sequence[Sequence[int]]]
+) -> torch.Tensor:
+    """The Aligner's maps `[n, s, s]` of the words of every sample, in `aligner.cfg.word_pooling`
+    order, with one Aligner call (ZeRO: every rank runs it once per step).
+
+    words[i]: the query rows of each word of sample i (a row may repeat: it counts once per
+    occurrence). `pool_then_aligner`: each word's rows are averaged into one map
+    (`captured.word_maps`), which goes through the Aligner. `aligner_then_pool` (the authors'
+    order): each distinct row of the words goes through the Aligner (min-max normalised per row),
+    a word is the mean over its row list, min-max normalised again. Differentiable with respect
+    to the Aligner and the captured probabilities; n must be > 0.
+    """
+    if aligner.cfg.word_pooling == "pool_then_aligner":
+        maps = torch.cat([captured.word_maps(i, groups) for i, groups in enumerate(words)])
+        return aligner(maps)  # [n, L, H, s, s] -> [n, s, s]
+    row_maps, word_columns = [], []  # word_columns: per word, the maps of its rows (in m)
+    for i, groups in enumerate(words):
+        rows = sorted({row for group in groups for row in group})
+        offset = sum(len(block) for block in row_maps)
+        column = {row: offset + c for c, row in enumerate(rows)}
+        row_maps.append(captured.word_maps(i, [[row] for row in rows]))  # [m_i, L, H, s, s]
+        word_columns += [[column[row] for row in group] for group in groups]
+    maps = torch.cat(row_maps)  # [m, L, H, s, s]
+    weights = torch.zeros(len(word_columns), len(maps))  # [n, m]: 1/len(word) per row occurrence
+    for word, columns in enumerate(word_columns):
+        for c in columns:
+            weights[word, c] += 1.0 / len(columns)
+    per_row = aligner(maps)  # [m, L, H, s, s] -> [m, s, s]
+    weights = weights.to(per_row.device)
+    return minmax_normalise(torch.einsum("nm,mxy->nxy", weights, per_row))  # -> [n, s, s]
 
 
 def aligner_anchor(aligner: Aligner, captured: CapturedAttention) -> torch.Tensor:
