@@ -6,17 +6,30 @@ Shapes::
 
 Which token, which attention row: HF labels are unshifted, so the answer token at position `t`
 (`labels[t] != -100`) is predicted by `logits[t - 1]`, and the attention row that produced it is
-row `t - 1`. With `word_source="predicted"` the token is `argmax(logits[t - 1])` (teacher forcing),
-with `"label"` it is `labels[t]`; the attention row is `t - 1` either way.
+row `t - 1`; `argmax(logits[t - 1])` is the model's prediction there (teacher forcing).
 
-Words: each contiguous run of answer positions (one assistant turn) is decoded to text; a word is
-a maximal run of Unicode letters or digits (`[^\\W_]+`, the SD side's definition, METHOD.md
-section 2.5), its key the lower-cased run. A token belongs to every word its character span
-overlaps. Token spans come from incremental decoding (`decode(ids[:k+1])` against the decoded
-segment), which serves byte-level BPE ('Ġ'), sentencepiece ('▁') and WordPiece ('##') tokenizers
-alike and needs no offsets for predicted ids; a token that decodes to no complete character (a
-partial UTF-8 byte) joins the word of the next character. Special tokens belong to no word.
-Punctuation-only and empty words cannot arise: they contain no `[^\\W_]` character.
+Word boundaries always come from the label: each contiguous run of answer positions (one
+assistant turn) is decoded to text; a word is a maximal run of Unicode letters or digits
+(`[^\\W_]+`, the SD side's definition, METHOD.md section 2.5), its key the lower-cased run. A
+token belongs to every word its character span overlaps. Token spans come from incremental
+decoding (`decode(ids[:k+1])` against the decoded segment), which serves byte-level BPE ('Ġ'),
+sentencepiece ('▁') and WordPiece ('##') tokenizers alike; a token that decodes to no complete
+character (a partial UTF-8 byte) joins the word of the next character. Special tokens belong to
+no word. Punctuation-only and empty words cannot arise: they contain no `[^\\W_]` character.
+This gives one `Word` per occurrence (`word_occurrences`).
+
+Which word an occurrence is (`word_source`):
+
+- `label`: its label key.
+- `predicted`: the predictions at the occurrence's rows, in order, decoded together
+  (`spelled_word`); if they contain exactly one letter/digit run, that run (lower-cased) is the
+  word there, else (none, several, or a special token predicted) the occurrence has no word.
+  Each prediction continues the *label*, so predictions at different label words are never
+  joined: predicting " dog" then "s" where the label says "dog is" gives "dog" and "s", never
+  "dogs".
+
+Occurrences with the same key are then merged (`merge_words`: rows concatenated, order of first
+occurrence) and matched to the SD words (`match_words`).
 
 The tokenizer is duck-typed (`decode(ids, skip_special_tokens=...,
 clean_up_tokenization_spaces=...)` and `all_special_ids`): this module imports no transformers.
@@ -71,8 +84,8 @@ class AnswerTokens:
 
 @dataclass(frozen=True)
 class Word:
-    """A word of the VLM's answer: its key and the attention rows of all its sub-tokens over all
-    its occurrences (a row appears once per token occurrence)."""
+    """A word of the VLM's answer: its key and the attention rows of its sub-tokens, of one
+    occurrence or, once merged, of all its occurrences (a row appears once per token occurrence)."""
 
     key: str
     rows: tuple[int, ...]
@@ -107,8 +120,7 @@ def answer_tokens(
     labels: [T] with -100 outside the answer; predicted: [T] argmax token ids of the logits
     (`predicted[i]` is the token predicted at position i), needed when `source="predicted"`.
     """
-    if source not in ("predicted", "label"):
-        raise ValueError(f"word source {source!r} is not one of 'predicted', 'label'")
+    _check_source(source)
     if source == "predicted" and predicted is None:
         raise ValueError("word source 'predicted' needs the predicted token ids")
     positions = torch.nonzero(labels != IGNORE_INDEX).flatten().tolist()
@@ -146,33 +158,75 @@ def special_token_ids(tokenizer: Any) -> frozenset[int]:
     return frozenset(ids)
 
 
-def words_from_tokens(
+def word_occurrences(
     tokens: AnswerTokens, tokenizer: Any, special_ids: frozenset[int] | None = None
 ) -> list[Word]:
-    """Merge sub-tokens into words, repeated words into one `Word` (first-occurrence order).
+    """One `Word` per occurrence of a word in `tokens` (label ids), in text order, keyed by its
+    lower-cased text; its rows are those of the tokens overlapping it, ascending.
 
-    `special_ids` (default `special_token_ids(tokenizer)`) are left out before decoding."""
+    Each answer segment is decoded on its own; `special_ids` (default
+    `special_token_ids(tokenizer)`) are left out before decoding."""
     special = special_token_ids(tokenizer) if special_ids is None else special_ids
-    rows_by_key: dict[str, list[int]] = {}
+    occurrences: list[Word] = []
     for segment in sorted(set(tokens.segments)):
         picked = [
             (tid, row)
             for tid, row, seg in zip(tokens.token_ids, tokens.rows, tokens.segments)
             if seg == segment and tid not in special
         ]
-        if not picked:
-            continue
-        text, spans = token_spans([tid for tid, _ in picked], tokenizer)
-        found = list(WORD_RE.finditer(text))
-        word_ends = [m.end() for m in found]  # increasing: words do not overlap
-        for (_, row), (start, end) in zip(picked, spans):
-            if start == end:  # partial character: it belongs with the next character
-                end = start + 1
-            i = bisect.bisect_right(word_ends, start)  # first word ending after `start`
-            while i < len(found) and found[i].start() < end:
-                rows_by_key.setdefault(found[i].group().lower(), []).append(row)
-                i += 1
+        if picked:
+            occurrences.extend(_segment_occurrences(picked, tokenizer))
+    return occurrences
+
+
+def merge_words(occurrences: Sequence[Word]) -> list[Word]:
+    """Occurrences with the same key merged into one `Word` (rows concatenated), in order of
+    first occurrence."""
+    rows_by_key: dict[str, list[int]] = {}
+    for word in occurrences:
+        rows_by_key.setdefault(word.key, []).extend(word.rows)
     return [Word(key, tuple(rows)) for key, rows in rows_by_key.items()]
+
+
+def words_from_tokens(
+    tokens: AnswerTokens, tokenizer: Any, special_ids: frozenset[int] | None = None
+) -> list[Word]:
+    """The label words of `tokens`: sub-tokens merged into words, repeated words into one `Word`
+    (first-occurrence order)."""
+    return merge_words(word_occurrences(tokens, tokenizer, special_ids))
+
+
+def spelled_word(
+    token_ids: Sequence[int], tokenizer: Any, special_ids: frozenset[int]
+) -> str | None:
+    """The word that `token_ids` (the predictions at one label word's rows, in order) spell:
+    the lower-cased letter/digit run of their decoded text if there is exactly one, else None
+    (no run, several runs, or a special token among them)."""
+    if any(tid in special_ids for tid in token_ids):
+        return None
+    runs = WORD_RE.findall(_decode(tokenizer, list(token_ids)))
+    return runs[0].lower() if len(runs) == 1 else None
+
+
+def predicted_words(
+    occurrences: Sequence[Word],
+    predicted: torch.Tensor,
+    tokenizer: Any,
+    special_ids: frozenset[int] | None = None,
+) -> list[Word]:
+    """Each label-word occurrence renamed to the word the predictions at its rows spell
+    (`spelled_word`), with the same rows; occurrences that spell no word are left out.
+
+    predicted: [T] argmax token ids (`predicted[r]` is the prediction at row r). Predictions at
+    different occurrences are never decoded together."""
+    special = special_token_ids(tokenizer) if special_ids is None else special_ids
+    words = []
+    for occurrence in occurrences:
+        ids = predicted[list(occurrence.rows)].tolist()
+        key = spelled_word(ids, tokenizer, special)
+        if key is not None:
+            words.append(Word(key, occurrence.rows))
+    return words
 
 
 def match_words(
@@ -231,6 +285,7 @@ def select_words(
     """
     if len(sd_words) != labels.shape[0]:
         raise ValueError(f"{len(sd_words)} SD word lists for a batch of {labels.shape[0]} samples")
+    _check_source(source)
     predicted = None
     if source == "predicted":
         if logits is None:
@@ -241,10 +296,33 @@ def select_words(
     special = special_token_ids(tokenizer)
     out = []
     for b in range(labels.shape[0]):
-        tokens = answer_tokens(labels[b], None if predicted is None else predicted[b], source)
-        words = words_from_tokens(tokens, tokenizer, special)
+        occurrences = word_occurrences(answer_tokens(labels[b], None, "label"), tokenizer, special)
+        if predicted is not None:
+            occurrences = predicted_words(occurrences, predicted[b], tokenizer, special)
+        words = merge_words(occurrences)
         out.append(match_words(words, sd_words[b], matching, skip_stop_words))
     return out
+
+
+def _check_source(source: str) -> None:
+    if source not in ("predicted", "label"):
+        raise ValueError(f"word source {source!r} is not one of 'predicted', 'label'")
+
+
+def _segment_occurrences(picked: list[tuple[int, int]], tokenizer: Any) -> list[Word]:
+    """The word occurrences of one decoded segment; picked: its (token id, row) pairs."""
+    text, spans = token_spans([tid for tid, _ in picked], tokenizer)
+    found = list(WORD_RE.finditer(text))
+    word_ends = [m.end() for m in found]  # increasing: words do not overlap
+    rows: list[list[int]] = [[] for _ in found]
+    for (_, row), (start, end) in zip(picked, spans):
+        if start == end:  # partial character: it belongs with the next character
+            end = start + 1
+        i = bisect.bisect_right(word_ends, start)  # first word ending after `start`
+        while i < len(found) and found[i].start() < end:
+            rows[i].append(row)
+            i += 1
+    return [Word(m.group().lower(), tuple(r)) for m, r in zip(found, rows) if r]
 
 
 def _decode(tokenizer: Any, ids: list[int]) -> str:

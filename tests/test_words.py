@@ -15,9 +15,12 @@ from lavender_ray.words import (
     answer_tokens,
     lemma,
     match_words,
+    merge_words,
     normalise,
+    predicted_words,
     select_words,
     token_spans,
+    word_occurrences,
     words_from_tokens,
 )
 
@@ -213,3 +216,97 @@ def test_answer_tokens_dataclass_contract():
     assert tokens == AnswerTokens((7, 8), (1, 2), (0, 0))  # position 0 is never an answer row
     nothing = answer_tokens(torch.full((4,), -100), torch.zeros(4, dtype=torch.long), "predicted")
     assert nothing == AnswerTokens((), (), ())
+
+
+# ------------------------------------------------ predicted words: label boundaries (METHOD.md 5)
+def _ids(tokenizer, *pieces: str) -> list[int]:
+    return [i for p in pieces for i in tokenizer(p, add_special_tokens=False)["input_ids"]]
+
+
+def _predicted(
+    tokenizer, label: str, predicted_ids: list[int]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """labels [T] of `label` after 3 prompt positions, and predicted ids [T] where the row of
+    the k-th answer token (row t - 1 for position t) holds `predicted_ids[k]`."""
+    ids, labels = _answer(tokenizer, label)
+    assert len(predicted_ids) == len(ids), (tokenizer.convert_ids_to_tokens(ids), predicted_ids)
+    predicted = torch.zeros(len(labels), dtype=torch.long)
+    predicted[2 : 2 + len(ids)] = torch.tensor(predicted_ids)
+    return labels, predicted
+
+
+def _vlm_words(tokenizer, label: str, predicted_ids: list[int]) -> dict[str, tuple[int, ...]]:
+    labels, predicted = _predicted(tokenizer, label, predicted_ids)
+    occurrences = word_occurrences(answer_tokens(labels, None, "label"), tokenizer)
+    return {w.key: w.rows for w in merge_words(predicted_words(occurrences, predicted, tokenizer))}
+
+
+def test_predictions_at_different_words_are_never_joined(byte_bpe, metaspace_bpe):
+    # byte_bpe: " dog is" -> [" dog", " ", "is"]; the model predicts " dog", " ", "s"
+    assert _vlm_words(byte_bpe, " dog is", _ids(byte_bpe, " dog", " ", "s")) == {
+        "dog": (2,),
+        "s": (4,),
+    }
+    # metaspace: "dog is" -> ["▁dog", "▁is"]
+    assert _vlm_words(metaspace_bpe, "dog is", _ids(metaspace_bpe, "dog") + [24]) == {
+        "dog": (2,),
+        "s": (3,),
+    }
+    labels, predicted = _predicted(byte_bpe, " dog is", _ids(byte_bpe, " dog", " ", "s"))
+    logits = torch.nn.functional.one_hot(predicted, len(byte_bpe)).float()  # [T] -> [T, V]
+    for matching in ("exact", "root"):
+        matched = select_words(
+            labels[None], logits[None], [["dogs", "dog"]], byte_bpe,
+            source="predicted", matching=matching,
+        )[0]
+        assert [(m.sd_key, m.vlm_keys, m.rows) for m in matched] == [("dog", ("dog",), (2,))]
+
+
+def test_a_word_of_three_tokens_counts_when_its_predictions_spell_one_word(byte_bpe):
+    riding = _ids(byte_bpe, " riding")
+    assert byte_bpe.convert_ids_to_tokens(riding) == ["Ġri", "di", "ng"]
+    assert _vlm_words(byte_bpe, " riding", riding) == {"riding": (2, 3, 4)}
+    # another middle piece spells another word ("rivng"); punctuation or a space splits it
+    assert _vlm_words(byte_bpe, " riding", _ids(byte_bpe, " ri", "v", "ng")) == {
+        "rivng": (2, 3, 4)
+    }
+    assert _vlm_words(byte_bpe, " riding", _ids(byte_bpe, " ri", ",", "ng")) == {}
+    assert _vlm_words(byte_bpe, " riding", _ids(byte_bpe, " ri", "di", " red")) == {}
+
+
+def test_a_repeated_word_keeps_only_its_predicted_occurrences(byte_bpe):
+    label = _ids(byte_bpe, " dog", ",", " the", " dog")
+    predicted = _ids(byte_bpe, " dog", ",", " the", " red")
+    assert _vlm_words(byte_bpe, " dog, the dog", predicted) == {
+        "dog": (2,),
+        "the": (4,),
+        "red": (5,),
+    }
+    assert _vlm_words(byte_bpe, " dog, the dog", label)["dog"] == (2, 5)
+
+
+def test_predicted_capitals_and_punctuation(byte_bpe, metaspace_bpe):
+    # byte_bpe: "Dog" -> ["D", "o", "g"]: label and predictions differ in case only
+    assert _vlm_words(byte_bpe, "Dog", _ids(byte_bpe, "d", "o", "g")) == {"dog": (2, 3, 4)}
+    assert _vlm_words(byte_bpe, " dog", _ids(byte_bpe, "D")) == {"d": (2,)}
+    # punctuation: the label's "." is in no word; a predicted "," at the word's row spells none
+    assert _vlm_words(byte_bpe, " dog.", _ids(byte_bpe, " dog", ",")) == {"dog": (2,)}
+    assert _vlm_words(byte_bpe, " dog,", _ids(byte_bpe, ",", ",")) == {}
+    assert _vlm_words(metaspace_bpe, "dog.", _ids(metaspace_bpe, "dog") + [6]) == {"dog": (2,)}
+    # "e-mail" is two words; "-" predicted at "e" spells nothing there
+    e_mail = _ids(byte_bpe, " e-mail")
+    assert byte_bpe.convert_ids_to_tokens(e_mail) == ["Ġ", "e", "-", "m", "a", "i", "l"]
+    assert _vlm_words(byte_bpe, " e-mail", e_mail) == {"e": (3,), "mail": (5, 6, 7, 8)}
+    dash = list(e_mail)
+    dash[1] = e_mail[2]  # "-" predicted where the label has "e"
+    assert _vlm_words(byte_bpe, " e-mail", dash) == {"mail": (5, 6, 7, 8)}
+
+
+def test_a_predicted_special_token_spells_no_word(byte_bpe):
+    header = byte_bpe.convert_tokens_to_ids("<|start_header_id|>")
+    for special in (header, byte_bpe.eos_token_id):
+        assert _vlm_words(byte_bpe, " dog red", [special] + _ids(byte_bpe, " red")) == {
+            "red": (3,)
+        }
+    riding = _ids(byte_bpe, " riding")
+    assert _vlm_words(byte_bpe, " riding", riding[:2] + [byte_bpe.eos_token_id]) == {}
