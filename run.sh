@@ -36,6 +36,8 @@ setup() {
   # DeepSpeed's setup.py imports torch: build it against the torch above, not an isolated one.
   "${pip[@]}" --no-build-isolation "$(grep -E '^deepspeed==' requirements.lock)"
   "${pip[@]}" -r requirements.lock
+  # Test data (real tokenizer files); --no-deps: clip-anytorch would pull torchvision + CUDA torch.
+  "${pip[@]}" --no-deps clip-anytorch==2.6.0 quicktok-v1==0.4.0
   "${pip[@]}" --no-deps -e .
   echo "$want" > "$STAMP"
 }

@@ -26,6 +26,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -89,6 +90,15 @@ class WordPlan:
     words_cut: int
 
 
+@dataclass(frozen=True)
+class TextPlan:
+    """One target text, tokenized: the input ids (padded/truncated to the window) and the
+    token -> word plan."""
+
+    input_ids: list[int]
+    words: WordPlan
+
+
 def find_words(text: str) -> list[WordOccurrence]:
     """Every maximal run of Unicode letters/digits, in order, with its lower-cased key."""
     matches = WORD_PATTERN.finditer(text)
@@ -130,6 +140,23 @@ def plan_words(
             token_word[p] = word_index[occurrences[i].key]
     all_keys = {o.key for o in occurrences}
     return WordPlan(list(word_index), spans, token_word, len(all_keys) - len(word_index))
+
+
+def plan_text(tokenizer: Any, text: str, max_tokens: int) -> TextPlan:
+    """Tokenize `text` padded/truncated to `max_tokens` (77 for CLIP) and plan its words.
+
+    `tokenizer` is duck-typed: a fast (offset-mapping) tokenizer call as in transformers."""
+    enc = tokenizer(
+        text,
+        padding="max_length",
+        truncation=True,
+        max_length=max_tokens,
+        return_offsets_mapping=True,
+        return_special_tokens_mask=True,
+    )
+    special = [bool(s) for s in enc["special_tokens_mask"]]
+    offsets = [tuple(o) for o in enc["offset_mapping"]]
+    return TextPlan(list(enc["input_ids"]), plan_words(text, offsets, special))
 
 
 def _overlapping(span: tuple[int, int], occurrences: list[WordOccurrence]) -> int:

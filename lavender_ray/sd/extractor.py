@@ -34,7 +34,7 @@ from diffusers import DDIMInverseScheduler
 from PIL import Image, ImageOps
 
 from lavender_ray.config import SDConfig
-from lavender_ray.sd.aggregate import WordPlan, plan_words, word_maps
+from lavender_ray.sd.aggregate import TextPlan, plan_text, word_maps
 from lavender_ray.sd.capture import AttentionStore, attn2_map_sides, capture, select_modules
 from lavender_ray.sd.components import (
     default_device_type,
@@ -50,14 +50,6 @@ EARLY_STOP_SLOPE = 2e-5  # null-text early-stop threshold grows by this per step
 # (16k at 512 px), so its gradients (~1e-6) fall below fp16's normal range in the UNet backward.
 # Scaled before backward, unscaled in fp32 before Adam, as torch's GradScaler does.
 FP16_LOSS_SCALE = 2.0**14
-
-
-@dataclass(frozen=True)
-class TextPlan:
-    """One target text, tokenized: the 77 input ids and the token -> word assignment."""
-
-    input_ids: list[int]
-    words: WordPlan
 
 
 @dataclass(frozen=True)
@@ -107,17 +99,7 @@ class SDExtractor:
     # ------------------------------------------------------------------------- public API
     def tokenize(self, text: str) -> TextPlan:
         """Token ids (padded/truncated to the window) and the token -> word plan of `text`."""
-        enc = self.tokenizer(
-            text,
-            padding="max_length",
-            truncation=True,
-            max_length=self.max_tokens,
-            return_offsets_mapping=True,
-            return_special_tokens_mask=True,
-        )
-        special = [bool(s) for s in enc["special_tokens_mask"]]
-        offsets = [tuple(o) for o in enc["offset_mapping"]]
-        return TextPlan(list(enc["input_ids"]), plan_words(text, offsets, special))
+        return plan_text(self.tokenizer, text, self.max_tokens)
 
     def extract(self, images: list[Image.Image], texts: list[str]) -> list[SDTarget]:
         """One target per (image, text), computed as one batch. A text with no word in the
