@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import random
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -12,7 +13,14 @@ from PIL import Image
 
 from lavender_ray.config import load_config
 from lavender_ray.data.formats import llava_row, messages_row
-from lavender_ray.data.synthetic import make_synthetic_records
+from lavender_ray.data.synthetic import (
+    ASPECT_RATIOS,
+    COLORS,
+    make_synthetic_records,
+    sample_scene,
+    shape_boxes,
+    vqa_pair,
+)
 from lavender_ray.pipeline.read import read_sources
 from lavender_ray.rejects import count_rejects, read_rejects, write_rejects
 from lavender_ray.schema import RECORD_SCHEMA, RecordError, parse_messages
@@ -27,13 +35,35 @@ def test_synthetic_is_deterministic_and_names_what_is_drawn():
     words = caption["target_text"].lower().rstrip(".").split()
     assert {"circle", "square", "triangle"} & set(words)
     image = Image.open(io.BytesIO(caption["image"]))
-    assert image.size == (64, 64) and image.mode == "RGB"
+    assert image.size == (96, 96) and image.mode == "RGB"
     # the first named colour is really drawn
     first_color = words[1]
-    from lavender_ray.data.synthetic import COLORS
-    assert COLORS[first_color] in {c for _, c in image.getcolors(64 * 64)}
+    assert COLORS[first_color] in {c for _, c in image.getcolors(96 * 96)}
     assert parse_messages(a[1]["messages"])[1]["role"] == "assistant"
     pa.Table.from_pylist(a, schema=RECORD_SCHEMA)  # fits the schema
+
+
+def test_synthetic_images_come_in_every_aspect_ratio_with_shapes_where_they_are_said():
+    """1:4 to 4:1, the long side `image_size`; each named shape is drawn inside its box, and the
+    box is on the side of the image its relation says."""
+    records = make_synthetic_records(len(ASPECT_RATIOS), seed=5, image_size=96)
+    rng = random.Random(5)
+    for i, record in enumerate(records):
+        scene = sample_scene(rng)
+        if i % 2:
+            vqa_pair(scene, rng)  # the VQA draws take the same random numbers as the records'
+        image = Image.open(io.BytesIO(record["image"])).convert("RGB")
+        width, height = image.size
+        w, h = ASPECT_RATIOS[i]
+        assert max(image.size) == 96 and abs(width / height - w / h) < 0.05
+        first, second = shape_boxes(scene, width, height)
+        for (color, _), (x0, y0, x1, y1) in zip((scene.first, scene.second), (first, second)):
+            centre = image.getpixel((int((x0 + x1) / 2), int((y0 + y1) / 2)))
+            assert centre == COLORS[color], (i, color, centre)
+        (fx, fy), (sx, sy) = [((b[0] + b[2]) / 2, (b[1] + b[3]) / 2) for b in (first, second)]
+        expected = {"to the left of": fx < sx, "to the right of": fx > sx,
+                    "above": fy < sy, "below": fy > sy}
+        assert expected[scene.relation], (i, scene.relation, first, second)
 
 
 def test_synthetic_parquet_reads_back_as_records(tmp_path):

@@ -8,7 +8,8 @@ Rows cycle through three kinds of question about a scene of `lavender_ray.data.s
     position  multiple choice   "Where is the red circle relative to   A-D relations, with a hint
                                  the blue square?"
 
-The same `(n, seed, image_size)` gives the same rows. `write_benchmark_files` writes benchmark
+The images cycle through the data set's aspect ratios (`data.synthetic.ASPECT_RATIOS`). The
+same `(n, seed, image_size)` gives the same rows. `write_benchmark_files` writes benchmark
 rows (`schema.BENCHMARK_SCHEMA`) in the three layouts `lavender_ray.data.benchmarks` reads:
 
 - ``.tsv``: VLMEvalKit's layout: `index, image (base64), question, A, B, ..., answer, category,
@@ -35,10 +36,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from lavender_ray.data.synthetic import (
+    ASPECT_RATIOS,
     COLORS,
     RELATIONS,
     Scene,
     draw_scene,
+    image_shape,
     png_bytes,
     sample_scene,
 )
@@ -76,7 +79,7 @@ def question_for(kind: str, scene: Scene, rng: random.Random) -> dict[str, Any]:
 QUESTION_KINDS = ("color", "shape", "position")
 
 
-def synthetic_benchmark_rows(n: int, seed: int = 0, image_size: int = 64) -> list[dict[str, Any]]:
+def synthetic_benchmark_rows(n: int, seed: int = 0, image_size: int = 96) -> list[dict[str, Any]]:
     """`n` benchmark rows (`BENCHMARK_SCHEMA`), kinds cycling color, shape, position; ids
     "0".."n-1" (VLMEvalKit's integer `index`)."""
     if n <= 0:
@@ -86,7 +89,8 @@ def synthetic_benchmark_rows(n: int, seed: int = 0, image_size: int = 64) -> lis
     for i in range(n):
         scene = sample_scene(rng)
         parts = question_for(QUESTION_KINDS[i % len(QUESTION_KINDS)], scene, rng)
-        rows.append(make_benchmark_row(id=str(i), image=png_bytes(draw_scene(scene, image_size)),
+        shape = image_shape(image_size, ASPECT_RATIOS[i % len(ASPECT_RATIOS)])
+        rows.append(make_benchmark_row(id=str(i), image=png_bytes(draw_scene(scene, shape)),
                                        **parts))
     return rows
 
@@ -164,7 +168,7 @@ def write_benchmark_files(
 
 
 def write_synthetic_benchmark(
-    out_dir: str | Path, n: int, seed: int = 0, image_size: int = 64
+    out_dir: str | Path, n: int, seed: int = 0, image_size: int = 96
 ) -> dict[str, Path]:
     """The synthetic benchmark of `n` rows in every format under `out_dir` (`synthetic.<fmt>`)."""
     rows = synthetic_benchmark_rows(n, seed, image_size)
