@@ -139,7 +139,7 @@ def compare(
 
     def plain() -> None:
         with plain_attention(adapter.base_model):
-            loss = adapter.model(**batch.inputs, use_cache=False).loss
+            loss = adapter.model(**adapter.model_inputs(batch.inputs), use_cache=False).loss
             optimizer_step(loss, plain_optimizer, modules[ORDERS[0]], cfg.optim.grad_clip)
 
     kinds["plain"] = plain

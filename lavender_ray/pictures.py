@@ -13,7 +13,7 @@ from __future__ import annotations
 import textwrap
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw, ImageFont, ImageOps
 
 CELL = 160
 CAPTION = 22
@@ -33,13 +33,29 @@ def heat_colors(values: np.ndarray) -> np.ndarray:
     return np.stack(channels, axis=-1).round().astype(np.uint8)
 
 
+def fit_cell(
+    image: Image.Image, size: int = CELL
+) -> tuple[Image.Image, tuple[int, int, int, int]]:
+    """A white `size` x `size` cell with the image at its own aspect ratio, as large as fits,
+    centred; and the image's box in the cell (left, top, right, bottom)."""
+    shown = ImageOps.contain(image.convert("RGB"), (size, size), Image.Resampling.BICUBIC)
+    cell = Image.new("RGB", (size, size), (255, 255, 255))
+    left, top = (size - shown.width) // 2, (size - shown.height) // 2
+    cell.paste(shown, (left, top))
+    return cell, (left, top, left + shown.width, top + shown.height)
+
+
 def overlay(image: Image.Image, word_map: np.ndarray, size: int = CELL) -> Image.Image:
-    """The image at `size` x `size` blended with the map [S, S] (bilinear up-sampled) as heat."""
-    base = image.convert("RGB").resize((size, size), Image.Resampling.BICUBIC)
+    """The image at its own aspect ratio in a `size` x `size` cell, blended with the map [S, S]
+    as heat over the region the map describes: the whole image (the frame, METHOD.md section
+    3a), so the map is stretched to the image's shape."""
+    cell, box = fit_cell(image, size)
+    shown = cell.crop(box)
     heat_small = Image.fromarray(np.clip(word_map * 255.0, 0, 255).astype(np.uint8), mode="L")
-    heat = np.asarray(heat_small.resize((size, size), Image.Resampling.BILINEAR), np.float32) / 255
-    colored = Image.fromarray(heat_colors(heat))
-    return Image.blend(base, colored, OVERLAY_ALPHA)
+    heat = heat_small.resize(shown.size, Image.Resampling.BILINEAR)
+    colored = Image.fromarray(heat_colors(np.asarray(heat, np.float32) / 255))
+    cell.paste(Image.blend(shown, colored, OVERLAY_ALPHA), box[:2])
+    return cell
 
 
 def load_font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
@@ -60,7 +76,7 @@ def render_target(
     """One PNG-ready picture of a sample: the image and a captioned heat overlay per word."""
     if len(words) != len(maps):
         raise ValueError(f"{len(words)} words but {len(maps)} maps")
-    cells = [(image.convert("RGB").resize((CELL, CELL), Image.Resampling.BICUBIC), "image")]
+    cells = [(fit_cell(image)[0], "image")]
     cells += [(overlay(image, m), w) for w, m in zip(words, maps)]
     columns = max(1, min(columns, len(cells)))
     rows = -(-len(cells) // columns)

@@ -128,7 +128,7 @@ def test_base_is_the_trained_run_without_its_lora(trained_dir: Path) -> None:
     image = Image.open(io.BytesIO(record["image"])).convert("RGB")
     conversation = [{"role": "user", "content": "Describe the image."},
                     {"role": "assistant", "content": record["target_text"]}]
-    inputs = trained.build_inputs([image], [conversation])
+    inputs = trained.model_inputs(trained.build_inputs([image], [conversation]))
     with torch.no_grad():
         with_lora = trained.model(**inputs).logits
         with computing(trained, BASE):

@@ -107,7 +107,8 @@ def test_lambda_zero_is_exactly_the_plain_lm_loss_and_no_match_gives_zero(family
     cfg = tiny_config(family, "loss.lambda=0")
     module = _module(cfg).eval()
     batch = collate_records(records[:2], module.adapter, MAP_SIZE)
-    plain = module.adapter.model(**batch.inputs, use_cache=False).loss  # no capture session
+    model_inputs = module.adapter.model_inputs(batch.inputs)
+    plain = module.adapter.model(**model_inputs, use_cache=False).loss  # no capture session
     out = module(batch, step=0, total_steps=10)
     assert torch.equal(out.total, plain)
     assert out.metrics["align/matched_words"] > 0 and out.metrics["loss/att"] > 0

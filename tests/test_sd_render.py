@@ -32,6 +32,20 @@ def test_overlay_is_bright_where_the_map_is_high() -> None:
     assert picture[:, : CELL // 4].mean() > picture[:, -CELL // 4 :].mean() + 60
 
 
+def test_overlay_keeps_the_aspect_ratio_and_puts_the_map_over_the_whole_image() -> None:
+    """A 2:1 image is shown 2:1 (white above and below), and the map's last column lands on the
+    image's right edge: the map covers the image, not a square cut out of it."""
+    wide = Image.new("RGB", (200, 100), (128, 128, 128))
+    word_map = np.zeros((32, 32), np.float32)
+    word_map[:, -1] = 1.0  # the rightmost frame column
+    picture = np.asarray(overlay(wide, word_map), np.float32)  # [CELL, CELL, 3]
+    top, bottom = CELL // 4, CELL - CELL // 4  # the image's rows in the cell
+    assert picture[: top - 2].min() == 255 and picture[bottom + 2 :].min() == 255  # white bands
+    image_rows = picture[top + 2 : bottom - 2]
+    right, middle = image_rows[:, -3:].mean(), image_rows[:, CELL // 2].mean()
+    assert right > middle + 40, (right, middle)
+
+
 def test_render_target_lays_out_image_and_one_cell_per_word() -> None:
     maps = np.stack([left_half_map(), left_half_map()[:, ::-1]])
     image = Image.new("RGB", (64, 48), "white")

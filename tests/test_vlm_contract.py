@@ -10,6 +10,7 @@ import pytest
 import torch
 from peft import PeftModel
 from PIL import Image
+from test_vlm_geometry import cell_box
 
 from lavender_ray.config import ConfigError, load_config
 from lavender_ray.vlm import (
@@ -20,7 +21,6 @@ from lavender_ray.vlm import (
     save_adapter,
 )
 from lavender_ray.vlm.chat import IGNORE_INDEX
-from lavender_ray.vlm.geometry import cell_box
 from lavender_ray.vlm.mllama.adapter import MllamaAdapter
 from lavender_ray.vlm.mllama.tiny import tiny_mllama
 from lavender_ray.vlm.registry import adapter_class, build_tiny
@@ -84,7 +84,7 @@ def test_capture_leaves_logits_unchanged(family):
     with torch.no_grad():
         captured = adapter.forward(inputs)
         every_row = adapter.forward(inputs, rows="all")
-        reference = plain(**inputs)
+        reference = plain(**adapter.model_inputs(inputs))
     answer = (inputs["labels"][:, 1:] != IGNORE_INDEX).any(dim=0).nonzero().flatten().tolist()
     assert captured.captured.rows == answer and 0 < len(answer) < inputs["labels"].shape[1]
     shape = (2, adapter.num_layers, adapter.num_heads, len(answer), MAP_SIZE, MAP_SIZE)
@@ -247,55 +247,14 @@ def test_inputs_accept_image_bytes_and_truncate_safely(family):
 
 
 # --------------------------------------------------------------------------------- geometry
-def planted_key(adapter, inputs, row: int, spec: dict) -> int:
-    """Index of the image key to plant attention on, for this family's key layout."""
-    if adapter.family == "mllama":
-        p = adapter.patches_per_side
-        return spec["tile"] * (1 + p * p) + 1 + spec["patch"][0] * p + spec["patch"][1]
-    positions = adapter.image_key_positions(inputs["input_ids"], row)
-    return int(positions[spec["token"]])
-
-
-def key_count(adapter, inputs) -> int:
-    """K of a captured layer: vision keys (Mllama cross-attention) or the sequence."""
-    if adapter.family == "mllama":
-        return inputs["pixel_values"].shape[2] * (1 + adapter.patches_per_side**2)
-    return inputs["input_ids"].shape[1]
-
-
-# image size, where to plant, and the expected cell (row, col) on a (grid_h, grid_w) layout
-PLANTS = {
-    "mllama": [
-        ((112, 56), {"tile": 1, "patch": (2, 3)}, (2, 7, 4, 8)),  # 1x2 tiles: tile 1 is right
-        ((56, 112), {"tile": 1, "patch": (1, 0)}, (5, 0, 8, 4)),  # 2x1 tiles: tile 1 is below
-        ((112, 112), {"tile": 2, "patch": (3, 1)}, (7, 1, 8, 8)),  # 2x2 tiles: tile 2 bottom-left
-    ],
-    "llava": [((56, 56), {"token": 6}, (1, 2, 4, 4)), ((56, 56), {"token": 15}, (3, 3, 4, 4))],
-    "qwen2_vl": [((112, 84), {"token": 5}, (1, 1, 3, 4)), ((84, 112), {"token": 10}, (3, 1, 4, 3))],
-}
-
-
-def test_planted_attention_lands_in_its_cell(family):
-    adapter = make_adapter(family)
-    for size, spec, (row, col, grid_h, grid_w) in PLANTS[family]:
-        image = Image.new("RGB", size, (128, 128, 128))
-        inputs = adapter.build_inputs([image], CONVERSATIONS[:1])
-        probs = torch.zeros(1, adapter.num_heads, 3, key_count(adapter, inputs))  # [b, H, T, K]
-        probs[..., planted_key(adapter, inputs, 0, spec)] = 1.0
-        maps = adapter.sample_maps(probs[0], inputs, 0, MAP_SIZE)[0, 0]  # [s, s]
-        r0, r1, c0, c1 = cell_box(row, col, grid_h, grid_w, MAP_SIZE)
-        peak_r, peak_c = divmod(int(maps.argmax()), MAP_SIZE)
-        assert r0 <= peak_r < r1 and c0 <= peak_c < c1, (size, spec, (peak_r, peak_c))
-        assert maps[r0:r1, c0:c1].sum() > 0.5 * maps.sum()
-
-
+# Registration of every family in the frame, at real image geometry: tests/test_frame.py.
 def test_mllama_geometry_at_llama32_tile_size():
     """560 px tiles of 14 px patches: 4 x (1 + 40*40) keys, read from the config, not assumed."""
     model, processor = tiny_mllama(seed=0, tile_size=560)
     adapter = MllamaAdapter(model, processor)
     inputs = adapter.build_inputs([Image.new("RGB", (1120, 560))], CONVERSATIONS[:1])
     with torch.no_grad(), adapter.recorder.recording() as records:
-        adapter.model(**inputs, use_cache=False)
+        adapter.model(**adapter.model_inputs(inputs), use_cache=False)
     assert adapter.patches_per_side == 40
     assert records[1].shape[-1] == 4 * (1 + 40 * 40)
     probs = torch.zeros(1, 1, 1, 4 * 1601)  # [b, H, T, K]

@@ -6,10 +6,22 @@ import pytest
 import torch
 
 from lavender_ray.tensors import resize_maps
-from lavender_ray.vlm.geometry import cell_box, token_grid
+from lavender_ray.vlm.geometry import token_grid
 from lavender_ray.vlm.llava.geometry import llava_grid
 from lavender_ray.vlm.mllama.geometry import mllama_canvas, tile_grid
 from lavender_ray.vlm.qwen2_vl.geometry import merged_grid
+
+
+def cell_box(row: int, col: int, grid_h: int, grid_w: int, size: int) -> tuple[int, int, int, int]:
+    """Cells `[r0, r1) x [c0, c1)` of an s x s map that overlap cell `(row, col)` of a gh x gw
+    grid stretched over the same square (at least one cell, also when the grid is finer)."""
+
+    def span(index: int, cells: int) -> tuple[int, int]:
+        return index * size // cells, -(-(index + 1) * size // cells)  # floor, ceil
+
+    (r0, r1), (c0, c1) = span(row, grid_h), span(col, grid_w)
+    return r0, r1, c0, c1
+
 
 SUPPORTED = [[1, 1], [1, 2], [1, 3], [1, 4], [2, 1], [2, 2], [3, 1], [4, 1]]
 

@@ -32,7 +32,7 @@ from lavender_ray.config import LavenderConfig
 from lavender_ray.data.synthetic import make_synthetic_records
 from lavender_ray.eval.map_metrics import map_agreement
 from lavender_ray.images import decode_image
-from lavender_ray.pictures import CELL, MARGIN, load_font, overlay
+from lavender_ray.pictures import CELL, MARGIN, fit_cell, load_font, overlay
 from lavender_ray.sd.components import resolve_dtype
 from lavender_ray.sd.extractor import SDExtractor
 from lavender_ray.tensors import minmax_normalise
@@ -129,7 +129,7 @@ def render_probe(sample: ProbeSample, panels: list[str] | None = None) -> Image.
     for c, name in enumerate(["image", *panels]):
         x = LABEL_W + c * (CELL + MARGIN) + CELL // 2
         draw.text((x, header + 4), name, fill=(0, 0, 0), font=font, anchor="mt")
-    thumb = sample.image.resize((CELL, CELL), Image.Resampling.BICUBIC)
+    thumb, _ = fit_cell(sample.image)
     for r, word in enumerate(sample.words):
         y = header * 2 + r * (CELL + MARGIN)
         draw.text((MARGIN, y + CELL // 2), word, fill=(0, 0, 0), font=font, anchor="lm")

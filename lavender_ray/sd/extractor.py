@@ -6,7 +6,8 @@
 A batch of B images with B different texts runs as one UNet call per step (2B rows under
 classifier-free guidance). Pipeline per batch:
 
-1. resize + centre-crop to `sd.image_size`, VAE-encode (latent mean) and scale;
+1. resize the whole image (no crop: METHOD.md section 3a) to `sd.image_size`, VAE-encode (latent
+   mean) and scale;
 2. DDIM inversion conditioned on each sample's text (`sd.ddim_steps`, guidance 1);
 3. denoising from the inverted latent over the same steps, the cross-attention capture recording:
    - `ddim`: plain conditional DDIM, unguided (negative-prompt inversion: it retraces the
@@ -31,7 +32,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from diffusers import DDIMInverseScheduler
-from PIL import Image, ImageOps
+from PIL import Image
 
 from lavender_ray.config import SDConfig
 from lavender_ray.sd.aggregate import TextPlan, plan_text, word_maps
@@ -43,7 +44,7 @@ from lavender_ray.sd.components import (
     sd_config_hash,
 )
 from lavender_ray.sd.target import SDTarget
-from lavender_ray.tensors import TORCH_DTYPES
+from lavender_ray.tensors import TORCH_DTYPES, axis_weights
 
 EARLY_STOP_SLOPE = 2e-5  # null-text early-stop threshold grows by this per step (reference code)
 # Null-text loss scale when the UNet runs in fp16: the loss is a mean over the latent's elements
@@ -63,13 +64,27 @@ class Trace:
 
 
 def to_model_input(images: list[Image.Image], size: int) -> torch.Tensor:
-    """PIL images -> [B, 3, size, size] float32 in [-1, 1] (resize + centre crop, bicubic)."""
+    """PIL images -> [B, 3, size, size] float32 in [-1, 1]: the whole image resized (bicubic) to
+    SD's square input, never cropped, so the latent grid is the frame (METHOD.md section 3a)."""
     arrays = [
-        np.asarray(ImageOps.fit(im.convert("RGB"), (size, size), Image.Resampling.BICUBIC))
+        np.asarray(im.convert("RGB").resize((size, size), Image.Resampling.BICUBIC))
         for im in images
     ]
     batch = torch.from_numpy(np.stack(arrays)).float() / 127.5 - 1.0  # [B, size, size, 3]
     return batch.permute(0, 3, 1, 2).contiguous()  # [B, size, size, 3] -> [B, 3, size, size]
+
+
+def sd_point_cell(
+    x: float, y: float, width: int, height: int, image_size: int, output_size: int, side: int
+) -> tuple[int, int]:
+    """Where point (x, y) of a `width` x `height` image lands in the output map, through SD's
+    geometry: its pixel of the `image_size` input (`to_model_input`), the latent of an attention
+    layer of map side `side`, and the output cell that latent weighs most after the resize to
+    `output_size` (`tensors.resize_maps`)."""
+    px, py = x * image_size / width, y * image_size / height  # pixel of the SD input
+    cell = [int(v * side / image_size) for v in (py, px)]  # the layer's latent cell
+    weights = axis_weights(side, 0.0, float(side), output_size)  # [output_size, side]
+    return int(weights[:, cell[0]].argmax()), int(weights[:, cell[1]].argmax())
 
 
 class SDExtractor:

@@ -1,10 +1,13 @@
 """`CapturingAdapter`: what every family adapter shares (inputs, capture, forward).
 
-A family subclass says where its text->image attention modules are (`attention_modules`) and how
-one sample's probabilities become maps on the image grid (`sample_maps`); everything else is here:
+A family subclass says where its text->image attention modules are (`attention_modules`), where
+one sample's image keys sit on the model's patch grid and where the image lies on it
+(`key_layout`), and what the model sees on each patch (`patch_pixels`); everything else is here:
 chat-templated inputs with assistant-only labels (`chat.py`), per-layer capture through the
-CAPTURE_ATTENTION attention function (`capture.py`), and the forward that returns the maps.
-`SelfAttentionAdapter` adds what the self-attention families (LLaVA, Qwen2-VL) share.
+CAPTURE_ATTENTION attention function (`capture.py`), the layout of the maps in the frame every
+map shares (the image's box of the grid resampled to s x s: METHOD.md section 3a, `sample_maps`,
+`point_cell`), and the forward that returns them. `SelfAttentionAdapter` adds what the
+self-attention families (LLaVA, Qwen2-VL) share.
 
 Shapes::
 
@@ -24,7 +27,8 @@ from PIL import Image
 from torch import nn
 from transformers import AutoProcessor, PreTrainedModel
 
-from lavender_ray.vlm.base import CapturedAttention, ImageInput, VLMForwardOutput
+from lavender_ray.tensors import axis_weights, resize_maps
+from lavender_ray.vlm.base import CapturedAttention, ImageInput, KeyLayout, VLMForwardOutput
 from lavender_ray.vlm.capture import CAPTURE_ATTENTION, AttentionRecorder
 from lavender_ray.vlm.chat import (
     IGNORE_INDEX,
@@ -33,6 +37,8 @@ from lavender_ray.vlm.chat import (
     template_messages,
     transfer_labels,
 )
+
+FRAME_SIZES = "frame_sizes"  # [b, 2]: each original image's (height, width), for the layout
 
 
 def select_layers(requested: list[int] | None, available: list[int]) -> list[int]:
@@ -71,8 +77,11 @@ class CapturingAdapter(ABC):
     """Base of the family adapters (see `base.VLMAdapter` for the contract).
 
     Subclasses set `family`, `model_class`, `build_tiny` (the family's offline tiny model:
-    `(seed, text_width) -> (model, processor)`), and implement `attention_modules` and
-    `sample_maps`; `sequence_keys` lists the processor outputs that have the sequence on dim 1.
+    `(seed, text_width=..., real_geometry=False) -> (model, processor)`; `real_geometry` gives the
+    released model's image geometry, for registration tests), and implement `attention_modules`,
+    `key_layout` and `patch_pixels`; `sequence_keys` lists the processor outputs that have the
+    sequence on dim 1. Maps are laid out here, the same way for every family: the keys on the
+    patch grid, the image's box of it resampled onto the frame (`tensors.resize_maps`).
     """
 
     family: ClassVar[str]
@@ -119,15 +128,49 @@ class CapturingAdapter(ABC):
         """Decoder-layer index -> the attention module whose probabilities are text->image."""
 
     @abstractmethod
-    def sample_maps(
-        self, probs: torch.Tensor, inputs: dict[str, torch.Tensor], sample: int, size: int
-    ) -> torch.Tensor:
-        """Sample `sample`'s probabilities over its layer's keys `[H, q, K]` -> maps on its
-        image `[H, q, s, s]` (q: any number of query rows, e.g. one pooled row per word)."""
+    def key_layout(self, inputs: dict[str, torch.Tensor], sample: int) -> KeyLayout:
+        """Where sample `sample`'s image keys sit on the model's patch grid, and the original
+        image's box on it (`base.KeyLayout`), from the processor's outputs and `frame_sizes`."""
+
+    @abstractmethod
+    def patch_pixels(self, inputs: dict[str, torch.Tensor], sample: int) -> torch.Tensor:
+        """`[3, gh, gw]`: the mean processed pixel of each patch of `key_layout`'s grid, i.e.
+        what the model sees where (tests find a planted blob with it)."""
 
     def processor_images(self, images: list[Image.Image]) -> list[Any]:
         """Images in the nesting the family's processor expects (one image per sample)."""
         return [[image] for image in images]
+
+    # ------------------------------------------------------------------ layout
+    def sample_maps(
+        self, probs: torch.Tensor, inputs: dict[str, torch.Tensor], sample: int, size: int
+    ) -> torch.Tensor:
+        """Sample `sample`'s probabilities over its layer's keys `[H, q, K]` -> maps of its image
+        in the frame `[H, q, s, s]` (q: any number of query rows, e.g. one pooled row per word):
+        the keys on the patch grid, the image's box of it resampled to s x s."""
+        layout = self.key_layout(inputs, sample)
+        grid = probs[..., layout.keys.to(probs.device)]  # [H, q, K] -> [H, q, gh, gw]
+        return resize_maps(grid, size, box=layout.box)  # [H, q, gh, gw] -> [H, q, s, s]
+
+    def point_cell(
+        self, inputs: dict[str, torch.Tensor], sample: int, x: float, y: float, size: int
+    ) -> tuple[int, int]:
+        """The map cell where point (x, y) of sample `sample`'s original image lands: the patch
+        of the grid holding it (the image fills `key_layout`'s box uniformly on each axis), then
+        the output cell that patch weighs most in the resampling onto the frame."""
+        height, width = (int(v) for v in inputs[FRAME_SIZES][sample])
+        layout = self.key_layout(inputs, sample)
+        top, left, bottom, right = layout.box
+        patch = (int(top + (bottom - top) * y / height), int(left + (right - left) * x / width))
+        cell = []
+        for axis, (start, end) in enumerate(((top, bottom), (left, right))):
+            weights = axis_weights(layout.keys.shape[axis], float(start), float(end), size)
+            cell.append(int(weights[:, patch[axis]].argmax()))
+        return cell[0], cell[1]
+
+    def model_inputs(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """`build_inputs`' output without the keys only the layout reads: what the HF model takes."""
+        return {k: v for k, v in inputs.items() if k != FRAME_SIZES}
 
     # ------------------------------------------------------------------ inputs
     def render(self, messages: list[dict[str, Any]], add_generation_prompt: bool) -> str:
@@ -148,9 +191,10 @@ class CapturingAdapter(ABC):
             texts.append(text)
             text_ids.append(encoded["input_ids"])
             flags.append(answer_flags(encoded["offset_mapping"], spans))
+        pil_images = [to_pil(image) for image in images]
         batch = self.processor(
             text=texts,
-            images=self.processor_images([to_pil(image) for image in images]),
+            images=self.processor_images(pil_images),
             padding=True,
             padding_side="right",
             add_special_tokens=False,
@@ -160,6 +204,7 @@ class CapturingAdapter(ABC):
         inputs["labels"] = self._labels(
             inputs["input_ids"], inputs["attention_mask"], text_ids, flags
         )
+        inputs[FRAME_SIZES] = torch.tensor([[im.height, im.width] for im in pil_images])  # [b, 2]
         return self._truncate(inputs)
 
     def _labels(
@@ -211,7 +256,7 @@ class CapturingAdapter(ABC):
         length = inputs["input_ids"].shape[1]
         positions = answer_rows(inputs["labels"]) if rows == "answer" else None
         with self.recorder.recording(positions) as records:
-            output = self.model(**inputs, use_cache=False)
+            output = self.model(**self.model_inputs(inputs), use_cache=False)
         missing = [layer for layer in self.layers if layer not in records]
         if missing:
             raise RuntimeError(

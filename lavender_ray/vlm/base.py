@@ -103,6 +103,19 @@ class CapturedAttention:
         )
 
 
+@dataclass(frozen=True)
+class KeyLayout:
+    """Where one sample's image keys sit on the model's patch grid, and where the image is.
+
+    keys: `[gh, gw]` long, the attention column (key index) of each grid patch, row-major as the
+    model sees the image; box: (top, left, bottom, right) of the original image on that grid, in
+    patch units (fractions allowed). Patches outside the box (padding) are left out of the maps.
+    """
+
+    keys: torch.Tensor
+    box: tuple[float, float, float, float]
+
+
 @dataclass
 class VLMForwardOutput:
     logits: torch.Tensor  # [b, T, vocab]
@@ -133,7 +146,23 @@ class VLMAdapter(Protocol):
         self, images: list[ImageInput], conversations: list[list[dict[str, str]]]
     ) -> dict[str, torch.Tensor]:
         """Chat-templated, right-padded batch with `labels` (-100 on everything but assistant
-        tokens); one image per conversation, placed in its first user turn."""
+        tokens) and `frame_sizes` (each image's height and width, which lay out its maps); one
+        image per conversation, placed in its first user turn."""
+        ...
+
+    def model_inputs(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """`build_inputs`' output without the keys only the layout reads: what the HF model takes."""
+        ...
+
+    def key_layout(self, inputs: dict[str, torch.Tensor], sample: int) -> KeyLayout:
+        """Where sample `sample`'s image keys sit on the model's patch grid (see `KeyLayout`)."""
+        ...
+
+    def point_cell(
+        self, inputs: dict[str, torch.Tensor], sample: int, x: float, y: float, size: int
+    ) -> tuple[int, int]:
+        """The map cell (of `size` x `size`) where point (x, y) of sample `sample`'s original
+        image lands: the model's patch holding it, and the cell that patch weighs most in."""
         ...
 
     def forward(

@@ -24,17 +24,3 @@ def token_grid(probs: torch.Tensor, grid_h: int, grid_w: int) -> torch.Tensor:
             f"({grid_h * grid_w})"
         )
     return probs.reshape(*probs.shape[:-1], grid_h, grid_w)  # [..., gh*gw] -> [..., gh, gw]
-
-
-
-def cell_box(row: int, col: int, grid_h: int, grid_w: int, size: int) -> tuple[int, int, int, int]:
-    """Cells `[r0, r1) x [c0, c1)` of an s x s map that overlap cell `(row, col)` of a gh x gw
-    grid stretched over the same square (at least one cell, also when the grid is finer)."""
-
-    def span(index: int, cells: int) -> tuple[int, int]:
-        start = index * size // cells
-        end = -(-(index + 1) * size // cells)  # ceil
-        return start, end
-
-    (r0, r1), (c0, c1) = span(row, grid_h), span(col, grid_w)
-    return r0, r1, c0, c1

@@ -29,10 +29,16 @@ def resolve_dtype(dtype: str, tiny: bool) -> torch.dtype | str:
 
 
 def build_tiny_model(
-    adapter_cls: type[CapturingAdapter], seed: int, text_width: int = TEXT_HIDDEN
+    adapter_cls: type[CapturingAdapter],
+    seed: int,
+    text_width: int = TEXT_HIDDEN,
+    real_geometry: bool = False,
 ) -> tuple[PreTrainedModel, Any]:
-    """The family's tiny model (`tiny/<family>`, in eval mode) and its processor."""
-    model, processor = adapter_cls.build_tiny(seed, text_width=text_width)
+    """The family's tiny model (`tiny/<family>`, in eval mode) and its processor;
+    `real_geometry`: the released model's image geometry (tile, grid and image sizes)."""
+    model, processor = adapter_cls.build_tiny(
+        seed, text_width=text_width, real_geometry=real_geometry
+    )
     model_id = TINY_PREFIX + adapter_cls.family
     model.config.name_or_path = model_id  # what PEFT writes as base_model_name_or_path
     model.name_or_path = model_id

@@ -43,16 +43,17 @@ def tiny_names() -> list[str]:
 
 
 def build_tiny(
-    model_id: str, seed: int = 0, text_width: int = TEXT_HIDDEN
+    model_id: str, seed: int = 0, text_width: int = TEXT_HIDDEN, real_geometry: bool = False
 ) -> tuple[PreTrainedModel, Any]:
     """`tiny/<family>` -> (model in eval mode, processor). Raises listing the tiny ids.
 
     `text_width`: hidden size of the language model (MLP 2x wider, same heads and layers),
-    for benchmarks that grow the model around fixed attention maps."""
+    for benchmarks that grow the model around fixed attention maps; `real_geometry`: the
+    released model's image geometry, for registration tests."""
     family = model_id.removeprefix(TINY_PREFIX)
     if not model_id.startswith(TINY_PREFIX) or family not in VLM_FAMILIES:
         raise ValueError(f"unknown tiny model {model_id!r}; tiny models: {', '.join(tiny_names())}")
-    return build_tiny_model(adapter_class(family), seed, text_width)
+    return build_tiny_model(adapter_class(family), seed, text_width, real_geometry)
 
 
 def _adapter(

@@ -35,13 +35,14 @@ LLAVA_TEMPLATE = (
 
 
 def tiny_llava(
-    seed: int = 0, text_width: int = TEXT_HIDDEN
+    seed: int = 0, text_width: int = TEXT_HIDDEN, real_geometry: bool = False
 ) -> tuple[PreTrainedModel, ProcessorMixin]:
+    """Tiny LLaVA; `real_geometry` gives LLaVA-1.5's image geometry (336 px, a 24x24 grid)."""
     tokenizer = tiny_tokenizer(
         ("<unk>", "<s>", "</s>", "<pad>", "<image>"),
         unk_token="<unk>", bos_token="<s>", eos_token="</s>", pad_token="<pad>",
     )  # fmt: skip
-    image_size, patch_size = 56, 14
+    image_size, patch_size = (336 if real_geometry else 56), 14
     config = LlavaConfig(
         vision_config=CLIPVisionConfig(
             hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,

@@ -4,9 +4,10 @@ Only the cross-attention layers of the text model attend to the image; their key
 tokens, one block per tile (CLS + p*p patches), up to `max_num_tiles` tiles. Layers named in
 `vlm.attention_layers` (default: all of `text_config.cross_attention_layers`) also compute eager
 probabilities (softmax(Q K^T), the answer rows, beside their SDPA output; `capture.py`); every
-other attention layer runs SDPA alone. Geometry (METHOD.md section 3): drop
-each tile's CLS, put each tile's p x p patches on its place on the canvas given by the image's
-aspect-ratio id, resize the canvas to s x s. p = vision image_size / patch_size, from the config.
+other attention layer runs SDPA alone. Geometry (METHOD.md sections 3 and 3a): drop each tile's
+CLS, put each tile's p x p patches on its place on the canvas given by the image's aspect-ratio
+id, cut the canvas to the image's extent (the processor pads the rest) and resample it to s x s.
+p = vision image_size / patch_size, from the config.
 
 Shapes::
 
@@ -21,9 +22,9 @@ import torch
 from torch import nn
 from transformers import MllamaForConditionalGeneration, PreTrainedModel
 
-from lavender_ray.tensors import resize_maps
-from lavender_ray.vlm.adapter import CapturingAdapter
-from lavender_ray.vlm.mllama.geometry import mllama_canvas, tile_grid
+from lavender_ray.vlm.adapter import FRAME_SIZES, CapturingAdapter
+from lavender_ray.vlm.base import KeyLayout
+from lavender_ray.vlm.mllama.geometry import canvas_pixels, image_box, mllama_canvas, tile_grid
 from lavender_ray.vlm.mllama.tiny import tiny_mllama
 
 
@@ -46,7 +47,8 @@ class MllamaAdapter(CapturingAdapter):
     def __init__(self, model: PreTrainedModel, processor, **kwargs) -> None:
         super().__init__(model, processor, **kwargs)
         vision = model.config.vision_config
-        self.patches_per_side = _side(vision.image_size) // _side(vision.patch_size)
+        self.tile_size, self.patch_size = _side(vision.image_size), _side(vision.patch_size)
+        self.patches_per_side = self.tile_size // self.patch_size
         self.supported_aspect_ratios = [list(r) for r in vision.supported_aspect_ratios]
 
     @staticmethod
@@ -54,12 +56,24 @@ class MllamaAdapter(CapturingAdapter):
         text = model.model.language_model
         return {i: text.layers[i].cross_attn for i in text.config.cross_attention_layers}
 
-    def sample_maps(
-        self, probs: torch.Tensor, inputs: dict[str, torch.Tensor], sample: int, size: int
-    ) -> torch.Tensor:
+    def key_layout(self, inputs: dict[str, torch.Tensor], sample: int) -> KeyLayout:
+        """Keys of the image's tiles on their canvas `[R*p, C*p]` (CLS and padding tiles
+        dropped); the box is the fitted image, the processor's padding left out."""
+        rows, cols = self._tiling(inputs, sample)
+        p = self.patches_per_side
+        keys = torch.arange(inputs["pixel_values"].shape[2] * (1 + p * p))  # [K]
+        height, width = (int(v) for v in inputs[FRAME_SIZES][sample])
+        box = image_box(height, width, rows, cols, self.tile_size, self.patch_size)
+        return KeyLayout(mllama_canvas(keys, p, rows, cols), box)  # [K] -> [R*p, C*p]
+
+    def patch_pixels(self, inputs: dict[str, torch.Tensor], sample: int) -> torch.Tensor:
+        rows, cols = self._tiling(inputs, sample)
+        tiles = inputs["pixel_values"][sample, 0]  # [max_tiles, 3, T, T]
+        return canvas_pixels(tiles, rows, cols, self.patch_size)  # -> [3, R*p, C*p]
+
+    def _tiling(self, inputs: dict[str, torch.Tensor], sample: int) -> tuple[int, int]:
+        """(tile rows, tile columns) of sample `sample`'s canvas, from its aspect-ratio id."""
         ratio_ids = inputs["aspect_ratio_ids"]  # [b, images]
         if ratio_ids.shape[1] != 1:
             raise ValueError(f"one image per sample is supported, got {ratio_ids.shape[1]}")
-        rows, cols = tile_grid(int(ratio_ids[sample, 0]), self.supported_aspect_ratios)
-        canvas = mllama_canvas(probs, self.patches_per_side, rows, cols)  # -> [H, q, R*p, C*p]
-        return resize_maps(canvas, size)  # [H, q, R*p, C*p] -> [H, q, s, s]
+        return tile_grid(int(ratio_ids[sample, 0]), self.supported_aspect_ratios)

@@ -1,4 +1,10 @@
-"""Mllama geometry: cross-attention keys -> the patch canvas of the image's tiles.
+"""Mllama geometry: cross-attention keys -> the patch canvas of the image's tiles, and where the
+image lies on it.
+
+The processor fits the image into a canvas of R x C tiles keeping its aspect ratio (never
+below one tile side, never above the canvas) and pads the rest at the bottom and right; the
+image's box on the patch canvas is therefore (0, 0, h'/patch, w'/patch) for the fitted size
+(h', w'), computed by the processor's own `get_image_size_fit_to_canvas`.
 
 Shapes::
 
@@ -13,6 +19,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
+from transformers.models.mllama.image_processing_pil_mllama import get_image_size_fit_to_canvas
 
 
 def tile_grid(
@@ -61,3 +69,29 @@ def mllama_canvas(
     tiles = tiles.reshape(*lead, rows, cols, p, p)  # [..., R*C, p*p] -> [..., R, C, p, p]
     canvas = tiles.transpose(-3, -2)  # [..., R, C, p, p] -> [..., R, p, C, p]
     return canvas.reshape(*lead, rows * p, cols * p)  # [..., R, p, C, p] -> [..., R*p, C*p]
+
+
+def image_box(
+    height: int, width: int, tile_rows: int, tile_cols: int, tile_size: int, patch_size: int
+) -> tuple[float, float, float, float]:
+    """The image's box on its patch canvas (top, left, bottom, right, in patches): where the
+    processor's resize puts a `height` x `width` image on a canvas of R x C tiles."""
+    fitted_h, fitted_w = get_image_size_fit_to_canvas(
+        height, width, tile_rows * tile_size, tile_cols * tile_size, tile_size
+    )
+    return 0.0, 0.0, float(fitted_h) / patch_size, float(fitted_w) / patch_size
+
+
+def canvas_pixels(
+    tiles: torch.Tensor, tile_rows: int, tile_cols: int, patch_size: int
+) -> torch.Tensor:
+    """One image's processed tiles `[max_tiles, 3, T, T]` -> the mean pixel of each patch of
+    its canvas `[3, R*p, C*p]` (tiles row-major on the canvas, padding tiles dropped)."""
+    _, channels, side, _ = tiles.shape
+    used = tiles[: tile_rows * tile_cols].float()  # [R*C, 3, T, T]
+    grid = used.reshape(tile_rows, tile_cols, channels, side, side)  # -> [R, C, 3, T, T]
+    canvas = grid.permute(2, 0, 3, 1, 4).reshape(  # -> [3, R, T, C, T] -> [3, R*T, C*T]
+        channels, tile_rows * side, tile_cols * side
+    )
+    return F.avg_pool2d(canvas[None], patch_size)[0]  # [3, R*T, C*T] -> [3, R*p, C*p]
+

@@ -35,9 +35,12 @@ MLLAMA_TEMPLATE = (
 
 
 def tiny_mllama(
-    seed: int = 0, tile_size: int = 56, text_width: int = TEXT_HIDDEN
+    seed: int = 0, tile_size: int = 56, text_width: int = TEXT_HIDDEN, real_geometry: bool = False
 ) -> tuple[PreTrainedModel, ProcessorMixin]:
-    """Tiny Mllama; `tile_size=560` gives Llama-3.2-Vision's real tile geometry (40x40 patches)."""
+    """Tiny Mllama; `real_geometry` (or `tile_size=560`) gives Llama-3.2-Vision's real tile
+    geometry (560 px tiles, 40x40 patches, up to 4 tiles)."""
+    if real_geometry:
+        tile_size = 560
     specials = (
         "<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>",
         "<|eot_id|>", "<|finetune_right_pad_id|>", "<|python_tag|>",

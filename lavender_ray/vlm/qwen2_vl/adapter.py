@@ -2,7 +2,9 @@
 
 The processor expands `<|image_pad|>` into `t*h*w / merge^2` tokens for an image of
 `image_grid_thw = (t, h, w)` patches; after the vision tower's spatial merge they are row-major on
-an `(h / merge) x (w / merge)` grid, which may be non-square. That grid is resized to s x s.
+an `(h / merge) x (w / merge)` grid, which may be non-square. The processor resizes the whole
+image onto that grid (no crop, no padding), so the grid is the frame stretched and is resampled
+to s x s as it is (METHOD.md section 3a).
 Every decoder self-attention layer can be captured (`vlm.attention_layers`, default all).
 
 Shapes::
@@ -27,10 +29,10 @@ from transformers import (
     Qwen2VLForConditionalGeneration,
 )
 
-from lavender_ray.tensors import resize_maps
 from lavender_ray.vlm.adapter import SelfAttentionAdapter
+from lavender_ray.vlm.base import KeyLayout
 from lavender_ray.vlm.geometry import token_grid
-from lavender_ray.vlm.qwen2_vl.geometry import merged_grid
+from lavender_ray.vlm.qwen2_vl.geometry import merged_grid, merged_pixels
 from lavender_ray.vlm.qwen2_vl.processor import Qwen2VLImageProcessorOnly
 from lavender_ray.vlm.qwen2_vl.tiny import tiny_qwen2_vl
 
@@ -63,17 +65,25 @@ class Qwen2VLAdapter(SelfAttentionAdapter):
             image_processor, tokenizer, chat_template=tokenizer.chat_template
         )
 
-    def sample_maps(
-        self, probs: torch.Tensor, inputs: dict[str, torch.Tensor], sample: int, size: int
-    ) -> torch.Tensor:
+    def key_layout(self, inputs: dict[str, torch.Tensor], sample: int) -> KeyLayout:
+        grid_h, grid_w = self._merged_grid(inputs, sample)
+        positions = self.image_key_positions(inputs["input_ids"], sample)  # [n]
+        keys = token_grid(positions, grid_h, grid_w)  # [gh*gw] -> [gh, gw]
+        return KeyLayout(keys, (0.0, 0.0, float(grid_h), float(grid_w)))
+
+    def patch_pixels(self, inputs: dict[str, torch.Tensor], sample: int) -> torch.Tensor:
+        grids = inputs["image_grid_thw"]  # [images, 3]
+        counts = [int(t * h * w) for t, h, w in grids.tolist()]
+        start = sum(counts[:sample])
+        patches = inputs["pixel_values"][start : start + counts[sample]]  # [t*h*w, C*t*p*p]
+        _, grid_h, grid_w = (int(v) for v in grids[sample])
+        return merged_pixels(patches, grid_h, grid_w, self.merge_size)  # -> [3, gh/m, gw/m]
+
+    def _merged_grid(self, inputs: dict[str, torch.Tensor], sample: int) -> tuple[int, int]:
         grids = inputs["image_grid_thw"]  # [images, 3]; one image per sample, in batch order
         samples = inputs["input_ids"].shape[0]
         if grids.shape[0] != samples:
             raise ValueError(
                 f"one image per sample is supported: {grids.shape[0]} images, {samples} samples"
             )
-        grid_h, grid_w = merged_grid(grids[sample].tolist(), self.merge_size)
-        positions = self.image_key_positions(inputs["input_ids"], sample)  # [n]
-        columns = probs[..., positions]  # [H, q, T] -> [H, q, gh*gw]
-        grid = token_grid(columns, grid_h, grid_w)  # [H, q, gh*gw] -> [H, q, gh, gw]
-        return resize_maps(grid, size)  # [H, q, gh, gw] -> [H, q, s, s]
+        return merged_grid(grids[sample].tolist(), self.merge_size)

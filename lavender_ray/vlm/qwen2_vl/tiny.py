@@ -32,8 +32,9 @@ QWEN2_VL_TEMPLATE = (
 
 
 def tiny_qwen2_vl(
-    seed: int = 0, text_width: int = TEXT_HIDDEN
+    seed: int = 0, text_width: int = TEXT_HIDDEN, real_geometry: bool = False
 ) -> tuple[PreTrainedModel, ProcessorMixin]:
+    """Tiny Qwen2-VL; `real_geometry` gives Qwen2-VL's image sizes (up to 28*28*1280 pixels)."""
     specials = (
         "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
         "<|image_pad|>", "<|video_pad|>",
@@ -63,7 +64,8 @@ def tiny_qwen2_vl(
     )  # fmt: skip
     model = seeded(seed, Qwen2VLForConditionalGeneration, config)
     image_processor = Qwen2VLImageProcessorPil(
-        min_pixels=56 * 56, max_pixels=112 * 112, patch_size=14, merge_size=2, temporal_patch_size=2
+        min_pixels=56 * 56, max_pixels=(28 * 28 * 1280 if real_geometry else 112 * 112),
+        patch_size=14, merge_size=2, temporal_patch_size=2
     )
     processor = Qwen2VLImageProcessorOnly(
         image_processor, tokenizer, chat_template=QWEN2_VL_TEMPLATE
