@@ -36,7 +36,8 @@ def test_a_preset_extends_another_section_by_section(tmp_path):
     assert (paper.sd.inversion, paper.sd.guidance_scale) == ("null_text", 7.5)
     assert fast.sd.model_dump(exclude={"inversion", "guidance_scale"}) == paper.sd.model_dump(
         exclude={"inversion", "guidance_scale"})
-    assert fast.vlm == paper.vlm and fast.train == paper.train
+    assert fast.vlm == paper.vlm
+    assert fast.train.model_dump(exclude={"run_name"}) == paper.train.model_dump(exclude={"run_name"})
     mine = tmp_path / "mine.yaml"
     mine.write_text("extends: demo\ntrain: {max_steps: 3}\n")
     assert load_config(str(mine)).train.max_steps == 3
@@ -56,8 +57,9 @@ def test_overrides_are_typed():
 
 
 def test_override_dict_form_matches_string_form():
-    as_dict = load_config("demo", {"optim.lr": 2e-4, "aligner.variant": "deep"})
-    as_str = load_config("demo", ["optim.lr=2e-4", "aligner.variant=deep"])
+    as_dict = load_config("demo", {"optim.lr": 2e-4, "aligner.variant": "deep",
+                                   "train.run_name": "x"})
+    as_str = load_config("demo", ["optim.lr=2e-4", "aligner.variant=deep", "train.run_name=x"])
     assert as_dict == as_str
 
 
@@ -97,6 +99,28 @@ def test_cross_field_rules():
         load_config("demo", ["pipeline.sd_pool_min=3", "pipeline.sd_pool_max=2"])
     with pytest.raises(ConfigError, match="needs a 'path'"):
         load_config("demo", ["data.sources=[{name: x, format: llava}]"])
+
+
+@pytest.mark.parametrize(
+    "override", ["loss.lambda=.inf", "optim.lr=.nan", "optim.grad_clip=-.inf", "sd.null_text_lr=.inf"]
+)
+def test_values_that_cannot_train_are_refused(override):
+    key = override.split("=")[0]
+    with pytest.raises(ConfigError, match=f"{key}=.*finite number"):
+        load_config("demo", [override])
+
+
+@pytest.mark.parametrize("name", ["../../x", "a/b", "..", ".hidden", "", "x" * 101, "a b"])
+def test_run_names_are_one_safe_folder(name):
+    with pytest.raises(ConfigError, match="train.run_name=.*must be one folder name"):
+        load_config("demo", [f"train.run_name={name!r}"])
+
+
+def test_presets_pin_no_run_name_and_each_load_gets_a_new_one():
+    names = {load_config(preset).train.run_name for preset in preset_names() for _ in range(2)}
+    assert len(names) == 2 * len(preset_names())
+    assert all(name.startswith("run-") for name in names)
+    assert load_config("demo", ["train.run_name=mine.v2_1"]).train.run_name == "mine.v2_1"
 
 
 def test_unknown_preset_lists_shipped_ones():

@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
+import secrets
+import time
 from pathlib import Path
 from typing import Any, Literal
 
@@ -34,7 +37,10 @@ class ConfigError(ValueError):
 class Section(BaseModel):
     """Base of every config section: unknown keys are errors, assignments are validated."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, populate_by_name=True)
+    # allow_inf_nan=False: inf and NaN cannot train (a NaN loss, an infinite learning rate)
+    model_config = ConfigDict(
+        extra="forbid", validate_assignment=True, populate_by_name=True, allow_inf_nan=False
+    )
 
 
 # --------------------------------------------------------------------------------------- data
@@ -125,6 +131,12 @@ class DataConfig(Section):
 # ----------------------------------------------------------------------------------------- sd
 Dtype = Literal["auto", "fp32", "fp16", "bf16"]
 NULL_TEXT_GUIDANCE = 7.5  # the guidance null-text inversion optimises for (the paper's w)
+RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+
+
+def new_run_name(prefix: str) -> str:
+    """`<prefix>-<date>-<time>-<4 hex>`: a fresh run name (a run is never reused by accident)."""
+    return f"{prefix}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
 SDDtype = Literal["auto", "fp32", "fp16", "bf16", "fp64"]
 
 
@@ -189,6 +201,11 @@ class VLMConfig(Section):
     max_length: int = Field(default=512, gt=0)
     trust_remote_code: bool = False
     gradient_checkpointing: bool = False
+    overlong: Literal["reject", "truncate_question"] = Field(
+        default="reject",
+        description="a sample whose answer vlm.max_length would cut: reject it, or cut its "
+        "question (the earliest user text) until the answer fits",
+    )
     seed: int = Field(
         default=0, ge=0, description="seed of the VLM side's random weights: tiny/*, LoRA init"
     )
@@ -279,13 +296,36 @@ class TrainConfig(Section):
     shared_storage: bool = Field(
         default=False, description="storage_path is a mount every node sees (NFS, FSx, ...)"
     )
-    run_name: str = "lavender"
+    run_name: str = Field(
+        default_factory=lambda: new_run_name("run"),
+        description="one folder name under storage_path (letters, digits, . _ -); default: "
+        "run-<date>-<time>-<random>, new for every run",
+    )
     keep_checkpoints: int = Field(default=2, gt=0)
     max_failures: int = Field(default=1, ge=0)
     fail_at_step: int | None = Field(
         default=None, ge=0, description="testing: rank 0 raises once at this step"
     )
+    on_nonfinite: Literal["stop", "skip"] = Field(
+        default="stop",
+        description="a step whose loss is NaN or inf: stop the run with an error, or skip the "
+        "step (no update) and count it in the metric train/skipped_steps",
+    )
+    stall_timeout_s: float = Field(
+        default=300.0, gt=0,
+        description="print what waits for which resource when work has been pending this long",
+    )
     seed: int = 0
+
+    @field_validator("run_name")
+    @classmethod
+    def _one_safe_folder(cls, name: str) -> str:
+        if not RUN_NAME.fullmatch(name) or name in (".", ".."):
+            raise ValueError(
+                "must be one folder name: letters, digits, '.', '_' and '-', starting with a "
+                "letter or digit, at most 100 characters (no '/' or '..')"
+            )
+        return name
 
 
 # ----------------------------------------------------------------------------------- pipeline
@@ -299,6 +339,11 @@ class PipelineConfig(Section):
     sd_num_gpus: float = Field(default=0.0, ge=0, description="GPUs per SD actor; 0 = CPU")
     sd_num_cpus: float = Field(default=1.0, gt=0)
     sd_accelerator: str | None = Field(default=None, description="e.g. V100; null = any")
+    check_num_cpus: float = Field(
+        default=0.25, gt=0,
+        description="CPUs per task of the step that checks each record against the VLM's "
+        "processor (chat template, max_length, image) before training",
+    )
     sd_fail_at_batch: int | None = Field(
         default=None, gt=0, description="testing: an SD actor dies once at this batch"
     )

@@ -19,6 +19,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+import yaml
+
 from lavender_ray.config import LavenderConfig, apply_overrides
 
 METRIC_COLUMNS = ("loss/total", "loss/lm", "loss/att", "align/matched_words")
@@ -105,10 +107,10 @@ def trials_csv(rows: list[TrialRow], keys: list[str], metric: str, best: str | N
 
 
 def best_preset(base: LavenderConfig, best: TrialRow, metric: str, experiment_dir: str) -> str:
-    """YAML preset: `base` + the best trial's values, a fresh `train.run_name` (`<name>-best`),
-    with a header saying where it came from."""
-    overrides = {**best.params, "train.run_name": f"{base.train.run_name}-best"}
-    cfg = LavenderConfig.from_dict(apply_overrides(base.to_dict(), overrides))
+    """YAML preset: `base` + the best trial's values, with a header saying where it came from.
+    It names no `train.run_name`, so each training of it is a new run."""
+    raw = apply_overrides(base.to_dict(), best.params)
+    del raw["train"]["run_name"]
     values = ", ".join(f"{k}={_format(v)}" for k, v in best.params.items())
     header = [
         f"# Best trial of `lavender tune` in {experiment_dir}: {best.name}",
@@ -116,4 +118,5 @@ def best_preset(base: LavenderConfig, best: TrialRow, metric: str, experiment_di
         f"#   sampled: {values}",
         f"# Train it: lavender train --preset {experiment_dir}/best.yaml",
     ]
-    return "\n".join(header) + "\n" + cfg.to_yaml()
+    LavenderConfig.from_dict(raw)  # the preset must load
+    return "\n".join(header) + "\n" + yaml.safe_dump(raw, sort_keys=False)
