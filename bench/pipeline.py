@@ -65,8 +65,8 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=64, help="records per run (even)")
     args = parser.parse_args()
 
-    from lavender_ray.demo import start_local_ray
     from lavender_ray.pipeline.extract import extract_to_cache
+    from lavender_ray.resources import connect
     from lavender_ray.train.launch import train
 
     root = tempfile.mkdtemp(prefix="lavender-bench-")
@@ -75,7 +75,7 @@ def main() -> None:
             f"train.max_steps={steps}", f"train.checkpoint_every={steps}",
             "train.report_every=4", f"train.storage_path={root}/runs"]
     cfg = load_config(args.preset, base + args.overrides)
-    start_local_ray()
+    connect(cfg, "train")
 
     sd_cost = sd_seconds_per_sample(cfg, n=2 * cfg.sd.batch_size)
     extract_to_cache(cfg, f"{root}/cache")

@@ -2,27 +2,16 @@
 
     ray job submit --address http://127.0.0.1:8265 --working-dir . -- \\
         python jobs/train.py --preset llama32_11b_lora --set train.storage_path=s3://bucket/runs
+
+Runs `lavender train` with the same arguments (`--help` lists them), so a job behaves
+exactly as the command does.
 """
 
 from __future__ import annotations
 
-import argparse
 import sys
 
-from lavender_ray.cli import add_config_arguments
-from lavender_ray.config import load_config
-from lavender_ray.train.launch import describe, train
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    add_config_arguments(parser)
-    args = parser.parse_args(argv)
-    print(describe(train(load_config(args.preset, args.overrides))))
-    return 0
-
+from lavender_ray.cli import main
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(["train", *sys.argv[1:]]))

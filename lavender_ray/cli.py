@@ -56,12 +56,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one subcommand. A bad config, path or argument (`ConfigError`) is one message and
+    exit code 2; Ctrl-C is one line and 130 (the interrupted run can be resumed)."""
     args = build_parser().parse_args(argv)
     try:
         return int(args._run(args) or 0)
     except ConfigError as err:
         print(f"lavender {args.command}: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"\nlavender {args.command}: interrupted (Ctrl-C); a training run or Tune search "
+              "continues with --resume and the same preset and --set values", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -13,13 +13,12 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-import ray
-
 from lavender_ray.config import LavenderConfig
 from lavender_ray.data.synthetic import write_synthetic_parquet
 from lavender_ray.eval.attention import probe_attention, synthetic_probe_records, write_probe_pngs
 from lavender_ray.eval.evaluate import describe, evaluate
-from lavender_ray.runs import ADAPTER_DIR, METRICS_FILE, load_trained
+from lavender_ray.resources import connect
+from lavender_ray.runs import METRICS_FILE, load_trained
 from lavender_ray.train.launch import train
 
 REPORT_SAMPLES = 4
@@ -37,26 +36,16 @@ class DemoOutputs:
     evaluation: str  # `lavender_ray.eval.evaluate.describe` of the synthetic-benchmark run
 
 
-def start_local_ray(num_cpus: int = 4) -> None:
-    """An embedded Ray on loopback (`num_cpus` logical CPUs so data and trainers can share)."""
-    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-    os.environ.setdefault("DS_ACCELERATOR", "cpu")
-    if not ray.is_initialized():
-        # The dashboard (on loopback) serves the State API Ray Train's clean-up polls.
-        ray.init(num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1",
-                 _node_ip_address="127.0.0.1", configure_logging=False)
-
-
 def run_demo(cfg: LavenderConfig) -> DemoOutputs:
     """Train on the local Ray, then write the attention report next to the run's outputs."""
-    start_local_ray()
+    os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    connect(cfg, "demo")
     summary = train(cfg)
     data = save_synthetic_sources(cfg, Path(summary.run_dir) / "data")
-    if summary.checkpoint is None or summary.export is None:
+    if summary.checkpoint is None or summary.adapter is None:
         raise RuntimeError(f"training wrote no checkpoint under {summary.run_dir}")
     run_dir = Path(summary.run_dir)
-    adapter_dir = run_dir / ADAPTER_DIR
-    shutil.copytree(summary.export, adapter_dir, dirs_exist_ok=True)
+    adapter_dir = Path(summary.adapter)
     metrics = run_dir / METRICS_FILE
     shutil.copy(Path(summary.checkpoint) / METRICS_FILE, metrics)
 

@@ -77,3 +77,14 @@ def read_text(path: str) -> str | None:
         return None
     with fs.open_input_stream(inner) as f:
         return f.read().decode()
+
+
+def copy_folder(source: str, destination: str) -> None:
+    """Copy the folder `source` to `destination` (local paths or URIs), replacing what is there."""
+    src_fs, src = filesystem_and_path(source)
+    dst_fs, dst = filesystem_and_path(destination)
+    if dst_fs.get_file_info(dst).type != pafs.FileType.NotFound:
+        dst_fs.delete_dir(dst)
+    dst_fs.create_dir(dst, recursive=True)
+    pafs.copy_files(src, dst, source_filesystem=src_fs, destination_filesystem=dst_fs)
+

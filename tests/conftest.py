@@ -15,12 +15,14 @@ torch.set_num_threads(1)
 
 @pytest.fixture(scope="session")
 def ray_local():
-    """A local Ray with 4 logical CPUs (2 real cores: Ray Data and train workers share them)."""
+    """A local Ray with 4 logical CPUs (2 real cores: Ray Data and train workers share them),
+    with the dashboard on loopback: its State API serves the stall watchdog."""
     import ray
 
     ray.init(
         num_cpus=4,
-        include_dashboard=False,
+        include_dashboard=True,
+        dashboard_host="127.0.0.1",
         _node_ip_address="127.0.0.1",
         configure_logging=False,
         log_to_driver=False,

@@ -77,11 +77,12 @@ def test_stream_zero2_trains_counts_every_record_and_survives_an_sd_actor_death(
     assert (Path(summary.run_dir) / "rejects" / "sd-fault-2.marker").exists()
     assert metrics["records"] + sum(summary.rejects.values()) == len(records)
     assert metrics["records"] == len(records) - len(expected)
-    # the export was verified in the worker; it is there, non-empty, with the config
-    export = Path(summary.export)
+    # the export was verified in the worker; the last one is at <run>/adapter, with the config
+    export = Path(summary.adapter)
+    assert export == Path(summary.run_dir) / "adapter"
     assert (export / "aligner.safetensors").stat().st_size > 0
     assert (export / "config.yaml").is_file()
-    assert adapter_shapes(summary.export)
+    assert adapter_shapes(summary.adapter)
     # the DeepSpeed state holds the trainable tensors (LoRA, Aligner), not the frozen base
     states = torch.load(Path(summary.checkpoint) / "deepspeed" / "mp_rank_00_model_states.pt",
                         map_location="cpu", weights_only=False)
@@ -105,4 +106,4 @@ def test_zero3_resumes_after_a_worker_failure_with_a_full_adapter(zero2_run, tmp
                (Path(summary.checkpoint) / "metrics.jsonl").read_text().splitlines()]
     assert [int(h["step"]) for h in history] == [2, 4, 6]
     assert [h["train/resumed_from"] for h in history] == [-1, 2, 2]  # resumed at step 2
-    assert adapter_shapes(summary.export) == adapter_shapes(zero2_run[0].export)
+    assert adapter_shapes(summary.adapter) == adapter_shapes(zero2_run[0].adapter)

@@ -27,16 +27,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     # imported when the command runs: `lavender --help` stays fast (commands/__init__.py)
-    import ray
-
     from lavender_ray.pipeline.inspect import format_report, inspect_data
+    from lavender_ray.resources import connect
 
     if args.samples < 0:
         print(f"lavender data inspect: --samples must be >= 0, got {args.samples}", file=sys.stderr)
         return 2
     cfg = load_config(args.preset, args.overrides)
-    if not ray.is_initialized():
-        ray.init(address=args.address)
+    connect(cfg, "inspect", args.address)
     report = inspect_data(cfg, args.out, samples=args.samples)
     print(format_report(report))
     return 0 if any(s.records for s in report.sources.values()) else 1

@@ -1,9 +1,9 @@
 """`lavender extract`: SD per-word attention targets for the configured data sources.
 
-Reads `data.sources`, runs the SD stage (`lavender_ray.pipeline.sd_stage`) on the local Ray or
-the cluster given by `RAY_ADDRESS` / `--address`, and appends Parquet shards to the target cache under
-`--out` (local path or pyarrow URI such as `s3://bucket/prefix`): records already cached under
-the same extraction config are skipped. Rejected records land in `<out>/rejects/<run id>/`.
+Reads `data.sources`, runs the SD stage (`lavender_ray.pipeline.sd_stage`) on the cluster given
+by `RAY_ADDRESS` / `--address` or a local Ray sized to it, and appends Parquet shards to the
+target cache under `--out` (local path or pyarrow URI such as `s3://bucket/prefix`): records
+already cached under the same extraction config are skipped. Rejected records land in `<out>/rejects/<run id>/`.
 """
 
 from __future__ import annotations
@@ -31,13 +31,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     # imported when the command runs: `lavender --help` stays fast (commands/__init__.py)
-    import ray
-
     from lavender_ray.pipeline.extract import export_authors_layout, extract_to_cache
+    from lavender_ray.resources import connect
 
     cfg = load_config(args.preset, args.overrides)
-    if not ray.is_initialized():
-        ray.init(address=args.address)
+    connect(cfg, "extract", args.address)
     summary = extract_to_cache(cfg, args.out)
     print(f"targets:  {summary.targets_dir}  (config hash {summary.config_hash})")
     print(f"          {summary.written} written, {summary.cached_before} already cached")

@@ -27,4 +27,4 @@ def run(args: argparse.Namespace) -> int:
     for path in paths:
         print(path)
     print(f"{len(paths)} picture(s) in {args.out}")
-    return 0 if paths else 1
+    return 0

@@ -8,18 +8,30 @@ from lavender_ray.cli import add_config_arguments
 from lavender_ray.config import load_config
 
 HELP = (
-    "train on the connected Ray cluster (RAY_ADDRESS) or a new local one: records -> SD actor "
-    "pool -> TorchTrainer with DeepSpeed; re-running the same train.run_name resumes it"
+    "train on the Ray cluster of RAY_ADDRESS / --address, or a new local Ray sized to the run: "
+    "records -> checks -> SD actor pool -> TorchTrainer with DeepSpeed, into "
+    "<train.storage_path>/<train.run_name> (a new run name each time unless you set one)"
 )
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_config_arguments(parser, default_preset="demo")
+    parser.add_argument(
+        "--resume", action="store_true",
+        help="continue the run named by train.run_name from its latest checkpoint; it must "
+        "exist and have been started with the same config (same preset and --set values)",
+    )
+    parser.add_argument(
+        "--address", default=None, help="Ray address (default: RAY_ADDRESS or a new local Ray)"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     # imported when the command runs: `lavender --help` stays fast (commands/__init__.py)
+    from lavender_ray.resources import connect
     from lavender_ray.train.launch import describe, train
 
-    print(describe(train(load_config(args.preset, args.overrides))))
+    cfg = load_config(args.preset, args.overrides)
+    connect(cfg, "train", args.address)
+    print(describe(train(cfg, resume=args.resume)))
     return 0

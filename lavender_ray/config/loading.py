@@ -130,6 +130,28 @@ def load_config(
     return absolute_paths(LavenderConfig.from_dict(raw))
 
 
+def flatten(raw: Any, prefix: str = "") -> dict[str, Any]:
+    """A nested config dict -> {dotted key: value}."""
+    if not isinstance(raw, dict):
+        return {prefix: raw}
+    out: dict[str, Any] = {}
+    for key, value in raw.items():
+        out.update(flatten(value, f"{prefix}.{key}" if prefix else key))
+    return out
+
+
+def config_differences(saved: dict[str, Any], current: dict[str, Any], shown: int = 8) -> str:
+    """The dotted keys whose values differ between two config dicts, as
+    `"2 key(s): a.b: 1 -> 2, ..."`; "" when they are the same."""
+    before, now = flatten(saved), flatten(current)
+    changed = sorted(k for k in before.keys() | now.keys() if before.get(k) != now.get(k))
+    if not changed:
+        return ""
+    details = ", ".join(f"{k}: {before.get(k)!r} -> {now.get(k)!r}" for k in changed[:shown])
+    more = f" (and {len(changed) - shown} more)" if len(changed) > shown else ""
+    return f"{len(changed)} key(s): {details}{more}"
+
+
 # the paths a run's workers, actors and tasks read or write (sections, then each source's)
 RUN_PATH_KEYS = [
     ("data", "rejects_path"),

@@ -62,9 +62,11 @@ from lavender_ray.eval.synthetic_bench import write_synthetic_benchmark
 from lavender_ray.pipeline.benchmarks import read_benchmark
 from lavender_ray.placement import check_shared_folders, cluster_nodes
 from lavender_ray.rejects import read_rejects, write_rejects
+from lavender_ray.resources import connect
 from lavender_ray.runs import trained_config
 from lavender_ray.schema import Reject
 from lavender_ray.storage import filesystem_and_path, is_uri
+from lavender_ray.watchdog import stall_watchdog
 
 SYNTHETIC = "synthetic"
 SCORE_STAGE = "score"
@@ -91,7 +93,7 @@ def split_names(text: str) -> list[str]:
 def benchmark_sources(cfg: LavenderConfig, names: list[str], out_dir: Path) -> dict[str, str]:
     """Benchmark name -> file to read; ``synthetic`` (unless a configured key) is generated now
     into `<out_dir>/benchmarks/`. Names must have passed `benchmark_metrics`. Raises
-    `FileNotFoundError` for a configured file that does not exist."""
+    `ConfigError` for a configured file that does not exist."""
     sources = {}
     for name in names:
         if name in cfg.eval.benchmarks:
@@ -104,10 +106,10 @@ def benchmark_sources(cfg: LavenderConfig, names: list[str], out_dir: Path) -> d
 
 
 def check_exists(path: str, name: str) -> str:
-    """`path` if the file exists (local or URI), else `FileNotFoundError` naming the benchmark."""
+    """`path` if the file exists (local or URI), else `ConfigError` naming the benchmark."""
     fs, inner = filesystem_and_path(path)
     if fs.get_file_info(inner).type == pafs.FileType.NotFound:
-        raise FileNotFoundError(f"eval.benchmarks.{name}={path!r}: the file does not exist")
+        raise ConfigError(f"eval.benchmarks.{name}={path!r}: the file does not exist")
     return path
 
 
@@ -214,12 +216,17 @@ def evaluate(
 ) -> EvalReport:
     """Evaluate the run saved in `trained_dir` and its base model on `benchmarks` (names of
     `eval.benchmarks` keys or ``synthetic``) and on the attention probe; write the report into
-    `out_dir` (default `<trained dir>/eval-<timestamp>`). Runs on the connected Ray, else
-    `ray.init()` (RAY_ADDRESS or a new local Ray)."""
+    `out_dir` (default `<trained dir>/eval-<timestamp>`). Runs on the connected Ray, else a
+    local one sized to the evaluation (`resources.connect`); the paths are checked first."""
     check_local(trained_dir, "--adapter")
     check_local(out_dir, "--out")
     trained_dir = Path(trained_dir).resolve()
-    run_cfg = trained_config(trained_dir)
+    try:
+        run_cfg = trained_config(trained_dir)
+    except FileNotFoundError as err:
+        raise ConfigError(f"--adapter: {err} (a run's <run>/adapter folder is one)") from None
+    if out_dir is not None and Path(out_dir).exists() and not Path(out_dir).is_dir():
+        raise ConfigError(f"--out {str(out_dir)!r} is a file; give a folder for the report")
     if cfg.vlm.model_id != run_cfg.vlm.model_id:
         warnings.warn(
             f"vlm.model_id={cfg.vlm.model_id!r} of the given config is not the run's "
@@ -228,19 +235,22 @@ def evaluate(
             stacklevel=2,
         )
     metrics = benchmark_metrics(cfg, benchmarks)
+    for name in benchmarks:
+        if name in cfg.eval.benchmarks:
+            check_exists(cfg.eval.benchmarks[name], name)  # before any folder is made
     out = Path(out_dir) if out_dir is not None else default_out_dir(trained_dir)
     out.mkdir(parents=True, exist_ok=True)
     cfg.save(out)
     rejects_dir = str(out / "rejects")
     sources = benchmark_sources(cfg, benchmarks, out)
-    if not ray.is_initialized():
-        ray.init()
+    connect(cfg, "evaluate")
     check_shared_folders(cfg, cluster_nodes(), "--adapter and --out", cfg.eval.num_gpus > 0)
-    probe = start_probe(cfg, trained_dir)  # runs while the benchmarks stream
-    scored = run_benchmarks(cfg, trained_dir, sources, metrics, rejects_dir)
+    with stall_watchdog(cfg.train.stall_timeout_s):
+        probe = start_probe(cfg, trained_dir)  # runs while the benchmarks stream
+        scored = run_benchmarks(cfg, trained_dir, sources, metrics, rejects_dir)
+        samples = ray.get(probe)
     for name, scores in scored.items():
         write_predictions(scores, out / "predictions" / f"{name}.jsonl", MODELS)
-    samples = ray.get(probe)
     pngs = write_probe_pngs(samples, out / "probes")
     results = results_dict(
         trained_dir, run_cfg, sources, scored, probe_agreement(samples),

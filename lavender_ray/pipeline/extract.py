@@ -36,10 +36,12 @@ from lavender_ray.pipeline.cache import (
 from lavender_ray.pipeline.read import read_sources
 from lavender_ray.pipeline.sd_stage import add_sd_targets, stage_device
 from lavender_ray.rejects import count_rejects
+from lavender_ray.resources import connect
 from lavender_ray.schema import TARGET_FIELDS
 from lavender_ray.sd.authors import export_targets
 from lavender_ray.sd.components import sd_config_hash
 from lavender_ray.storage import absolute, filesystem_and_path
+from lavender_ray.watchdog import stall_watchdog
 
 if TYPE_CHECKING:
     from ray.data import Dataset
@@ -73,6 +75,7 @@ def save_run_config(cfg: LavenderConfig, root: str, run_id: str) -> str:
 def extract_to_cache(cfg: LavenderConfig, root: str, ds: Dataset | None = None) -> ExtractSummary:
     """Read the configured sources (or take `ds`, a Dataset of records), skip what is cached
     under this config, run the SD stage on the rest and append the results as Parquet shards."""
+    connect(cfg, "extract")
     root = absolute(root)
     run_id = new_run_id()
     config_hash = sd_config_hash(cfg.sd, stage_device(cfg))
@@ -84,7 +87,10 @@ def extract_to_cache(cfg: LavenderConfig, root: str, ds: Dataset | None = None) 
     cached = cached_keys(root, config_hash)
     rows_before = count_rows(out_dir)
     todo = ds.map_batches(key_and_skip_cached, fn_kwargs={"cached": cached}, batch_format="pyarrow")
-    add_sd_targets(todo, cfg, rejects_dir).write_parquet(out_dir)
+    with stall_watchdog(cfg.train.stall_timeout_s):
+        add_sd_targets(todo, cfg, rejects_dir).write_parquet(
+            out_dir, ray_remote_args={"num_cpus": cfg.data.read_num_cpus}
+        )
     written = count_rows(out_dir) - rows_before
     rejects = count_rejects(rejects_dir)
     return ExtractSummary(

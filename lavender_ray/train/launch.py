@@ -2,10 +2,14 @@
 
     summary = train(load_config("demo"))      # on the connected (or an embedded local) Ray
 
-Outputs go to `<train.storage_path>/<train.run_name>/`: `config.yaml`, `rejects/`, Ray Train's
-`checkpoint_step*/` folders (each holds every rank's DeepSpeed state and `export/`, the verified
-PEFT adapter + Aligner + config). Re-running with the same run name and storage path resumes
-from the latest checkpoint.
+Outputs go to `<train.storage_path>/<train.run_name>/` (`lavender_ray.runs`): `config.yaml`,
+`rejects/`, Ray Train's `checkpoint_step*/` folders (each holds every rank's DeepSpeed state and
+`export/`, the verified PEFT adapter + Aligner + config) and, at the end, `adapter/`: the last
+checkpoint's export at a stable path.
+
+A run is never reused by accident: a run name that exists is refused unless the run is resumed
+(`resume=True`, `lavender train --resume`), and a resumed run must have the config it was started
+with (the differing keys are named); its `config.yaml` is never overwritten.
 """
 
 from __future__ import annotations
@@ -15,25 +19,36 @@ from typing import Any
 
 import ray
 import ray.train
+import yaml
 from ray.data import DataContext, ExecutionOptions
 from ray.train.torch import TorchTrainer
 
-from lavender_ray.config import CONFIG_FILE, LavenderConfig, absolute_paths, run_paths
+from lavender_ray.config import (
+    CONFIG_FILE,
+    ConfigError,
+    LavenderConfig,
+    absolute_paths,
+    config_differences,
+    run_paths,
+)
 from lavender_ray.pipeline.dataset import build_train_dataset
 from lavender_ray.placement import check_placement, check_shared_folders, cluster_nodes
 from lavender_ray.rejects import count_rejects
-from lavender_ray.runs import EXPORT_DIR, checkpoint_location, run_dir_of
-from lavender_ray.storage import absolute, is_remote, write_text
+from lavender_ray.resources import connect
+from lavender_ray.runs import ADAPTER_DIR, EXPORT_DIR, checkpoint_location, run_dir_of
+from lavender_ray.storage import absolute, copy_folder, is_remote, read_text, write_text
 from lavender_ray.train.worker import train_fn_per_worker
+from lavender_ray.watchdog import stall_watchdog
 
 
 @dataclass
 class TrainSummary:
     run_dir: str
     checkpoint: str | None
-    export: str | None
+    adapter: str | None  # <run>/adapter: the last checkpoint's verified export
     metrics: dict[str, Any]
     rejects: dict[str, int] = field(default_factory=dict)
+    resumed: bool = False
 
 
 def describe(summary: TrainSummary) -> str:
@@ -45,7 +60,7 @@ def describe(summary: TrainSummary) -> str:
         [
             f"run:        {summary.run_dir}",
             f"checkpoint: {summary.checkpoint}",
-            f"adapter:    {summary.export}  (PEFT adapter + aligner.safetensors + config.yaml)",
+            f"adapter:    {summary.adapter}  (PEFT adapter + aligner.safetensors + config.yaml)",
             f"metrics:    {metrics}",
             f"rejects:    {rejects} {summary.rejects or ''} under {summary.run_dir}/rejects",
         ]
@@ -114,27 +129,66 @@ def ingest_config():
     return ray.train.DataConfig(execution_options=options)
 
 
-def train(cfg: LavenderConfig, callbacks: list[Any] | None = None) -> TrainSummary:
+def check_run(cfg: LavenderConfig, run_dir: str, resume: bool | None) -> bool:
+    """Whether the run in `run_dir` is resumed. `resume`: False = the run must be new, True = it
+    must exist, None = resume it if it exists (Tune trials); a resumed run must have the config
+    it was started with. `ConfigError` naming what to do otherwise."""
+    name = cfg.train.run_name
+    saved = read_text(f"{run_dir}/{CONFIG_FILE}")
+    if saved is None:
+        if resume:
+            raise ConfigError(f"--resume: there is no run {name!r} at {run_dir} to resume")
+        return False
+    if resume is False:
+        raise ConfigError(
+            f"a run {name!r} exists at {run_dir}: continue it with --resume (the same preset and "
+            "--set values), or start a new one with another train.run_name (or none: a fresh "
+            "name is made for every run)"
+        )
+    differences = config_differences(yaml.safe_load(saved), cfg.to_dict())
+    if differences:
+        raise ConfigError(
+            f"--resume: run {name!r} ({run_dir}) was started with another config; it differs in "
+            f"{differences}. Resume with the same preset and --set values, or start a new run "
+            "(another train.run_name)"
+        )
+    return True
+
+
+def train(
+    cfg: LavenderConfig, callbacks: list[Any] | None = None, resume: bool | None = False
+) -> TrainSummary:
     """Build the streaming pipeline and the trainer, train, and say where everything went.
-    Storage and placement (`placement.check_placement`) are checked before anything starts."""
+
+    On the connected Ray (else a local one sized to the run, `resources.connect`); storage,
+    placement, resources and the run folder (`check_run`: `resume`) are checked before anything
+    starts; work waiting for resources longer than `train.stall_timeout_s` is reported."""
     cfg = absolute_paths(cfg)
-    if not ray.is_initialized():
-        ray.init()
+    connect(cfg, "train")
     nodes = cluster_nodes()
     check_storage(cfg, nodes)
     check_placement(cfg, nodes)
     run_dir = run_dir_of(cfg)
+    resumed = check_run(cfg, run_dir, resume)
+    print(f"{'resuming' if resumed else 'new'} run {cfg.train.run_name}: {run_dir}", flush=True)
     rejects_dir = cfg.data.rejects_path or f"{run_dir}/rejects"
-    write_text(f"{run_dir}/{CONFIG_FILE}", cfg.to_yaml())
+    if not resumed:
+        write_text(f"{run_dir}/{CONFIG_FILE}", cfg.to_yaml())
     dataset = build_train_dataset(cfg, rejects_dir)
-    result = build_trainer(cfg, {"train": dataset}, callbacks).fit()
+    with stall_watchdog(cfg.train.stall_timeout_s):
+        result = build_trainer(cfg, {"train": dataset}, callbacks).fit()
     checkpoint = (
         checkpoint_location(run_dir, result.checkpoint.path) if result.checkpoint else None
     )
+    adapter = None
+    if checkpoint is not None:
+        adapter = f"{run_dir}/{ADAPTER_DIR}"
+        copy_folder(f"{checkpoint}/{EXPORT_DIR}", adapter)
     return TrainSummary(
         run_dir=run_dir,
         checkpoint=checkpoint,
-        export=f"{checkpoint}/{EXPORT_DIR}" if checkpoint else None,
+        adapter=adapter,
         metrics=dict(result.metrics or {}),
         rejects=count_rejects(rejects_dir),
+        resumed=resumed,
     )

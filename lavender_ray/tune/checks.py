@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import Any
 
 import ray
 import yaml
 from ray.tune import Tuner
 from ray.util.state import list_nodes
 
-from lavender_ray.config import ConfigError, LavenderConfig
+from lavender_ray.config import ConfigError, LavenderConfig, config_differences
 from lavender_ray.placement import worker_request, worker_slots
 from lavender_ray.storage import read_text
 from lavender_ray.tune.layout import TuneLayout
@@ -82,15 +81,6 @@ def max_concurrent_trials(cfg: LavenderConfig, nodes: list[dict[str, float]]) ->
     return min(requested or fit, fit)
 
 
-def _flatten(raw: Any, prefix: str = "") -> dict[str, Any]:
-    if not isinstance(raw, dict):
-        return {prefix: raw}
-    out: dict[str, Any] = {}
-    for key, value in raw.items():
-        out.update(_flatten(value, f"{prefix}.{key}" if prefix else key))
-    return out
-
-
 def check_experiment(cfg: LavenderConfig, layout: TuneLayout, resume: bool) -> None:
     """A new experiment must not exist yet; a resumed one must exist with this very config."""
     exists = Tuner.can_restore(layout.experiment_dir)
@@ -104,11 +94,9 @@ def check_experiment(cfg: LavenderConfig, layout: TuneLayout, resume: bool) -> N
     saved = read_text(layout.config)
     if not exists or saved is None:
         raise ConfigError(f"--resume: no Tune experiment to resume at {layout.experiment_dir}")
-    before, now = _flatten(yaml.safe_load(saved)), _flatten(cfg.to_dict())
-    changed = sorted(k for k in before.keys() | now.keys() if before.get(k) != now.get(k))
-    if changed:
-        details = ", ".join(f"{k}: {before.get(k)!r} -> {now.get(k)!r}" for k in changed[:8])
+    differences = config_differences(yaml.safe_load(saved), cfg.to_dict())
+    if differences:
         raise ConfigError(
             f"--resume: the config differs from the experiment's ({layout.config}) in "
-            f"{len(changed)} key(s): {details}. Resume with the same preset and --set values"
+            f"{differences}. Resume with the same preset and --set values"
         )

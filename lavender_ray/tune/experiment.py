@@ -29,12 +29,9 @@ that ASHA stops; without it the next trials wait forever, so `run_tune` refuses 
 
 from __future__ import annotations
 
-import os
-import socket
 from dataclasses import dataclass
 from typing import Any
 
-import ray
 from ray import tune
 from ray.tune import ExperimentAnalysis
 from ray.tune.integration.ray_train import CHECKPOINT_PATH_KEY
@@ -44,6 +41,7 @@ from ray.tune.search.basic_variant import BasicVariantGenerator
 from lavender_ray.config import ConfigError, LavenderConfig, absolute_paths, apply_overrides
 from lavender_ray.pipeline.extract import extract_to_cache
 from lavender_ray.placement import check_placement, cluster_nodes
+from lavender_ray.resources import connect
 from lavender_ray.runs import checkpoint_location
 from lavender_ray.storage import write_text
 from lavender_ray.train.launch import check_storage
@@ -132,45 +130,6 @@ def shared_targets(cfg: LavenderConfig, layout: TuneLayout, space: SearchSpace) 
 
 
 # ----------------------------------------------------------------------------------- the run
-def connect_ray(address: str | None = None) -> None:
-    """Connect to `address` or `RAY_ADDRESS`; without either start a local Ray on loopback
-    with the dashboard (Tune needs its State API).
-
-    The local Ray's GCS port is chosen here and exported as `RAY_ADDRESS` before it starts, so
-    that its processes inherit it: Ray Train's placement-group cleaner looks its cluster up
-    without an address and, with another Ray running on the same machine, would otherwise find
-    several and fail (stopped trials would keep their resources)."""
-    if ray.is_initialized():
-        return
-    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-    if address or os.environ.get("RAY_ADDRESS"):
-        ray.init(address=address)
-        return
-    port = _free_port()
-    os.environ["RAY_ADDRESS"] = f"127.0.0.1:{port}"
-    os.environ["RAY_GCS_SERVER_PORT"] = str(port)
-    try:
-        ray.init(
-            address="local",
-            num_cpus=max(4, os.cpu_count() or 1),
-            include_dashboard=True,
-            dashboard_host="127.0.0.1",
-            _node_ip_address="127.0.0.1",
-            configure_logging=False,
-        )
-    except Exception:
-        del os.environ["RAY_ADDRESS"]
-        raise
-    finally:
-        del os.environ["RAY_GCS_SERVER_PORT"]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def build_tuner(
     cfg: LavenderConfig,
     layout: TuneLayout,
@@ -219,12 +178,12 @@ def run_tune(
 ) -> TuneSummary:
     """Run (or with `resume` continue) the search of `cfg.tune`; see the module docstring.
     `callbacks` are Ray Tune callbacks of the experiment (a resumed experiment keeps its own);
-    `address` is the Ray to use when none is connected (`connect_ray`)."""
+    `address` is the Ray to use when none is connected (`resources.connect`)."""
     cfg = absolute_paths(cfg)
     space = parse_search_space(cfg.tune.search_space, cfg.to_dict())
     reports = check_tune_config(cfg)
     layout = layout_of(cfg)
-    connect_ray(address)
+    connect(cfg, "tune", address)
     nodes = cluster_nodes()
     check_storage(cfg, nodes)
     check_placement(cfg, nodes)

@@ -1,0 +1,135 @@
+"""First contact: what a command needs is checked against the Ray it runs on before anything
+starts, a stall says what waits for which resource, a run is never reused by accident, and bad
+arguments and Ctrl-C are one line each."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import ray
+import yaml
+
+from lavender_ray.cli import main
+from lavender_ray.commands import train as train_command
+from lavender_ray.config import ConfigError, load_config
+from lavender_ray.resources import check_plan, connect, resource_plan
+from lavender_ray.train.launch import check_run
+from lavender_ray.watchdog import StallWatchdog
+
+
+# --------------------------------------------------------------------------------- resources
+def test_the_demo_plan_names_every_piece_and_fits_a_two_core_machine_when_sized():
+    plan = resource_plan(load_config("demo"), "train")
+    names = [piece.name for phase in plan.phases for piece in phase]
+    assert names[:2] == ["train workers", "read and convert tasks"] and "SD actors" in names
+    assert plan.cpus() == pytest.approx(2 * 0.5 + 0.25 + 0.25 + 0.5)
+    assert plan.gpus() == 0
+    demo = resource_plan(load_config("demo"), "demo")
+    assert demo.cpus() == max(plan.cpus(), resource_plan(load_config("demo"), "evaluate").cpus())
+
+
+def test_a_plan_that_cannot_fit_is_refused_naming_the_keys():
+    cfg = load_config("demo", ["train.use_gpu=true"])
+    with pytest.raises(ConfigError) as err:
+        check_plan(resource_plan(cfg, "train"), cpus=2, gpus=0, where="this machine")
+    message = str(err.value)
+    assert "needs 2 GPUs (it has 0)" in message and "train.use_gpu" in message
+    assert "train workers: 2 x 0.5 CPU + 1 GPU" in message
+
+
+def test_the_running_local_ray_refuses_a_plan_before_any_actor_starts(ray_local):
+    """The session's Ray has 4 CPUs and cannot grow: 8 workers of 1 CPU are refused at once."""
+    cfg = load_config("demo", ["train.num_workers=8", "train.cpus_per_worker=1"])
+    address = ray.get_runtime_context().gcs_address
+    actors_before = len(ray.util.state.list_actors(address))
+    started = time.monotonic()
+    with pytest.raises(ConfigError, match=r"(?s)needs 9 CPUs \(it has 4\).*train.num_workers"):
+        connect(cfg, "train")
+    assert time.monotonic() - started < 5
+    assert len(ray.util.state.list_actors(address)) == actors_before
+
+
+def test_evaluate_and_tune_plans_count_what_runs_at_once():
+    cfg = load_config("demo", ["eval.pool_size=2", "eval.num_cpus=1"])
+    assert resource_plan(cfg, "evaluate").cpus() == pytest.approx(0.25 + 4 * 1 + 1)
+    tune = load_config("demo", ["tune.max_concurrent_trials=2"])
+    phases = resource_plan(tune, "tune").phases
+    assert len(phases) == 2  # the shared extraction, then the trials (without SD actors)
+    assert all("SD actors" not in piece.name for piece in phases[1])
+
+
+# ------------------------------------------------------------------------------------ stalls
+def test_work_that_cannot_be_scheduled_is_reported_with_its_request_and_keys(ray_local):
+    @ray.remote(num_cpus=64)
+    class SDTargetStage:  # named like the SD stage's actors, asking for more than the cluster has
+        def ping(self) -> int:
+            return 1
+
+    actor = SDTargetStage.remote()
+    try:
+        watchdog = StallWatchdog(timeout_s=1.0)
+        deadline, message = time.monotonic() + 60, None
+        while message is None and time.monotonic() < deadline:
+            message = watchdog.check()
+            time.sleep(0.5)
+        assert message is not None, "the pending actor was never reported"
+        assert "stalled" in message and "actor SDTargetStage asks for {CPU 64}" in message
+        assert "pipeline.sd_num_cpus" in message and "CPU" in message and "free of 4" in message
+        assert watchdog.check() is None  # reported once
+    finally:
+        ray.kill(actor)
+
+
+# ---------------------------------------------------------------------------------- run reuse
+def test_a_run_is_new_or_resumed_with_the_same_config(tmp_path):
+    cfg = load_config("demo", ["train.run_name=r1", f"train.storage_path={tmp_path}"])
+    run_dir = str(tmp_path / "r1")
+    assert check_run(cfg, run_dir, resume=False) is False  # new
+    assert check_run(cfg, run_dir, resume=None) is False
+    with pytest.raises(ConfigError, match="no run 'r1'"):
+        check_run(cfg, run_dir, resume=True)
+    (tmp_path / "r1").mkdir()
+    (tmp_path / "r1" / "config.yaml").write_text(cfg.to_yaml())
+    with pytest.raises(ConfigError, match="run 'r1' exists.*--resume.*another train.run_name"):
+        check_run(cfg, run_dir, resume=False)
+    assert check_run(cfg, run_dir, resume=True) is True
+    other = load_config("demo", ["train.run_name=r1", f"train.storage_path={tmp_path}",
+                                 "lora.r=16", "optim.lr=2e-4"])
+    with pytest.raises(ConfigError) as err:
+        check_run(other, run_dir, resume=True)
+    assert "2 key(s)" in str(err.value) and "lora.r: 8 -> 16" in str(err.value)
+    assert yaml.safe_load((tmp_path / "r1" / "config.yaml").read_text())["lora"]["r"] == 8
+
+
+# ---------------------------------------------------------------------------- one-line errors
+def one_line_error(capsys, argv: list[str]) -> str:
+    code = main(argv)
+    err = capsys.readouterr().err.strip()
+    assert code == 2, err
+    assert "Traceback" not in err and len(err.splitlines()) == 1, err
+    return err
+
+
+def test_missing_or_malformed_paths_are_one_line(capsys, tmp_path):
+    err = one_line_error(capsys, ["evaluate", "--adapter", str(tmp_path / "nope"),
+                                  "--bench", "synthetic"])
+    assert "--adapter" in err and "not a saved run" in err and "missing vlm" in err
+    (tmp_path / "file.txt").write_text("x")
+    err = one_line_error(capsys, ["show-targets", "--targets", str(tmp_path / "nope"),
+                                  "--out", str(tmp_path / "pngs")])
+    assert "--targets" in err and "nope" in err
+    err = one_line_error(capsys, ["show-targets", "--targets", str(tmp_path),
+                                  "--out", str(tmp_path / "file.txt")])
+    assert "--out" in err and "file.txt" in err
+
+
+def test_ctrl_c_is_one_line_and_exit_code_130(capsys, monkeypatch):
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_command, "run", interrupted)
+    assert main(["train", "--preset", "demo"]) == 130
+    err = capsys.readouterr().err.strip()
+    assert err == ("lavender train: interrupted (Ctrl-C); a training run or Tune search "
+                   "continues with --resume and the same preset and --set values")
