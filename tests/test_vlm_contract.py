@@ -326,6 +326,24 @@ def test_real_loading_path_from_a_local_checkpoint(family, tmp_path):
         torch.testing.assert_close(local.forward(inputs).logits, tiny.forward(inputs).logits)
 
 
+@pytest.mark.filterwarnings("ignore:AutoProcessor returned")
+def test_inputs_build_without_the_weights_as_the_adapter_builds_them(family, tmp_path):
+    """`build_vlm_inputs` (the pipeline's check stage): a checkpoint's processor and config, the
+    layers on the meta device; its weights are never read, the inputs are the adapter's."""
+    model, processor = build_tiny(f"tiny/{family}", seed=0)
+    model.save_pretrained(tmp_path)
+    processor.save_pretrained(tmp_path)
+    for weights in tmp_path.glob("*.safetensors"):
+        weights.unlink()
+    expected = make_adapter(family).build_inputs(images(), CONVERSATIONS)
+    for model_id in (str(tmp_path), f"tiny/{family}"):
+        cfg = make_config(family, f"vlm.model_id={model_id}", "vlm.dtype=auto")
+        vlm_inputs = adapter_class(family).build_vlm_inputs(cfg.vlm)
+        built = vlm_inputs.build_inputs(images(), CONVERSATIONS)
+        assert built.keys() == expected.keys()
+        assert all(torch.equal(built[k], expected[k]) for k in built)
+
+
 # ------------------------------------------------------------------- registry, config, tiny
 def test_registry_names_the_registered_families():
     assert set(registered_families()) >= {"mllama", "llava", "qwen2_vl"}

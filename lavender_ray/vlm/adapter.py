@@ -7,7 +7,9 @@ chat-templated inputs with assistant-only labels (`chat.py`), per-layer capture 
 CAPTURE_ATTENTION attention function (`capture.py`), the layout of the maps in the frame every
 map shares (the image's box of the grid resampled to s x s: METHOD.md section 3a, `sample_maps`,
 `point_cell`), and the forward that returns them. `SelfAttentionAdapter` adds what the
-self-attention families (LLaVA, Qwen2-VL) share.
+self-attention families (LLaVA, Qwen2-VL) share. The inputs are built by `VLMInputs`
+(`inputs.py`), which needs the processor only; `build_vlm_inputs` makes a family's without its
+weights.
 
 Shapes::
 
@@ -17,7 +19,6 @@ Shapes::
 
 from __future__ import annotations
 
-import io
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from typing import Any, ClassVar, Literal
@@ -25,20 +26,15 @@ from typing import Any, ClassVar, Literal
 import torch
 from PIL import Image
 from torch import nn
-from transformers import AutoProcessor, PreTrainedModel
+from transformers import AutoConfig, AutoProcessor, PreTrainedModel
 
+from lavender_ray.config import VLMConfig
 from lavender_ray.tensors import axis_weights, resize_maps
 from lavender_ray.vlm.base import CapturedAttention, ImageInput, KeyLayout, VLMForwardOutput
 from lavender_ray.vlm.capture import CAPTURE_ATTENTION, AttentionRecorder
-from lavender_ray.vlm.chat import (
-    IGNORE_INDEX,
-    answer_flags,
-    assistant_spans,
-    template_messages,
-    transfer_labels,
-)
-
-FRAME_SIZES = "frame_sizes"  # [b, 2]: each original image's (height, width), for the layout
+from lavender_ray.vlm.chat import IGNORE_INDEX
+from lavender_ray.vlm.inputs import FRAME_SIZES, VLMInputs
+from lavender_ray.vlm.tiny import TINY_PREFIX
 
 
 def select_layers(requested: list[int] | None, available: list[int]) -> list[int]:
@@ -62,15 +58,6 @@ def answer_rows(labels: torch.Tensor) -> torch.Tensor:
     """Query rows that predict an answer token in any sample: `t - 1` for every position `t`
     with `labels[:, t] != -100` (HF labels are unshifted). labels `[b, T]` -> sorted `[R]`."""
     return (labels[:, 1:] != IGNORE_INDEX).any(dim=0).nonzero().flatten()
-
-
-def to_pil(image: ImageInput) -> Image.Image:
-    """A PIL image or encoded image bytes -> an RGB PIL image."""
-    if isinstance(image, bytes | bytearray):
-        image = Image.open(io.BytesIO(image))
-    if not isinstance(image, Image.Image):
-        raise TypeError(f"images must be PIL images or encoded bytes, got {type(image).__name__}")
-    return image.convert("RGB")
 
 
 class CapturingAdapter(ABC):
@@ -105,8 +92,10 @@ class CapturingAdapter(ABC):
         self.processor = processor
         self.tokenizer = processor.tokenizer
         self.map_size = map_size
-        self.max_length = max_length
         self.image_token_id = int(model.config.image_token_id)
+        self.vlm_inputs = VLMInputs(
+            processor, self.image_token_id, max_length, self.processor_images, self.sequence_keys
+        )
         modules = self.attention_modules(model)
         self.layers = select_layers(attention_layers, sorted(modules))
         self.num_layers = len(self.layers)
@@ -115,6 +104,38 @@ class CapturingAdapter(ABC):
         for layer in self.layers:
             self.recorder.watch(modules[layer], layer)
         model.set_attn_implementation({"text_config": CAPTURE_ATTENTION})
+
+    @property
+    def max_length(self) -> int:
+        """`vlm.max_length`: `build_inputs` cuts sequences to it."""
+        return self.vlm_inputs.max_length
+
+    @max_length.setter
+    def max_length(self, value: int) -> None:
+        self.vlm_inputs.max_length = value
+
+    @classmethod
+    def build_vlm_inputs(cls, vlm_cfg: VLMConfig) -> VLMInputs:
+        """The `VLMInputs` that `build_inputs` runs for `vlm_cfg`, without the model's weights:
+        the family's processor and its model's config, the layers built on the meta device (no
+        memory, well under a second at 11B), so the family's own `__init__` sets up its image
+        handling exactly as for training. A tiny model (`tiny/<family>`) is built as usual."""
+        if vlm_cfg.model_id.startswith(TINY_PREFIX):
+            model, processor = cls.build_tiny(vlm_cfg.seed)
+        else:
+            kwargs = {"revision": vlm_cfg.revision, "trust_remote_code": vlm_cfg.trust_remote_code}
+            processor = cls.load_processor(vlm_cfg.model_id, **kwargs)
+            config = AutoConfig.from_pretrained(vlm_cfg.model_id, **kwargs)
+            with torch.device("meta"):
+                model = cls.model_class(config)
+        adapter = cls(
+            model,
+            processor,
+            attention_layers=vlm_cfg.attention_layers,
+            max_length=vlm_cfg.max_length,
+            model_id=vlm_cfg.model_id,
+        )
+        return adapter.vlm_inputs
 
     # ------------------------------------------------------------------ family hooks
     @classmethod
@@ -175,71 +196,12 @@ class CapturingAdapter(ABC):
     # ------------------------------------------------------------------ inputs
     def render(self, messages: list[dict[str, Any]], add_generation_prompt: bool) -> str:
         """The family's chat template applied to HF-style messages (text, not tokens)."""
-        return self.processor.apply_chat_template(
-            messages, tokenize=False, add_generation_prompt=add_generation_prompt
-        )
+        return self.vlm_inputs.render(messages, add_generation_prompt)
 
     def build_inputs(
         self, images: list[ImageInput], conversations: list[list[dict[str, str]]]
     ) -> dict[str, torch.Tensor]:
-        if len(images) != len(conversations):
-            raise ValueError(f"{len(images)} images for {len(conversations)} conversations")
-        texts, text_ids, flags = [], [], []
-        for conversation in conversations:
-            text, spans = assistant_spans(self.render, template_messages(conversation))
-            encoded = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-            texts.append(text)
-            text_ids.append(encoded["input_ids"])
-            flags.append(answer_flags(encoded["offset_mapping"], spans))
-        pil_images = [to_pil(image) for image in images]
-        batch = self.processor(
-            text=texts,
-            images=self.processor_images(pil_images),
-            padding=True,
-            padding_side="right",
-            add_special_tokens=False,
-            return_tensors="pt",
-        )
-        inputs = dict(batch)
-        inputs["labels"] = self._labels(
-            inputs["input_ids"], inputs["attention_mask"], text_ids, flags
-        )
-        inputs[FRAME_SIZES] = torch.tensor([[im.height, im.width] for im in pil_images])  # [b, 2]
-        return self._truncate(inputs)
-
-    def _labels(
-        self,
-        input_ids: torch.Tensor,
-        attention_mask: torch.Tensor,
-        text_ids: list[list[int]],
-        flags: list[list[bool]],
-    ) -> torch.Tensor:
-        labels = torch.full_like(input_ids, IGNORE_INDEX)  # [b, T]
-        for row in range(input_ids.shape[0]):
-            length = int(attention_mask[row].sum())
-            if not bool(attention_mask[row, :length].all()):
-                raise ValueError("build_inputs needs right padding; the tokenizer padded left")
-            ids = input_ids[row, :length].tolist()
-            row_labels = transfer_labels(ids, text_ids[row], flags[row], self.image_token_id)
-            labels[row, :length] = torch.tensor(row_labels, dtype=labels.dtype)
-        return labels
-
-    def _truncate(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Cut every sequence tensor to `max_length`; an image cut off is an error."""
-        length = inputs["input_ids"].shape[1]
-        if length <= self.max_length:
-            return inputs
-        before = (inputs["input_ids"] == self.image_token_id).sum(dim=1)  # [b]
-        keep = self.max_length
-        cut = {k: v[:, :keep] if k in self.sequence_keys else v for k, v in inputs.items()}
-        after = (cut["input_ids"] == self.image_token_id).sum(dim=1)  # [b]
-        lost = (before != after).nonzero().flatten().tolist()
-        if lost:
-            raise ValueError(
-                f"samples {lost}: vlm.max_length={self.max_length} cuts into the image tokens "
-                f"(sequence length {length}); raise vlm.max_length or shorten the prompt"
-            )
-        return cut
+        return self.vlm_inputs.build_inputs(images, conversations)
 
     # ------------------------------------------------------------------ forward
     def forward(
