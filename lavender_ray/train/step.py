@@ -32,12 +32,11 @@ from lavender_ray.align import Aligner
 from lavender_ray.config import LossConfig, OptimConfig
 from lavender_ray.images import decode_image
 from lavender_ray.loss import LossOutput, alpha_at, attention_loss, lambda_at, lavender_loss
-from lavender_ray.schema import decode_maps, parse_messages
+from lavender_ray.pipeline.vlm_check import record_targets
+from lavender_ray.schema import parse_messages
 from lavender_ray.tensors import minmax_normalise
 from lavender_ray.vlm.base import CapturedAttention, VLMAdapter, VLMForwardOutput
 from lavender_ray.words import MatchedWord, select_words
-
-TARGET_COLUMNS = ("sd_words", "sd_maps", "sd_map_size")
 
 
 @dataclass
@@ -64,34 +63,20 @@ def collate_records(
 ) -> TrainBatch:
     """Records with SD target columns -> one `TrainBatch` (images decoded, chat-templated, padded).
 
-    Raises `ValueError` naming the record when a target column is missing, the map size differs
-    from `map_size` (config `sd.output_size`) or the number of maps differs from the words.
+    Raises `ValueError` naming the record when its targets are not usable (`record_targets`:
+    a target column missing, a map size other than `map_size` (config `sd.output_size`), maps
+    that do not fit the words). The pipeline's check stage (`pipeline.vlm_check`) rejects every
+    record this would raise on before it reaches a train worker.
     """
     if not records:
         raise ValueError("cannot collate an empty list of records")
     images, conversations, words, maps = [], [], [], []
     for record in records:
-        missing = [c for c in TARGET_COLUMNS if record.get(c) is None]
-        if missing:
-            raise ValueError(
-                f"record {record.get('id')!r} has no SD targets (missing {', '.join(missing)}); "
-                "run the SD stage first or use pipeline.mode=precomputed"
-            )
-        if int(record["sd_map_size"]) != map_size:
-            raise ValueError(
-                f"record {record.get('id')!r}: sd_map_size={record['sd_map_size']} but the trainer "
-                f"expects sd.output_size={map_size}"
-            )
-        record_maps = decode_maps(record["sd_maps"], map_size)  # bytes -> [n_sd, s, s]
-        if record_maps.shape[0] != len(record["sd_words"]):
-            raise ValueError(
-                f"record {record.get('id')!r}: {len(record['sd_words'])} sd_words but "
-                f"{record_maps.shape[0]} maps"
-            )
+        record_words, record_maps = record_targets(record, map_size)  # [n_sd, s, s]
         # the same decoding (EXIF, alpha, 16-bit, CMYK -> RGB) as the SD stage saw
         images.append(decode_image(record["image"], max_pixels=sys.maxsize))
         conversations.append(parse_messages(record["messages"]))
-        words.append(list(record["sd_words"]))
+        words.append(record_words)
         maps.append(torch.from_numpy(record_maps.copy()))
     return TrainBatch(adapter.build_inputs(images, conversations), words, maps)
 
