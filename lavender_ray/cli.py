@@ -20,6 +20,7 @@ COMMANDS: dict[str, str] = {
     "data": "data",
     "tune": "tune",
     "evaluate": "evaluate",
+    "export": "export",
 }
 
 
