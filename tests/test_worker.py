@@ -3,16 +3,29 @@ without a Ray cluster or a process group."""
 
 from __future__ import annotations
 
+import json
 import math
+import os
+import subprocess
+import sys
+from types import SimpleNamespace
 
 import pytest
+import ray.train
 import torch
 
+from lavender_ray.config import load_config
 from lavender_ray.train.reporting import (
+    MAX_SKIPS_IN_A_ROW,
     MetricMeter,
+    NonFiniteLoss,
+    Reporter,
+    TrainState,
     all_reduce_sum,
     average_norm_statistics,
     format_metrics,
+    report_due,
+    report_steps,
 )
 from lavender_ray.train.step import TrainBatch
 from lavender_ray.train.worker import cast_inputs
@@ -111,3 +124,191 @@ def test_ingest_options_carry_no_deprecated_field():
             DataConfig()._resolve_execution_options("train")
         options = ingest_config()._resolve_execution_options("train")
     assert options.preserve_order is False
+
+
+# ---------------------------------------------------------------------- health and schedule
+def reporter(*overrides: str, rank: int = 0) -> Reporter:
+    cfg = load_config("demo", list(overrides))
+    engine = SimpleNamespace(device=torch.device("cpu"))
+    scheduler = SimpleNamespace(get_last_lr=lambda: [1e-3])
+    return Reporter(cfg, engine, torch.nn.Linear(1, 1), scheduler, rank, TrainState())
+
+
+def step_metrics(lm: float = 2.0, att: float = 0.5, matched: float = 3.0) -> dict[str, float]:
+    return {"loss/total": lm + att, "loss/lm": lm, "loss/att": att,
+            "align/matched_words": matched}
+
+
+@pytest.fixture
+def reports(monkeypatch) -> list[dict]:
+    """What the reporter hands to `ray.train.report` (no checkpoint steps in these tests)."""
+    sent: list[dict] = []
+    monkeypatch.setattr(ray.train, "report", lambda metrics, **kwargs: sent.append(metrics))
+    return sent
+
+
+def test_checkpoints_keep_their_own_schedule_and_each_comes_with_a_report():
+    cfg = load_config("demo", ["train.max_steps=10", "train.report_every=3",
+                               "train.checkpoint_every=4"])
+    due = {step: report_due(step, cfg.train) for step in range(1, 11)}
+    assert [s for s, (_, checkpoint) in due.items() if checkpoint] == [4, 8, 10]  # + the last
+    assert report_steps(cfg.train) == [3, 4, 6, 8, 9, 10]
+    assert report_steps(cfg.train) == [s for s, (report, _) in due.items() if report]
+
+
+def test_the_reporter_checkpoints_at_multiples_of_checkpoint_every(monkeypatch):
+    calls: list[tuple[int, bool]] = []
+    monkeypatch.setattr(Reporter, "report", lambda self, c: calls.append((self.step, c)))
+    r = reporter("train.max_steps=7", "train.report_every=2", "train.checkpoint_every=3",
+                 "train.grad_accum_steps=2")
+    for _ in range(14):
+        r.micro_batch(step_metrics(), records=1)
+    assert calls == [(2, False), (3, True), (4, False), (6, True), (7, True)]
+    assert r.done and r.state.records == 14
+
+
+def test_a_nonfinite_loss_stops_every_rank_naming_the_step_and_the_terms():
+    r = reporter()
+    assert r.finite(step_metrics())
+    with pytest.raises(NonFiniteLoss) as err:
+        r.finite(step_metrics(lm=math.nan))
+    message = str(err.value)
+    assert "step 1:" in message and "loss/lm=nan" in message and "loss/att=0.5" in message
+    assert "train.on_nonfinite=skip" in message
+
+
+def test_ranks_agree_on_another_ranks_nonfinite_loss(monkeypatch):
+    # this rank's loss is finite; the all-reduce adds the other rank's flag
+    monkeypatch.setattr(torch.distributed, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.distributed, "get_world_size", lambda: 2)
+    monkeypatch.setattr(torch.distributed, "all_reduce", lambda t: t.add_(1.0))
+    with pytest.raises(NonFiniteLoss, match=r"on 1 of 2 rank\(s\) \(here, rank 1: loss/total=2.5"):
+        reporter(rank=1).finite(step_metrics())
+    skipping = reporter("train.on_nonfinite=skip", rank=1)
+    assert not skipping.finite(step_metrics()) and skipping.state.skipped == 1
+
+
+def test_skip_leaves_the_micro_batch_out_and_counts_it(reports, caplog):
+    r = reporter("train.on_nonfinite=skip", "train.report_every=2", "train.max_steps=4")
+    trained = 0
+    for loss in (1.0, math.inf, 3.0, math.nan, math.nan, 5.0):
+        metrics = step_metrics(lm=loss)
+        if r.finite(metrics):
+            r.micro_batch(metrics, records=1)
+            trained += 1
+    assert trained == 3 and r.step == 3 and r.state.records == 3
+    assert len(reports) == 1 and reports[0]["step"] == 2
+    assert reports[0]["train/skipped_steps"] == 1 and reports[0]["loss/lm"] == 2.0
+    assert r.state.skipped == 3
+    assert sum("left out (train.on_nonfinite=skip)" in m for m in caplog.messages) == 3
+
+
+def test_skipping_ends_when_the_loss_does_not_come_back():
+    r = reporter("train.on_nonfinite=skip")
+    for _ in range(MAX_SKIPS_IN_A_ROW - 1):
+        assert not r.finite(step_metrics(lm=math.nan))
+    with pytest.raises(NonFiniteLoss, match="in a row were not finite"):
+        r.finite(step_metrics(lm=math.nan))
+
+
+def test_reported_metrics_keep_a_nan(reports):
+    r = reporter("train.report_every=1")
+    r.micro_batch({**step_metrics(), "optim/grad_norm": math.nan}, records=1)
+    assert math.isnan(reports[0]["optim/grad_norm"]) and reports[0]["train/skipped_steps"] == 0
+
+
+def test_no_matched_word_in_the_first_reports_warns_once_that_the_run_is_plain_sft(
+    reports, caplog
+):
+    def warnings(r: Reporter, matched: list[float]) -> list[str]:
+        caplog.clear()
+        for value in matched:
+            r.micro_batch(step_metrics(matched=value), records=1)
+        return [m for m in caplog.messages if "plain SFT" in m]
+
+    (warning,) = warnings(reporter("train.report_every=1"), [0, 0, 0, 0])
+    assert "first 2 reports (up to step 2)" in warning
+    assert "loss.word_source=label" in warning and "loss.matching=root" in warning
+    assert "target_text" in warning and "This run: loss.word_source=predicted" in warning
+    assert not warnings(reporter("train.report_every=1"), [0, 2, 0, 0])
+    assert not warnings(reporter("train.report_every=1", rank=1), [0, 0, 0])
+    assert not warnings(reporter("train.report_every=1", "loss.lambda=0"), [0, 0, 0])
+
+
+SKIP_SCRIPT = r"""
+import json, math, os, re, sys
+import numpy as np
+import torch, deepspeed
+from lavender_ray.align import build_aligner
+from lavender_ray.config import load_config
+from lavender_ray.data.synthetic import make_synthetic_records
+from lavender_ray.sd.target import SDTarget
+from lavender_ray.train.precision import deepspeed_config
+from lavender_ray.train.reporting import Reporter, TrainState
+from lavender_ray.train.step import LavenderModule, build_optimizer, collate_records
+from lavender_ray.train.worker import train_micro_batch
+from lavender_ray.vlm import build_adapter
+
+rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+cfg = load_config("demo", ["loss.word_source=label", "lora.dropout=0", "train.grad_accum_steps=2",
+                           f"train.zero_stage={sys.argv[1]}", "train.on_nonfinite=skip"])
+records = []
+for record in make_synthetic_records(2, seed=rank, image_size=48):
+    words = list(dict.fromkeys(re.findall(r"[^\W_]+", record["target_text"].lower())))
+    maps = np.random.default_rng(0).random((len(words), 32, 32), dtype=np.float32)
+    records.append(record | SDTarget(words, [(-1, -1)] * len(words), maps, 0, "x").to_row())
+
+
+def run(with_nan):
+    torch.manual_seed(0)
+    adapter = build_adapter(cfg.vlm, cfg.lora, cfg.sd.output_size)
+    module = LavenderModule(adapter, build_aligner(cfg.aligner, adapter.num_heads), cfg.loss, 32)
+    module.train()
+    engine, _, _, _ = deepspeed.initialize(
+        model=module, optimizer=build_optimizer(module, cfg.optim),
+        config=deepspeed_config(cfg, world, "fp32"))
+    reporter = Reporter(cfg, engine, module, None, rank, TrainState())
+    first, second = (collate_records([r], adapter, 32) for r in records)
+    bad = collate_records(records[:1], adapter, 32)
+    if rank == world - 1:  # a NaN loss on the last rank only: every rank must leave it out
+        bad.inputs["pixel_values"] = torch.full_like(bad.inputs["pixel_values"], math.nan)
+    batches = [first, bad, second] if with_nan else [first, second]
+    trained = [train_micro_batch(engine, reporter, b, torch.float32, 10) for b in batches]
+    params = [p for p in module.parameters() if p.requires_grad]
+    with deepspeed.zero.GatheredParameters(params):
+        values = [p.detach().clone() for p in params]
+    return trained, values, reporter, engine
+
+
+(trained, skipped_run, reporter, engine), (_, clean_run, _, _) = run(True), run(False)
+torch.manual_seed(0)
+untrained = [p for p in build_adapter(cfg.vlm, cfg.lora, 32).model.parameters() if p.requires_grad]
+print("RESULT", json.dumps({
+    "trained": trained, "step": reporter.step, "skipped": reporter.state.skipped,
+    "engine_steps": engine.global_steps,
+    "same_as_without_it": all(torch.equal(a, b) for a, b in zip(skipped_run, clean_run)),
+    "finite": all(bool(torch.isfinite(v).all()) for v in skipped_run),
+    "updated": any(not torch.equal(a, b) for a, b in zip(skipped_run, untrained)),
+}))
+"""
+
+
+@pytest.mark.slow  # two DeepSpeed ranks in subprocesses
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("stage", [2, 3])
+def test_a_skipped_micro_batch_leaves_no_trace_under_deepspeed(stage, tmp_path):
+    """Two ranks under ZeRO, gradient accumulation 2: a micro-batch whose loss is NaN on one
+    rank only is left out on both, and the weights end exactly as in a run without it."""
+    script = tmp_path / "skip.py"
+    script.write_text(SKIP_SCRIPT)
+    args = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+            "--master_port", str(29660 + stage), str(script), str(stage)]
+    run = subprocess.run(args, env={**os.environ, "DS_ACCELERATOR": "cpu"}, cwd=tmp_path,
+                         capture_output=True, text=True, timeout=280)
+    lines = [line for line in run.stdout.splitlines() if line.startswith("RESULT ")]
+    assert run.returncode == 0 and len(lines) == 2, run.stderr[-3000:]
+    for line in lines:  # one per rank
+        result = json.loads(line[len("RESULT "):])
+        assert result["trained"] == [True, False, True]
+        assert result["step"] == result["engine_steps"] == 1 and result["skipped"] == 1
+        assert result["same_as_without_it"] and result["finite"] and result["updated"]

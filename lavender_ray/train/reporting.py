@@ -3,18 +3,26 @@
     state = restore(engine, rank)                       # from ray.train.get_checkpoint(), or fresh
     reporter = Reporter(cfg, engine, module, scheduler, rank, state)
     for batch in reporter.timed(batches):               # time spent waiting counts as data wait
-        ...forward, backward, step...
+        ...forward...
+        if not reporter.finite(out.metrics): continue   # NaN/inf: stop, or skip on every rank
+        ...backward, step...
         reporter.micro_batch(out.metrics, len(batch))   # reports and checkpoints when due
         if reporter.done: break
 
-Every micro-batch's metrics go in; after each optimizer step (`train.grad_accum_steps`
-micro-batches) the reporter decides what is due. Every `train.report_every` steps (and at the
-last step) the means since the last report, with the step, the records trained on so far (all
-ranks), the data wait, the step time and the learning rate, go to `ray.train.report` from every
-rank (Ray Train keeps rank 0's) and to the console from rank 0. On the reports whose step is a
-multiple of `train.checkpoint_every` (and the last) every rank also saves its DeepSpeed state and
-rank 0 the verified export into the reported checkpoint (the layout of `lavender_ray.runs`).
+Every trained micro-batch's metrics go in; after each optimizer step (`train.grad_accum_steps`
+micro-batches) the reporter decides what is due (`report_due`). Every `train.report_every` steps,
+at every multiple of `train.checkpoint_every` and at the last step, the means since the last
+report, with the step, the records trained on so far (all ranks), the micro-batches skipped, the
+data wait, the step time and the learning rate, go to `ray.train.report` from every rank (Ray
+Train keeps rank 0's) and to the console from rank 0. At the checkpoint steps every rank also
+saves its DeepSpeed state and rank 0 the verified export into the reported checkpoint (the
+layout of `lavender_ray.runs`): checkpoints keep their own schedule, a report carries each.
 This is the one place metrics leave a step: trackers plug in here.
+
+Health guards: a loss term that is NaN or inf on any rank (`finite`) stops the run on every rank
+with `NonFiniteLoss` (`train.on_nonfinite=stop`), or leaves the micro-batch out on every rank and
+counts it (`skip`); reported metrics are never filtered. When `align/matched_words` is 0 in each
+of the first reports, rank 0 warns once that the alignment term is off (the run is plain SFT).
 """
 
 from __future__ import annotations
@@ -33,7 +41,7 @@ from typing import Any, TypeVar
 import ray.train
 import torch
 
-from lavender_ray.config import LavenderConfig
+from lavender_ray.config import LavenderConfig, TrainConfig
 from lavender_ray.runs import DS_TAG, EXPORT_DIR, METRICS_FILE, STATE_FILE, checkpoint_name
 from lavender_ray.train.export import export_trained
 from lavender_ray.train.step import LavenderModule
@@ -43,6 +51,23 @@ from lavender_ray.train.step import LavenderModule
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 PROGRESS_KEYS = ("loss/total", "loss/lm", "loss/att", "align/matched_words", "time/step_s")
+LOSS_TERMS = ("loss/total", "loss/lm", "loss/att")
+PLAIN_SFT_REPORTS = 2  # reports without a matched word before the run is called plain SFT
+MAX_SKIPS_IN_A_ROW = 20  # non-finite micro-batches in a row after which skipping cannot help
+PLAIN_SFT_WARNING = (
+    "align/matched_words was 0 in each of the first %d reports (up to step %d): no word of the "
+    "VLM matched an SD word, so loss/att is 0 and the run is plain SFT. Causes: "
+    "loss.word_source=predicted takes the words the model predicts, which an untrained model "
+    "rarely gets right (loss.word_source=label takes the answer's own words); "
+    "loss.matching=exact needs identical words (loss.matching=root also matches 'dogs' to "
+    "'dog'); the SD words come from each record's target_text, which must share words with the "
+    "answer; loss.skip_stop_words leaves stop words out. This run: loss.word_source=%s, "
+    "loss.matching=%s, loss.skip_stop_words=%s."
+)
+
+
+class NonFiniteLoss(RuntimeError):
+    """A micro-batch's loss is NaN or inf (`train.on_nonfinite`)."""
 
 
 @dataclass
@@ -54,6 +79,7 @@ class TrainState:
     records: int = 0
     history: list[dict[str, float]] = field(default_factory=list)
     resumed_from: int = -1
+    skipped: int = 0  # micro-batches left out for a non-finite loss (train.on_nonfinite=skip)
 
 
 class MetricMeter:
@@ -101,6 +127,19 @@ def average_norm_statistics(module: torch.nn.Module, device: torch.device) -> No
                 stat.copy_(summed / world)
 
 
+def report_due(step: int, train: TrainConfig) -> tuple[bool, bool]:
+    """(report, checkpoint) after optimizer step `step`: a checkpoint at every multiple of
+    `train.checkpoint_every` and at the last step; a report at every multiple of
+    `train.report_every` and with every checkpoint (Ray Train's report carries it)."""
+    checkpoint = step % train.checkpoint_every == 0 or step >= train.max_steps
+    return checkpoint or step % train.report_every == 0, checkpoint
+
+
+def report_steps(train: TrainConfig) -> list[int]:
+    """Every step a run reports at (`report_due`): one result each for Ray Tune."""
+    return [step for step in range(1, train.max_steps + 1) if report_due(step, train)[0]]
+
+
 def format_metrics(metrics: dict[str, float], max_steps: int) -> str:
     """One progress line: `step 10/30  loss/total 1.234  ...`."""
     parts = [f"{k} {metrics[k]:.4g}" for k in PROGRESS_KEYS if k in metrics]
@@ -125,7 +164,10 @@ def restore(engine: Any, rank: int) -> TrainState:
                 history = [json.loads(line) for line in f]
     if rank == 0:
         log.info("resumed from %s at step %d", checkpoint.path, saved["step"])
-    return TrainState(saved["step"], saved["records"], history, resumed_from=saved["step"])
+    return TrainState(
+        saved["step"], saved["records"], history, resumed_from=saved["step"],
+        skipped=saved.get("skipped", 0),
+    )
 
 
 class Reporter:
@@ -147,6 +189,9 @@ class Reporter:
         self.micro_batches = 0
         self.wait_s = 0.0
         self.last_report = time.perf_counter()
+        self.last_report_step = state.step
+        self.skips_in_a_row = 0
+        self.first_matched: list[float] = []  # align/matched_words of this worker's first reports
 
     @property
     def step(self) -> int:
@@ -169,6 +214,45 @@ class Reporter:
             self.wait_s += time.perf_counter() - start
             yield batch
 
+    def finite(self, metrics: dict[str, float]) -> bool:
+        """Whether to train this micro-batch: its loss terms (`LOSS_TERMS`) are finite on every
+        rank. Every rank calls this after its forward; one all-reduce makes them decide alike.
+        Otherwise, with `train.on_nonfinite=stop` every rank raises `NonFiniteLoss` naming the
+        step and the loss terms; with `skip` every rank returns False, the caller leaves the
+        micro-batch out (no backward, no optimizer step: nothing of it reaches the weights or
+        the optimizer state), and it is counted in `train/skipped_steps`. A skipped
+        micro-batch does not count towards the step: under gradient accumulation the next
+        micro-batch takes its place. `MAX_SKIPS_IN_A_ROW` skips in a row stop the run."""
+        bad = [k for k in LOSS_TERMS if k in metrics and not math.isfinite(metrics[k])]
+        ranks = int(all_reduce_sum(float(bool(bad)), self.engine.device))
+        if ranks == 0:
+            self.skips_in_a_row = 0
+            return True
+        world = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
+        terms = ", ".join(f"{k}={metrics[k]:.4g}" for k in LOSS_TERMS if k in metrics)
+        where = (
+            f"step {self.state.step + 1}: the loss is not finite on {ranks} of {world} rank(s) "
+            f"(here, rank {self.rank}: {terms})"
+        )
+        if self.cfg.train.on_nonfinite == "stop":
+            raise NonFiniteLoss(
+                f"{where}; train.on_nonfinite=stop ends the run. Look for a learning rate too "
+                "high (optim.lr), an fp16 overflow (train.precision) or a bad record; "
+                "train.on_nonfinite=skip leaves such micro-batches out and counts them"
+            )
+        self.state.skipped += 1
+        self.skips_in_a_row += 1
+        if self.skips_in_a_row >= MAX_SKIPS_IN_A_ROW:
+            raise NonFiniteLoss(
+                f"{where}; {self.skips_in_a_row} micro-batches in a row were not finite "
+                "(train.on_nonfinite=skip): the run has diverged"
+            )
+        if self.rank == 0:
+            log.warning(
+                "%s; left out (train.on_nonfinite=skip), %d so far", where, self.state.skipped
+            )
+        return False
+
     def micro_batch(self, metrics: dict[str, float], records: int) -> None:
         """One micro-batch trained; after each optimizer step, report and checkpoint if due."""
         self.meter.add(metrics)
@@ -177,42 +261,53 @@ class Reporter:
         if self.micro_batches % self.cfg.train.grad_accum_steps:
             return
         self.state.step += 1
-        t = self.cfg.train
-        if self.state.step % t.report_every == 0 or self.done:
-            with_checkpoint = self.state.step % t.checkpoint_every == 0 or self.done
-            self.report(with_checkpoint)
+        report, checkpoint = report_due(self.state.step, self.cfg.train)
+        if report:
+            self.report(checkpoint)
 
     def report(self, with_checkpoint: bool) -> None:
         """Report the metrics since the last report (every rank calls this at the same step)."""
         now = time.perf_counter()
         metrics = self.meter.means()
+        steps = max(self.state.step - self.last_report_step, 1)
         metrics.update(
             {
                 "step": self.state.step,
                 "records": all_reduce_sum(self.state.records, self.engine.device),
                 "time/data_wait_s": self.wait_s,
-                "time/step_s": (now - self.last_report) / self.cfg.train.report_every,
+                "time/step_s": (now - self.last_report) / steps,
                 "optim/lr": self.scheduler.get_last_lr()[0],
                 "train/resumed_from": self.state.resumed_from,  # -1: never resumed
+                "train/skipped_steps": self.state.skipped,  # the same on every rank
             }
         )
-        self.last_report, self.wait_s = now, 0.0
+        self.last_report, self.wait_s, self.last_report_step = now, 0.0, self.state.step
         self.state.history.append(metrics)
         if self.rank == 0:
             log.info(format_metrics(metrics, self.cfg.train.max_steps))
-        reported = {k: v for k, v in metrics.items()
-                    if not (isinstance(v, float) and math.isnan(v))}
+            self.warn_if_plain_sft(metrics)
         if not with_checkpoint:
-            ray.train.report(reported)
+            ray.train.report(metrics)
             return
         average_norm_statistics(self.module, self.engine.device)
         with tempfile.TemporaryDirectory() as tmp:
             self.save_checkpoint(tmp)
             ray.train.report(
-                reported,
+                metrics,
                 checkpoint=ray.train.Checkpoint.from_directory(tmp),
                 checkpoint_dir_name=checkpoint_name(self.state.step),
             )
+
+    def warn_if_plain_sft(self, metrics: dict[str, float]) -> None:
+        """Warn once when `align/matched_words` was 0 in each of this worker's first
+        `PLAIN_SFT_REPORTS` reports (not with `loss.lambda=0`, plain SFT by choice)."""
+        if len(self.first_matched) >= PLAIN_SFT_REPORTS or self.cfg.loss.lambda_ == 0:
+            return
+        self.first_matched.append(metrics.get("align/matched_words", math.nan))
+        if len(self.first_matched) == PLAIN_SFT_REPORTS and not any(self.first_matched):
+            loss = self.cfg.loss
+            log.warning(PLAIN_SFT_WARNING, PLAIN_SFT_REPORTS, self.state.step,
+                        loss.word_source, loss.matching, loss.skip_stop_words)
 
     def save_checkpoint(self, folder: str) -> None:
         """This rank's part of a checkpoint: DeepSpeed state, its step and records; rank 0 adds
@@ -221,7 +316,9 @@ class Reporter:
         self.engine.save_checkpoint(folder, tag=DS_TAG, exclude_frozen_parameters=True)
         export_trained(self.module, self.cfg, os.path.join(folder, EXPORT_DIR), rank=self.rank)
         with open(os.path.join(folder, STATE_FILE.format(rank=self.rank)), "w") as f:
-            json.dump({"step": self.state.step, "records": self.state.records}, f)
+            saved = {"step": self.state.step, "records": self.state.records,
+                     "skipped": self.state.skipped}
+            json.dump(saved, f)
         if self.rank == 0:
             with open(os.path.join(folder, METRICS_FILE), "w") as f:
                 f.writelines(json.dumps(m) + "\n" for m in self.state.history)

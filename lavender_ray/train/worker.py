@@ -5,7 +5,8 @@ Aligner, hands them to `deepspeed.initialize` with the DeepSpeed config built fr
 config and the world size, restores the latest checkpoint if there is one, and trains on its
 shard of the "train" dataset (`iter_torch_batches`, epoch after epoch) until `train.max_steps`
 optimizer steps (`train.grad_accum_steps` micro-batches each). Metrics and checkpoints leave
-through the worker's `reporting.Reporter`.
+through the worker's `reporting.Reporter`, which also decides whether a micro-batch with a
+non-finite loss stops the run or is left out (`train_micro_batch`, `train.on_nonfinite`).
 """
 
 from __future__ import annotations
@@ -99,6 +100,24 @@ def build_engine(cfg: LavenderConfig, world: int) -> tuple[Any, LavenderModule, 
     return engine, module, scheduler, TORCH_DTYPES[precision]
 
 
+def train_micro_batch(
+    engine: Any, reporter: Reporter, batch: TrainBatch, dtype: torch.dtype, total_steps: int
+) -> bool:
+    """Forward one micro-batch; when its loss is finite on every rank, backward, step and hand
+    its metrics to the reporter. Returns whether it was trained. A micro-batch left out
+    (`train.on_nonfinite=skip`) is left out on every rank alike (`Reporter.finite`): neither
+    `engine.backward` nor `engine.step` runs, so DeepSpeed's collectives stay in lockstep, no
+    NaN reaches the accumulated gradients or the optimizer state, and DeepSpeed's
+    accumulation boundary stays where the reporter counts it (both count trained micro-batches)."""
+    out = engine(cast_inputs(batch, engine.device, dtype), reporter.step, total_steps)
+    if not reporter.finite(out.metrics):
+        return False
+    engine.backward(out.total)
+    engine.step()
+    reporter.micro_batch(out.metrics, len(batch))
+    return True
+
+
 def micro_batches(cfg: LavenderConfig, collate: CollateRecords, rank: int) -> Iterator[TrainBatch]:
     """This worker's shard of the "train" dataset, one epoch after the other, without end;
     an epoch that yields nothing is an error (every record was rejected)."""
@@ -132,7 +151,4 @@ def train_fn_per_worker(config: dict[str, Any]) -> None:
     while not reporter.done:
         batch = next(batches)
         maybe_inject_fault(cfg, reporter.step, rank)
-        out = engine(cast_inputs(batch, engine.device, dtype), reporter.step, cfg.train.max_steps)
-        engine.backward(out.total)
-        engine.step()
-        reporter.micro_batch(out.metrics, len(batch))
+        train_micro_batch(engine, reporter, batch, dtype, cfg.train.max_steps)
