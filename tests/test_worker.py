@@ -1,5 +1,7 @@
 """The per-worker helpers of `lavender_ray.train.worker` and the trainer's ingest options,
-without a Ray cluster or a process group."""
+without a Ray cluster or a process group; the reporter's health guards and checkpoint schedule
+with a stand-in engine. Slow: a skipped micro-batch under two real DeepSpeed ranks, and one
+TorchTrainer run whose loss diverges."""
 
 from __future__ import annotations
 
@@ -13,8 +15,10 @@ from types import SimpleNamespace
 import pytest
 import ray.train
 import torch
+from test_sd_stage import OVERRIDES as SD_OVERRIDES
 
 from lavender_ray.config import load_config
+from lavender_ray.train.launch import train
 from lavender_ray.train.reporting import (
     MAX_SKIPS_IN_A_ROW,
     MetricMeter,
@@ -312,3 +316,17 @@ def test_a_skipped_micro_batch_leaves_no_trace_under_deepspeed(stage, tmp_path):
         assert result["trained"] == [True, False, True]
         assert result["step"] == result["engine_steps"] == 1 and result["skipped"] == 1
         assert result["same_as_without_it"] and result["finite"] and result["updated"]
+
+
+@pytest.mark.slow  # starts a TorchTrainer
+@pytest.mark.timeout(600)
+def test_a_diverging_run_stops_with_the_error_naming_step_and_loss(ray_local, tmp_path):
+    # Adam's first step moves every trainable weight by about optim.lr: the next loss overflows
+    cfg = load_config("demo", {
+        **SD_OVERRIDES, "optim.lr": 1e30, "train.max_steps": 4, "train.max_failures": 0,
+        "data.sources": [{"name": "s", "format": "synthetic", "num_samples": 12}],
+        "train.storage_path": str(tmp_path / "runs"),
+    })
+    with pytest.raises(Exception, match=r"step \d: the loss is not finite") as err:
+        train(cfg)
+    assert "train.on_nonfinite=stop ends the run" in str(err.value)
