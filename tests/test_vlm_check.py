@@ -53,7 +53,7 @@ def with_messages(record: dict, record_id: str, turns: list[dict[str, str]]) -> 
     return dict(record, id=record_id, messages=json.dumps(turns))
 
 
-def bad_records(base: dict) -> tuple[list[dict], dict[str, str]]:
+def bad_records(base: dict, image_token: str = "<image>") -> tuple[list[dict], dict[str, str]]:
     """One record per reason this stage gives, and the expected reason of each id."""
     answer = {"role": "assistant", "content": "A red circle."}
     question = {"role": "user", "content": "What is in the image?"}
@@ -65,6 +65,8 @@ def bad_records(base: dict) -> tuple[list[dict], dict[str, str]]:
                                 question, answer], "image_cut"),
         "long_question": ([{"role": "user", "content": LONG_QUESTION}, answer],
                           "answer_truncated"),
+        "spells_image_token": ([{"role": "user", "content": f"Is {image_token} red?"}, answer],
+                               "bad_conversation"),
     }
     records = [with_messages(base, name, turns) for name, (turns, _) in cases.items()]
     records.append(dict(base, id="not_json", messages="[{"))
@@ -87,12 +89,15 @@ def test_each_bad_case_is_rejected_with_its_reason_and_good_rows_pass_unchanged(
     cfg = family_config(family)
     stage = VLMCheckStage(cfg.to_dict(), str(tmp_path / "rejects"))
     good = good_records()
-    bad, expected = bad_records(good[0])
+    inputs = stage.vlm_inputs
+    image_token = inputs.tokenizer.convert_ids_to_tokens(inputs.image_token_id)
+    bad, expected = bad_records(good[0], image_token)
     out, rejects = run_stage(stage, good + bad)
     assert out == good  # unchanged, in order
     assert {rid: r["reason"] for rid, r in rejects.items()} == expected
     assert all(r["stage"] == "vlm" and r["detail"] for r in rejects.values())
     assert "IndexError" in rejects["starts_with_answer"]["detail"]  # the template's own error
+    assert "image token" in rejects["spells_image_token"]["detail"]
     truncated = rejects["long_question"]["detail"]
     assert f"vlm.max_length={MAX_LENGTH}" in truncated and "answer tokens" in truncated
     # what passed, the trainer's collate takes, one by one and as one batch

@@ -12,7 +12,8 @@ measured against `vlm.max_length`. A record leaves the stage unchanged, or with 
 (`vlm.overlong=truncate_question`: the earliest user text loses tokens from its end until the
 answer fits), or it is written to the rejects folder (stage "vlm") with one of these reasons:
 
-    bad_conversation   the chat template or the label placement fails (detail: the error)
+    bad_conversation   the chat template or the label placement fails (detail: the error), or
+                       the text spells the image token
     image_unusable     the processor raises on the image, or leaves no image token
     image_cut          vlm.max_length cuts into the image tokens
     answer_truncated   vlm.max_length cuts into the answer (with truncate_question: even with
@@ -101,6 +102,11 @@ def measure(inputs: VLMInputs, image: Image.Image, conversation: list[dict[str, 
         text = inputs.encode_text(conversation)
     except Exception as err:  # a chat template is user code: it may raise anything
         raise RecordError("bad_conversation", describe(err)) from None
+    placeholders = text.ids.count(inputs.image_token_id)
+    if placeholders != 1:  # the image's own, plus text that spells the image token
+        token = inputs.tokenizer.convert_ids_to_tokens(inputs.image_token_id)
+        detail = f"the text holds the image token {token!r} {placeholders} times, not once"
+        raise RecordError("bad_conversation", detail)
     try:
         batch = inputs.process([image], [text])
     except Exception as err:  # the processor's own checks and image transforms
