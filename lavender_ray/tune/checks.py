@@ -3,7 +3,6 @@ the concurrency the cluster allows, and whether the experiment may start or resu
 
 from __future__ import annotations
 
-import math
 import warnings
 
 import ray
@@ -14,6 +13,7 @@ from ray.util.state import list_nodes
 from lavender_ray.config import ConfigError, LavenderConfig, config_differences
 from lavender_ray.placement import worker_request, worker_slots
 from lavender_ray.storage import read_text
+from lavender_ray.train.reporting import report_steps
 from lavender_ray.tune.layout import TuneLayout
 
 TUNABLE_METRICS = ("loss/total", "loss/lm", "loss/att", "align/matched_words")
@@ -27,12 +27,13 @@ def check_tune_config(cfg: LavenderConfig) -> int:
             f"tune.metric={t.metric!r} is not a metric trials report; allowed: "
             + ", ".join(TUNABLE_METRICS)
         )
-    reports = math.ceil(cfg.train.max_steps / cfg.train.report_every)
+    reports = len(report_steps(cfg.train))
     if t.grace_period >= reports:
         raise ConfigError(
             f"tune.grace_period={t.grace_period} (in reports) must be < the reports per trial "
-            f"({reports} = ceil(train.max_steps={cfg.train.max_steps} / "
-            f"train.report_every={cfg.train.report_every})), or ASHA can never stop a trial"
+            f"({reports}: every train.report_every={cfg.train.report_every} and every "
+            f"train.checkpoint_every={cfg.train.checkpoint_every} steps up to "
+            f"train.max_steps={cfg.train.max_steps}), or ASHA can never stop a trial"
         )
     return reports
 
