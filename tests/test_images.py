@@ -1,5 +1,5 @@
-"""`lavender_ray.images.decode_image`: every bad-input kind gets its reject code, every
-convertible mode becomes the expected RGB pixels."""
+"""`lavender_ray.images.decode_image` and `check_image`: every bad-input kind gets its reject
+code (the same from both), every convertible mode becomes the expected RGB pixels."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lavender_ray.images import decode_image
+from lavender_ray.images import MAX_ASPECT_RATIO, MIN_IMAGE_SIDE, check_image, decode_image
 from lavender_ray.schema import RecordError
 
 MAX_PIXELS = 100 * 100
@@ -50,6 +50,9 @@ def bad_image_cases() -> dict[str, tuple[bytes, str]]:
         "truncated_jpeg": (jpeg[: len(jpeg) // 3], "truncated_image"),
         "zero_size": (png_header_only(0, 12), "zero_size_image"),
         "one_pixel": (encode(Image.new("RGB", (1, 1), (9, 9, 9))), "image_too_small"),
+        "thin": (encode(Image.new("RGB", (MIN_IMAGE_SIDE - 1, 64))), "image_too_small"),
+        "strip": (encode(Image.new("RGB", (8, 8 * int(MAX_ASPECT_RATIO) + 8))),
+                  "extreme_aspect_ratio"),
         "huge": (png_header_only(101, 100), "image_too_large"),
     }
 
@@ -80,11 +83,25 @@ def convertible_cases() -> dict[str, tuple[bytes, tuple[int, int, int]]]:
 
 
 @pytest.mark.parametrize("name", sorted(bad_image_cases()))
-def test_unusable_images_raise_their_reject_code(name: str) -> None:
+@pytest.mark.parametrize("decode", [decode_image, check_image])
+def test_unusable_images_raise_their_reject_code(name: str, decode) -> None:
     data, code = bad_image_cases()[name]
     with pytest.raises(RecordError) as err:
-        decode_image(data, MAX_PIXELS)
+        decode(data, MAX_PIXELS)
     assert err.value.reason == code, f"{name}: {err.value}"
+    assert "object at 0x" not in err.value.detail and "BytesIO" not in err.value.detail
+
+
+def test_check_image_gives_the_size_and_reads_every_byte() -> None:
+    jpeg = encode(noise_rgb(size=64), "JPEG")
+    assert check_image(jpeg, MAX_PIXELS) == (64, 64)  # decoded at 1/8 scale, full size given
+    with pytest.raises(RecordError) as err:
+        check_image(jpeg[:-40], MAX_PIXELS)  # only the end is missing: found by decoding
+    assert err.value.reason == "truncated_image"
+    with pytest.raises(RecordError, match="not an image format PIL reads"):
+        check_image(b"GIF89a" + b"\x00" * 3, MAX_PIXELS)  # a header with nothing after it
+    edge = encode(Image.new("RGB", (MIN_IMAGE_SIDE, MIN_IMAGE_SIDE * int(MAX_ASPECT_RATIO))))
+    assert check_image(edge, 10**6) == (MIN_IMAGE_SIDE, MIN_IMAGE_SIDE * int(MAX_ASPECT_RATIO))
 
 
 @pytest.mark.parametrize("name", sorted(convertible_cases()))
