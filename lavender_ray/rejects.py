@@ -2,7 +2,8 @@
 
 Stages write small Parquet files (`REJECT_SCHEMA`) into one folder, local or any pyarrow
 filesystem URI, so a streaming stage can reject rows without a second output of the dataset:
-records in = records out + rows under the rejects folder.
+records in = records out + rows under the rejects folder. `summarise_rejects` is what a
+console shows of them: per stage and reason the count and the first few ids with their detail.
 """
 
 from __future__ import annotations
@@ -27,9 +28,16 @@ def write_rejects(rejects: list[Reject], rejects_dir: str | None, stage: str) ->
     fs, root = filesystem_and_path(rejects_dir)
     fs.create_dir(root, recursive=True)
     path = f"{root.rstrip('/')}/{stage}-{uuid.uuid4().hex}.parquet"
-    table = pa.Table.from_pylist([r.to_row() for r in rejects], schema=REJECT_SCHEMA)
+    rows = [{k: printable(v) for k, v in r.to_row().items()} for r in rejects]
+    table = pa.Table.from_pylist(rows, schema=REJECT_SCHEMA)
     pq.write_table(table, path, filesystem=fs)
     return path
+
+
+def printable(text: str) -> str:
+    """`text` as valid UTF-8: a lone surrogate (an id or path from a JSON `\\ud800` escape)
+    becomes its escape, so a reject about broken text can itself be written."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def read_rejects(rejects_dir: str) -> pa.Table:
@@ -48,3 +56,24 @@ def count_rejects(rejects_dir: str) -> dict[str, int]:
     """`{"<stage>/<reason>": count}` over everything under `rejects_dir`."""
     rows = read_rejects(rejects_dir).select(["stage", "reason"]).to_pylist()
     return dict(collections.Counter(f"{r['stage']}/{r['reason']}" for r in rows))
+
+
+def summarise_rejects(rejects_dir: str, first: int = 3, width: int = 120) -> str:
+    """Rejects under `rejects_dir` for a console: one line per "<stage>/<reason>" with its
+    count (most frequent first), then the first `first` of them as `<source>/<id>: <detail>`,
+    the detail cut to `width` characters; "rejects: none" when there are none."""
+    rows = read_rejects(rejects_dir).to_pylist()
+    if not rows:
+        return "rejects: none"
+    groups: dict[str, list[dict[str, str]]] = collections.defaultdict(list)
+    for row in rows:
+        groups[f"{row['stage']}/{row['reason']}"].append(row)
+    lines = [f"rejects: {len(rows)}"]
+    for key, group in sorted(groups.items(), key=lambda kv: (-len(kv[1]), kv[0])):
+        lines.append(f"  {key}  {len(group)}")
+        for row in group[:first]:
+            detail = " ".join(row["detail"].split())
+            if len(detail) > width:
+                detail = detail[: width - 3] + "..."
+            lines.append(f"    {row['source']}/{' '.join(row['id'].split())[:width]}: {detail}")
+    return "\n".join(lines)

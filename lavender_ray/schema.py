@@ -38,6 +38,7 @@ Pure module: pyarrow and numpy only (no Ray, torch, diffusers or transformers).
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -87,6 +88,7 @@ BENCHMARK_SCHEMA = pa.schema(
 )
 
 ROLES = ("system", "user", "assistant")
+WORD_CHAR = re.compile(r"[^\W_]")  # a letter or digit: `words`' word rule, one character
 
 
 @dataclass(frozen=True)
@@ -191,16 +193,83 @@ def make_benchmark_row(
 
 
 def check_messages(messages: Any) -> None:
-    """A conversation is a non-empty list of {role, content} with at least one assistant turn."""
+    """A conversation the chat templates of every shipped family render and the trainer can
+    label, or `RecordError` naming the turn:
+
+        bad_messages      not a non-empty list of {"role", "content": str} objects
+        bad_encoding      a content with a lone surrogate (`\\ud800` in JSON: not Unicode)
+        bad_conversation  a role other than system/user/assistant; a system turn that is not
+                          the first, or two; a first non-system turn that is not the user's
+                          (the image goes into the first user turn); two turns of one role in
+                          a row (user and assistant alternate); a last turn that is not an
+                          answer
+        empty_question    a user turn after the first without text (the first may hold only
+                          the image)
+        empty_text        an answer without a letter or digit (empty, whitespace, "...")
+    """
     if not isinstance(messages, list) or not messages:
-        raise RecordError("bad_messages", "messages must be a non-empty list")
+        raise RecordError("bad_messages", "messages must be a non-empty list of turns")
     for i, m in enumerate(messages):
-        if not isinstance(m, dict) or m.get("role") not in ROLES:
-            raise RecordError("bad_messages", f"turn {i}: role must be one of {ROLES}, got {m!r}")
+        if not isinstance(m, dict):
+            raise RecordError("bad_messages", f"turn {i} is not an object: {m!r:.80}")
         if not isinstance(m.get("content"), str):
-            raise RecordError("bad_messages", f"turn {i}: content must be a string")
-    if not any(m["role"] == "assistant" and m["content"].strip() for m in messages):
-        raise RecordError("empty_text", "no non-empty assistant turn")
+            content = m.get("content")
+            raise RecordError(
+                "bad_messages", f"turn {i}: content must be a string, got {type(content).__name__}"
+            )
+        _check_unicode(m["content"], f"turn {i}")
+        if m.get("role") not in ROLES:
+            raise RecordError(
+                "bad_conversation", f"turn {i}: role {m.get('role')!r:.40} is not one of {ROLES}"
+            )
+    _check_order([m["role"] for m in messages])
+    first_user = next(i for i, m in enumerate(messages) if m["role"] == "user")
+    for i, m in enumerate(messages):
+        if m["role"] == "assistant" and not WORD_CHAR.search(m["content"]):
+            raise RecordError(
+                "empty_text", f"turn {i} (assistant): no letter or digit in {m['content']!r:.80}"
+            )
+        if m["role"] == "user" and i != first_user and not m["content"].strip():
+            raise RecordError("empty_question", f"turn {i} (user) is empty")
+
+
+def _check_order(roles: list[str]) -> None:
+    """An optional leading system turn, then user/assistant alternating, from user to
+    assistant (`check_messages`)."""
+    for i, role in enumerate(roles):
+        if role == "system" and i > 0:
+            raise RecordError("bad_conversation", f"turn {i}: a system turn after turn 0")
+    turns = roles[1:] if roles[0] == "system" else roles
+    offset = len(roles) - len(turns)
+    if not turns:
+        raise RecordError("bad_conversation", "only a system turn: no user turn, no answer")
+    if turns[0] != "user":
+        raise RecordError(
+            "bad_conversation", f"turn {offset}: the conversation starts with an {turns[0]} turn, "
+            "not the user's (which carries the image)",
+        )
+    for k in range(1, len(turns)):
+        if turns[k] == turns[k - 1]:
+            raise RecordError(
+                "bad_conversation", f"turns {offset + k - 1} and {offset + k} are both "
+                f"{turns[k]} turns (user and assistant alternate)",
+            )
+    if turns[-1] != "assistant":
+        raise RecordError(
+            "bad_conversation", f"turn {len(roles) - 1}: the last user turn has no answer"
+        )
+
+
+def _check_unicode(text: str, where: str) -> None:
+    """Text Arrow can store: no lone surrogate (JSON's `\\ud800` escape parses to one)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as err:
+        raise RecordError(
+            "bad_encoding",
+            f"{where}: lone surrogate {text[err.start]!r} at character {err.start} "
+            "(not valid Unicode)",
+        ) from None
 
 
 def parse_messages(text: str) -> list[dict[str, str]]:

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from lavender_ray.config import load_config
-from lavender_ray.data.formats import llava_row, messages_row
+from lavender_ray.data.formats import ImageLoader, llava_row, messages_row
 from lavender_ray.data.synthetic import (
     ASPECT_RATIOS,
     COLORS,
@@ -24,7 +24,6 @@ from lavender_ray.data.synthetic import (
 from lavender_ray.pipeline.read import read_sources
 from lavender_ray.rejects import count_rejects, read_rejects, write_rejects
 from lavender_ray.schema import RECORD_SCHEMA, RecordError, parse_messages
-from lavender_ray.storage import read_file
 
 
 def test_synthetic_is_deterministic_and_names_what_is_drawn():
@@ -85,28 +84,34 @@ def test_messages_converter_handles_parts_placeholders_and_bytes():
     row = {"id": "m1", "images": [{"bytes": _png(), "path": None}],
            "messages": [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What?"}]},
                         {"role": "assistant", "content": "<image>A red square."}]}
-    rec = messages_row(row, source="s", image_root=None, read_bytes=read_file, max_text_chars=100)
+    rec = messages_row(row, source="s", images=ImageLoader(), max_text_chars=100)
     assert rec["target_text"] == "A red square."
     assert parse_messages(rec["messages"])[0]["content"] == "What?"
+
+
+Q, A = {"role": "user", "content": "q"}, {"role": "assistant", "content": "ok"}
 
 
 @pytest.mark.parametrize(
     "row, reason",
     [
         ({"id": "x", "messages": [], "images": ["a.png"]}, "bad_messages"),
-        ({"id": "x", "messages": [{"role": "user", "content": "q"}], "images": ["a.png"]}, "empty_text"),
-        ({"id": "x", "messages": [{"role": "bot", "content": "q"}], "images": ["a.png"]}, "bad_messages"),
-        ({"id": "x", "messages": [{"role": "assistant", "content": "   "}], "images": ["a.png"]}, "empty_text"),
-        ({"id": "x", "messages": [{"role": "assistant", "content": "ok"}]}, "missing_image"),
-        ({"id": "x", "messages": [{"role": "assistant", "content": "ok"}], "images": ["nope.png"]}, "missing_image"),
-        ({"id": "x", "messages": [{"role": "assistant", "content": "ok"}], "images": ["a", "b"]}, "multiple_images"),
-        ({"id": "x", "messages": [{"role": "assistant", "content": "w" * 200}], "images": [b"x"]}, "text_too_long"),
+        ({"id": "x", "messages": [{"role": "user", "content": "q"}], "images": ["a.png"]},
+         "bad_conversation"),
+        ({"id": "x", "messages": [{"role": "bot", "content": "q"}], "images": ["a.png"]},
+         "bad_conversation"),
+        ({"id": "x", "messages": [Q, {"role": "assistant", "content": "   "}], "images": ["a.png"]},
+         "empty_text"),
+        ({"id": "x", "messages": [Q, A]}, "missing_image"),
+        ({"id": "x", "messages": [Q, A], "images": ["nope.png"]}, "missing_image"),
+        ({"id": "x", "messages": [Q, A], "images": ["a", "b"]}, "multiple_images"),
+        ({"id": "x", "messages": [Q, {"role": "assistant", "content": "w" * 200}],
+          "images": [b"x"]}, "text_too_long"),
     ],
 )
 def test_messages_converter_rejects_with_reason(row, reason, tmp_path):
     with pytest.raises(RecordError) as err:
-        messages_row(row, source="s", image_root=str(tmp_path), read_bytes=read_file,
-                     max_text_chars=100)
+        messages_row(row, source="s", images=ImageLoader(root=str(tmp_path)), max_text_chars=100)
     assert err.value.reason == reason
 
 
@@ -115,13 +120,13 @@ def test_llava_converter(tmp_path):
     (tmp_path / "img" / "a.png").write_bytes(_png())
     row = {"id": "l1", "image": "img/a.png", "conversations": [
         {"from": "human", "value": "<image>\nWhat colour?"}, {"from": "gpt", "value": "Red."}]}
-    rec = llava_row(row, source="llava", image_root=str(tmp_path), read_bytes=read_file,
+    rec = llava_row(row, source="llava", images=ImageLoader(root=str(tmp_path)),
                     max_text_chars=100)
     assert parse_messages(rec["messages"]) == [
         {"role": "user", "content": "What colour?"}, {"role": "assistant", "content": "Red."}]
     with pytest.raises(RecordError, match="speaker"):
         llava_row({**row, "conversations": [{"from": "robot", "value": "x"}]}, source="llava",
-                  image_root=str(tmp_path), read_bytes=read_file, max_text_chars=100)
+                  images=ImageLoader(root=str(tmp_path)), max_text_chars=100)
 
 
 def _write_fixtures(root):
@@ -134,7 +139,8 @@ def _write_fixtures(root):
         json.dumps(good_msg),
         json.dumps({**good_msg, "id": "g2"}),
         json.dumps({**good_msg, "id": "b-missing", "images": ["gone.png"]}),
-        json.dumps({**good_msg, "id": "b-empty", "messages": [{"role": "assistant", "content": ""}]}),
+        json.dumps({**good_msg, "id": "b-empty", "messages": [
+            {"role": "user", "content": "<image>"}, {"role": "assistant", "content": ""}]}),
         "{not json",
     ]
     (root / "train.jsonl").write_text("\n".join(lines) + "\n")
@@ -190,3 +196,103 @@ def test_rejects_round_trip_and_a_read_without_a_rejects_folder(tmp_path):
     assert not (tmp_path / "rej").exists()
     assert write_rejects(rejects, str(tmp_path / "rej"), "read") is not None
     assert count_rejects(str(tmp_path / "rej")) == {"read/missing_image": 1}
+
+
+# ------------------------------------------------------------------------------- path checks
+def test_source_paths_are_checked_before_ray_starts_with_one_line_naming_key_and_path(tmp_path):
+    from lavender_ray.config import ConfigError
+    from lavender_ray.data.checks import check_source_paths
+
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "train.jsonl").write_text("{}\n")
+    (tmp_path / "notes.csv").write_text("a,b\n")
+    (tmp_path / "empty.parquet").write_bytes(b"")
+    (tmp_path / "fake.parquet").write_bytes(b"PAR1 but not really")
+    (tmp_path / "fake.tar").write_bytes(b"not a tar" * 100)
+    (tmp_path / "imgs.png").write_bytes(_png())
+
+    def config(**source):
+        return load_config("demo", {"data.sources": [{"name": "train", **source}]})
+
+    check_source_paths(config(format="messages", path=str(tmp_path / "data")))
+    check_source_paths(config(format="messages", path=f"file://{tmp_path}/data/train.jsonl"))
+    check_source_paths(load_config("demo"))  # synthetic sources have no path
+    cases = [
+        (dict(format="messages", path=str(tmp_path / "gone.jsonl")),
+         f"data.sources[train].path='{tmp_path}/gone.jsonl' does not exist"),
+        (dict(format="messages", path=str(tmp_path / "notes.csv")),
+         f"data.sources[train].path='{tmp_path}/notes.csv' is not a .jsonl/.json/.parquet file"),
+        (dict(format="rlaif_v", path=str(tmp_path / "data")),
+         f"data.sources[train].path='{tmp_path}/data' holds no .parquet file"),
+        (dict(format="records", path=str(tmp_path / "empty.parquet")),
+         "empty.parquet is an empty file (0 bytes)"),
+        (dict(format="records", path=str(tmp_path / "fake.parquet")),
+         "fake.parquet is not a Parquet file"),
+        (dict(format="laion", path=str(tmp_path / "fake.tar")), "fake.tar is not a tar archive"),
+        (dict(format="messages", path=str(tmp_path / "data"), image_root=str(tmp_path / "no")),
+         f"data.sources[train].image_root='{tmp_path}/no' does not exist"),
+        (dict(format="messages", path=str(tmp_path / "data"),
+              image_root=str(tmp_path / "imgs.png")),
+         f"data.sources[train].image_root='{tmp_path}/imgs.png' is not a folder"),
+    ]
+    for source, message in cases:
+        with pytest.raises(ConfigError) as err:
+            check_source_paths(config(**source))
+        assert message in str(err.value) and "\n" not in str(err.value), str(err.value)
+
+
+# ----------------------------------------------------------------------- reading, pure parts
+def test_jsonl_lines_split_on_newlines_only_and_decode_one_by_one():
+    from lavender_ray.data.readers import READER_REJECT, ROW_AT, jsonl_rows
+
+    data = ('{"a": "x\u2028y\u0085z\u000cw"}\r\n\r\n' '{"b": 1}\n').encode()
+    data = b"\xef\xbb\xbf" + data + b'{"c": "caf\xe9"}\n' + b"\n"
+    rows = jsonl_rows({"bytes": data, "path": "/d/x.jsonl"})
+    assert [r[ROW_AT] for r in rows] == ["x.jsonl:1", "x.jsonl:3", "x.jsonl:4"]
+    assert json.loads(rows[0]["text"], strict=False) == {"a": "x\u2028y\u0085z\u000cw"}
+    assert rows[2][READER_REJECT].startswith("bad_encoding: /d/x.jsonl line 4 is not UTF-8")
+    utf16 = jsonl_rows({"bytes": '{"a": 1}\n{"b": 2}\n'.encode("utf-16"), "path": "u.jsonl"})
+    assert [json.loads(r["text"]) for r in utf16] == [{"a": 1}, {"b": 2}]
+
+
+@pytest.mark.parametrize(
+    "roles, reason, where",
+    [(["user", "assistant"], None, ""),
+     (["system", "user", "assistant", "user", "assistant"], None, ""),
+     (["assistant", "user", "assistant"], "bad_conversation", "turn 0"),
+     (["system", "assistant"], "bad_conversation", "turn 1"),
+     (["system"], "bad_conversation", "only a system turn"),
+     (["user"], "bad_conversation", "turn 0"),
+     (["user", "assistant", "user"], "bad_conversation", "turn 2"),
+     (["user", "system", "assistant"], "bad_conversation", "turn 1"),
+     (["user", "user", "assistant"], "bad_conversation", "turns 0 and 1"),
+     (["user", "assistant", "assistant"], "bad_conversation", "turns 1 and 2"),
+     (["user", "function", "assistant"], "bad_conversation", "turn 1")],
+)
+def test_conversations_follow_what_the_chat_templates_render(roles, reason, where):
+    from lavender_ray.schema import check_messages
+
+    messages = [{"role": r, "content": f"text {i}"} for i, r in enumerate(roles)]
+    if reason is None:
+        check_messages(messages)
+        return
+    with pytest.raises(RecordError) as err:
+        check_messages(messages)
+    assert (err.value.reason, where in err.value.detail) == (reason, True), err.value.detail
+
+
+def test_image_references_resolve_against_the_data_files_folder_unless_image_root(tmp_path):
+    from lavender_ray.data.formats import ImageLoader
+
+    (tmp_path / "a" / "imgs").mkdir(parents=True)
+    (tmp_path / "a" / "imgs" / "x.png").write_bytes(_png())
+    here = ImageLoader(root=str(tmp_path / "a"))
+    assert here("imgs/x.png", "images[0]") == _png()
+    assert here("./imgs/../imgs/x.png", "images[0]") == _png()
+    assert here(str(tmp_path / "a" / "imgs" / "x.png"), "images[0]") == _png()
+    assert ImageLoader(root=f"file://{tmp_path}/a")("imgs/x.png", "image") == _png()
+    with pytest.raises(RecordError, match=f"{tmp_path}/b/imgs/x.png: no such file"):
+        ImageLoader(root=str(tmp_path / "b"))("imgs/x.png", "images[0]")
+    with pytest.raises(RecordError) as err:
+        here("https://example.com/x.png", "images[0]")
+    assert err.value.reason == "remote_image" and "https://example.com/x.png" in err.value.detail

@@ -68,7 +68,7 @@ def _add_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
 def write_laion_shards(root: Path, n_per_shard: int = 4, n_shards: int = 2) -> Path:
     """img2dataset webdataset output: NNNNN.tar of <key>.jpg/.txt/.json, plus the metadata
     .parquet and _stats.json it writes next to each shard. Corruptions in shard 0: a sample
-    without .txt (empty_text), one whose .txt is not UTF-8 (bad_text), one without image
+    without .txt (empty_text), one whose .txt is not UTF-8 (bad_encoding), one without image
     (missing_image)."""
     root.mkdir(parents=True)
     for shard in range(n_shards):
@@ -214,7 +214,7 @@ def test_four_paper_sources_read_through_ray_data(ray_local, tmp_path):
     assert reject_reasons(tmp_path / "rejects") == {
         ("flickr", "missing_image"): 5, ("flickr", "empty_text"): 1, ("flickr", "bad_json"): 1,
         ("flickr_first", "bad_json"): 1,  # the non-object entry belongs to no split
-        ("laion_tar", "empty_text"): 1, ("laion_tar", "bad_text"): 1,
+        ("laion_tar", "empty_text"): 1, ("laion_tar", "bad_encoding"): 1,
         ("laion_tar", "missing_image"): 1, ("laion_pq", "missing_image"): 1,
         ("rlaif", "empty_text"): 1, ("rlaif", "missing_image"): 1,
         ("ocr", "empty_text"): 1, ("ocr", "multiple_images"): 1, ("ocr", "missing_image"): 1,

@@ -3,25 +3,34 @@ of each format, the sampling hash and the config validation of the new source op
 
 from __future__ import annotations
 
+import io
 import json
 
 import pytest
+from PIL import Image
 
 from lavender_ray.config import ConfigError, load_config
+from lavender_ray.data.checks import list_files
 from lavender_ray.data.formats import (
     CAPTION_PROMPT,
     FORMATS,
+    ImageLoader,
     laion_row,
     ocrvqa_row,
     rlaif_v_row,
 )
 from lavender_ray.data.mixture import keep_record, source_fraction
 from lavender_ray.data.readers import READER_REJECT, flickr30k_rows
-from lavender_ray.pipeline.read import list_files, read_laion
+from lavender_ray.pipeline.read import read_laion
 from lavender_ray.schema import RecordError, parse_messages
-from lavender_ray.storage import read_file
 
-KW = {"image_root": None, "read_bytes": read_file, "max_text_chars": 500}
+KW = {"images": ImageLoader(), "max_text_chars": 500}
+
+
+def png(shade: int = 0) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (16, 16), (shade, 90, 30)).save(buf, format="PNG")
+    return buf.getvalue()
 
 
 def karpathy(entries: list) -> dict:
@@ -60,7 +69,7 @@ def test_file_listing_names_the_path_and_what_was_looked_for(tmp_path):
     (tmp_path / "sub" / "00001.tar").write_bytes(b"")
     _, files = list_files(str(tmp_path), (".tar",))
     assert files == [f"{tmp_path}/00000.tar", f"{tmp_path}/sub/00001.tar"]
-    with pytest.raises(FileNotFoundError, match=r"holds no files ending in \.json"):
+    with pytest.raises(FileNotFoundError, match=r"holds no \.json file"):
         list_files(f"file://{tmp_path}", (".json",))
     with pytest.raises(FileNotFoundError, match="does not exist"):
         list_files(str(tmp_path / "nope"), (".tar",))
@@ -71,15 +80,15 @@ def test_file_listing_names_the_path_and_what_was_looked_for(tmp_path):
 
 
 def test_laion_sample_from_tar_members_or_parquet_columns():
-    tar_sample = {"__key__": "000000007", "jpg": b"\xff\xd8jpeg", "txt": "a cat on a mat".encode(),
+    tar_sample = {"__key__": "000000007", "jpg": png(1), "txt": "a cat on a mat".encode(),
                   "json": json.dumps({"caption": "ignored"}).encode(), "__url__": "00000.tar"}
     record = laion_row(tar_sample, source="laion", **KW)
     assert record["id"] == "000000007" and record["target_text"] == "a cat on a mat"
     assert parse_messages(record["messages"])[0] == {"role": "user", "content": CAPTION_PROMPT}
     no_txt = {**tar_sample, "txt": None}
     assert laion_row(no_txt, source="laion", **KW)["target_text"] == "ignored"  # .json caption
-    parquet = {"key": "1", "image": {"bytes": b"png", "path": None}, "caption": "a dog"}
-    assert laion_row(parquet, source="laion", **KW)["image"] == b"png"
+    parquet = {"key": "1", "image": {"bytes": png(2), "path": None}, "caption": "a dog"}
+    assert laion_row(parquet, source="laion", **KW)["image"] == png(2)
     failed = {"key": "2", "jpg": None, "txt": "x", "status": "failed_to_download",
               "error_message": "timeout"}
     with pytest.raises(RecordError, match="failed_to_download.*timeout") as err:
@@ -88,7 +97,7 @@ def test_laion_sample_from_tar_members_or_parquet_columns():
 
 
 def test_rlaif_v_trains_on_chosen_only():
-    row = {"ds_name": "RLAIF-V", "idx": "3", "image": {"bytes": b"img", "path": "a.jpg"},
+    row = {"ds_name": "RLAIF-V", "idx": "3", "image": {"bytes": png(3), "path": "a.jpg"},
            "question": "<image>\nWhat is it?", "chosen": "A kite.", "rejected": "A dragon."}
     record = rlaif_v_row(row, source="rlaif", **KW)
     assert record["id"] == "RLAIF-V/3"
@@ -101,14 +110,14 @@ def test_rlaif_v_trains_on_chosen_only():
 
 
 def test_ocrvqa_turns_and_the_multi_turn_target_rule():
-    row = {"images": [{"bytes": b"cover", "path": None}],
+    row = {"images": [{"bytes": png(4), "path": None}],
            "texts": [{"user": "Who wrote this book?", "assistant": "Jane Austen.", "source": "o"},
                      {"user": "Is this a comedy book?", "assistant": "No", "source": "o"}]}
     record = ocrvqa_row(row, source="ocr", **KW)
     assert [m["role"] for m in parse_messages(record["messages"])] == ["user", "assistant"] * 2
     assert record["target_text"] == "Jane Austen. No"  # every answer, in order, joined by a space
     assert record["id"] == FORMATS["ocrvqa"].row_id(row, "ocr")
-    other_image = {**row, "images": [{"bytes": b"another cover", "path": None}]}
+    other_image = {**row, "images": [{"bytes": png(5), "path": None}]}
     assert FORMATS["ocrvqa"].row_id(other_image, "ocr") != record["id"]
     with pytest.raises(RecordError) as err:
         ocrvqa_row({**row, "texts": [{"user": "", "assistant": "x"}]}, source="ocr", **KW)

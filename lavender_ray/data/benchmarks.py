@@ -18,11 +18,15 @@ Input formats, chosen by the file's extension (local path or any pyarrow filesys
   `id` for `index`, `options` as a JSON object `{"A": ...}` or a list (lettered A, B, ...),
   `answers` as a list, and `image` as raw bytes or `{"bytes": ...}`.
 
-An image may instead come from `image_path` (relative to `image_root`) when `image` is empty.
+An image may instead come from `image_path` when `image` is empty: relative to `image_root`
+when one is given, else to the benchmark file's folder. Every image is checked as training
+images are (`lavender_ray.images.check_image`), so inference never meets one it cannot use.
 Everything else (hint, split, l2-category, image_path, ...) goes to `extras` as JSON.
 Rows that cannot be used go to the rejects folder (stage "benchmark", source = the benchmark's
-name) with one of: bad_json, missing_id, bad_base64, missing_image, multiple_images, empty_question,
-bad_options, missing_answer.
+name) with one of: bad_json, bad_encoding, bad_row (a TSV line with the wrong number of
+fields), missing_id, bad_base64, missing_image, multiple_images, empty_question, bad_options,
+missing_answer, and the image reasons of `lavender_ray.data.formats` (remote_image,
+unreadable_image, corrupt_image, image_too_small, ...).
 
 """
 
@@ -37,7 +41,7 @@ import string
 from collections.abc import Mapping
 from typing import Any
 
-from lavender_ray.data.formats import ReadBytes, resolve_image
+from lavender_ray.data.formats import CheckImage, ImageLoader, ReadBytes
 from lavender_ray.schema import RecordError, make_benchmark_row
 
 BENCHMARK_STAGE = "benchmark"
@@ -126,17 +130,16 @@ def decode_base64_image(text: str) -> bytes:
 
 
 def benchmark_image(
-    row: Mapping[str, Any], refs: Mapping[str, str], image_root: str | None,
-    read_bytes: ReadBytes,
+    row: Mapping[str, Any], refs: Mapping[str, str], images: ImageLoader
 ) -> bytes:
     """The row's encoded image: base64 / reference / bytes in `image`, else `image_path`."""
     image = row.get("image")
     if is_missing(image):
         if is_missing(row.get("image_path")):
             raise RecordError("missing_image", "neither 'image' nor 'image_path'")
-        return resolve_image(cell_text(row["image_path"]), image_root, read_bytes)
+        return images(cell_text(row["image_path"]), "image_path")
     if not isinstance(image, str):
-        return resolve_image(image, None, read_bytes)
+        return images(image, "image")
     image = image.strip()
     listed = _literal_list(image)
     if listed is not None:
@@ -151,14 +154,19 @@ def benchmark_image(
         if image not in refs:
             raise RecordError("missing_image", f"image refers to row {image!r}, which has no image")
         image = refs[image]
-    return decode_base64_image(image)
+    return images(decode_base64_image(image), "image")
 
 
 def benchmark_row(
     row: Mapping[str, Any], *, refs: Mapping[str, str], image_root: str | None,
-    read_bytes: ReadBytes,
+    read_bytes: ReadBytes, check_image: CheckImage | None = None,
+    max_bytes: int = ImageLoader.max_bytes,
 ) -> dict[str, Any]:
-    """One raw benchmark row -> a `BENCHMARK_SCHEMA` row, or RecordError(reason)."""
+    """One raw benchmark row -> a `BENCHMARK_SCHEMA` row, or RecordError(reason). `image_path`s
+    resolve against `image_root`; `check_image` checks the image's bytes (None: not checked);
+    image files over `max_bytes` are not read."""
+    images = ImageLoader(root=image_root, read_bytes=read_bytes, check=check_image,
+                         max_bytes=max_bytes)
     rid = benchmark_id(row)
     if rid is None:
         raise RecordError("missing_id", "no 'index' or 'id'")
@@ -168,15 +176,22 @@ def benchmark_row(
         if k not in CORE_COLUMNS and not (len(k) == 1 and k.isupper()) and not is_missing(v)
     }
     question = row.get("question")
-    return make_benchmark_row(
+    out = make_benchmark_row(
         id=rid,
-        image=benchmark_image(row, refs, image_root, read_bytes),
+        image=benchmark_image(row, refs, images),
         question=None if is_missing(question) else str(question),
         options=options,
         answers=benchmark_answers(row),
         category="" if is_missing(row.get("category")) else cell_text(row["category"]),
         extras=extras,
     )
+    for key, value in out.items():
+        if isinstance(value, str):
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:  # JSON's "\\ud800" escape parses to a lone surrogate
+                raise RecordError("bad_encoding", f"{key} has a lone surrogate") from None
+    return out
 
 
 def image_reference(row: Mapping[str, Any]) -> str | None:

@@ -7,14 +7,17 @@
        "images": ["relative/or/absolute.jpg"]}
 
   `content` may also be a list of parts (`[{"type": "image"}, {"type": "text", "text": ...}]`);
-  `images` entries may be paths, raw bytes or `{"bytes": ..., "path": ...}` (Hugging Face
-  datasets' image layout in Parquet).
+  `images` is a list of one image: a path, raw bytes or `{"bytes": ..., "path": ...}` (Hugging
+  Face datasets' image layout in Parquet); a row may give one `image` instead.
 - ``llava`` (LLaVA instruction JSON)::
 
       {"id": "...", "image": "coco/train2017/x.jpg",
        "conversations": [{"from": "human", "value": "<image>\\n..."}, {"from": "gpt", ...}]}
 
-- ``records``: rows already in the record schema (re-validated).
+  `image` may also be a list of one (LLaVA-OneVision's layout).
+
+- ``records``: rows already in the record schema (re-validated; `source` becomes the configured
+  source's name, as for every format).
 - ``flickr30k``: one row per caption, as `readers.flickr30k_rows` unpacks Karpathy's
   `dataset_flickr30k.json`: `{"filename", "sentence_index", "caption", "split"}`. The user turn is
   the authors' caption prompt (`CAPTION_PROMPT`), the answer and SD target text the caption.
@@ -31,24 +34,65 @@
   SD stage drops the words past that window and counts them per sample in `sd_words_cut` with
   the real CLIP tokenizer (METHOD.md 2.5), so no token count is approximated here.
 
+**Images.** A converter gets its row's image through an `ImageLoader`. A path reference that is
+relative resolves against the source's `image_root` when one is set, else against the folder of
+the data file the row came from (as LLaMA-Factory and LLaVA do); absolute paths and storage URIs
+(`s3://`, `gs://`, `file://`, ...) are read as they are. Web URLs (`http(s)://`, `ftp://`) are
+rejected as `remote_image`: nothing is downloaded. Each image is checked at read time
+(`lavender_ray.images.check_image`, injected as `ImageLoader.check`), so a reject names the file.
+
+**Conversations** are validated against what the shipped chat templates need
+(`schema.check_messages`): an optional leading system turn, then user and assistant alternating
+from the user's turn (which carries the image) to an answer, every answer with a letter or digit,
+no turn longer than `data.max_text_chars`.
+
+**Reject reasons** (stable codes; the detail names the field, the turn, the path or the URL):
+
+    bad_json          a line / array entry that is not JSON, or not an object
+    bad_encoding      text that is not UTF-8 (a line, a caption file), a lone surrogate
+    bad_messages      a conversation field of the wrong type (not a list, a turn not an object,
+                      a content / question / caption that is not text)
+    bad_conversation  roles or turn order the templates cannot render (`check_messages`)
+    empty_question    a user turn (a question) without text where one is needed
+    empty_text        an answer, caption or target text without a letter or digit
+    text_too_long     a turn or target text longer than data.max_text_chars
+    missing_image     no image in the row, or the file does not exist
+    bad_image_field   an image field of the wrong type (`images: "a.png"`, a number, an object
+                      without bytes or path, a data: URI)
+    multiple_images   more than one image (the count is in the detail)
+    remote_image      a web URL
+    unreadable_image  the path is a folder, a device, not permitted, or its read failed
+    empty_image, corrupt_image, truncated_image, zero_size_image, image_too_small,
+    extreme_aspect_ratio, image_too_large
+                      the file's bytes (`lavender_ray.images`)
+
 Each format is a `RowFormat` in `FORMATS`: `row_id(row, source)` gives the id the record will
 have, computed from the raw row without reading images (sampling decides on it before any image
 is read), and never raises; `convert(row, ...)` returns a record dict or raises
-`RecordError(reason, detail)`, which the caller turns into a `Reject`. Image paths are read
-through the `read_bytes` callable given (`storage.read_file`: pyarrow filesystems). Converters
-are pure: no Ray.
+`RecordError(reason, detail)`, which the caller turns into a `Reject`. Image files are read
+through `ImageLoader.read_bytes` (`storage.read_file`: pyarrow filesystems). Converters are
+pure: no Ray.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
+import stat
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from lavender_ray.schema import RecordError, check_messages, make_record, parse_messages
+from lavender_ray.schema import (
+    WORD_CHAR,
+    RecordError,
+    check_messages,
+    make_record,
+    parse_messages,
+)
+from lavender_ray.storage import is_uri, read_file
 
 IMAGE_PLACEHOLDER = re.compile(r"<image>\s*")
 LLAVA_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
@@ -57,13 +101,138 @@ LLAVA_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant":
 CAPTION_PROMPT = "Describe the image in a single sentence as a caption."  # the authors' prompt
 IMAGE_SUFFIXES = ("jpg", "jpeg", "png", "webp")  # img2dataset's encode formats
 
+WEB_SCHEMES = ("http", "https", "ftp", "ftps")  # `remote_image`: the project never downloads
+
 ReadBytes = Callable[[str], bytes]
+CheckImage = Callable[[bytes], object]  # raises RecordError (lavender_ray.images.check_image)
+
+
+def folder_of(path: str) -> str:
+    """The folder holding a file given by local path or URI ("." for a bare file name)."""
+    folder, slash, _ = path.rpartition("/")
+    return (folder or "/") if slash else "."
+
+
+def max_image_bytes(max_pixels: int) -> int:
+    """The largest image file read: any encoding of `max_pixels` pixels fits (8 bytes per pixel,
+    16-bit RGBA, uncompressed) with 1 MiB of metadata; bigger is not an image worth reading (or
+    is `/dev/zero`)."""
+    return 8 * max_pixels + (1 << 20)
+
+
+@dataclass(frozen=True)
+class ImageLoader:
+    """How a converter gets its row's encoded image (module docstring, "Images").
+
+    `root`: the folder relative references resolve against (the source's `image_root`, else the
+    data file's folder; None: as given). `check`: raises RecordError for bytes no stage can use
+    (None: not checked). Files over `max_bytes` are not read."""
+
+    root: str | None = None
+    read_bytes: ReadBytes = read_file
+    check: CheckImage | None = None
+    max_bytes: int = max_image_bytes(8192 * 8192)  # data.max_image_pixels' default
+
+    def __call__(self, image: Any, field: str) -> bytes:
+        """An image reference (a path, bytes, or `{"bytes", "path"}`) from the row's `field` ->
+        encoded bytes that passed `check`; RecordError naming the field or the path."""
+        data, where = self._bytes(image, field)
+        if self.check is not None:
+            try:
+                self.check(data)
+            except RecordError as err:
+                raise RecordError(err.reason, f"{where}: {err.detail}") from None
+        return data
+
+    def path_of(self, reference: str) -> str:
+        """A path reference -> the path or URI read (relative ones joined onto `root`)."""
+        if is_uri(reference) or os.path.isabs(reference) or not self.root:
+            return reference
+        if is_uri(self.root):
+            return f"{self.root.rstrip('/')}/{reference}"
+        return os.path.normpath(os.path.join(self.root, reference))
+
+    def _bytes(self, image: Any, field: str) -> tuple[bytes, str]:
+        """(bytes, where they came from: the path, or the field for embedded bytes)."""
+        if isinstance(image, dict):
+            embedded, path = image.get("bytes"), image.get("path")
+            if isinstance(embedded, (bytes, bytearray)) and embedded:
+                return bytes(embedded), f"{field}.bytes"
+            if isinstance(path, str) and path:
+                image = path
+            elif set(image) <= {"bytes", "path"} and not embedded and not path:
+                raise RecordError("missing_image", f"{field} has neither bytes nor a path")
+            else:
+                raise RecordError(
+                    "bad_image_field",
+                    f"{field} is an object without image bytes or a path (keys: {sorted(image)})",
+                )
+        if isinstance(image, (bytes, bytearray)) and image:
+            return bytes(image), f"{field} (embedded bytes)"
+        if image is None or image in ("", b""):
+            raise RecordError("missing_image", f"{field} is empty")
+        if not isinstance(image, str):
+            raise RecordError(
+                "bad_image_field",
+                f"{field} is a {type(image).__name__} ({image!r:.60}), not a path, bytes or "
+                "{bytes, path}",
+            )
+        path = self._readable_path(image, field)
+        return self._read(path), path
+
+    def _readable_path(self, reference: str, field: str) -> str:
+        scheme = reference.split("://", 1)[0].lower() if "://" in reference else None
+        if scheme in WEB_SCHEMES:
+            raise RecordError(
+                "remote_image",
+                f"{field} is a URL: {reference!r:.200}; images are read from paths and storage "
+                "URIs (s3://, gs://, file://), never downloaded",
+            )
+        if reference.startswith("data:"):
+            raise RecordError(
+                "bad_image_field", f"{field} is a data: URI ({reference:.40}...), not a path"
+            )
+        return self.path_of(reference)
+
+    def _read(self, path: str) -> bytes:
+        """The file's bytes; a missing, special, empty, oversized or unreadable file is a
+        RecordError naming the path (local files are looked at before they are read)."""
+        if not is_uri(path) or path.startswith("file://"):
+            self._check_local_file(path.removeprefix("file://"))
+        try:
+            data = self.read_bytes(path)
+        except FileNotFoundError:
+            raise RecordError("missing_image", f"{path}: no such file") from None
+        except Exception as err:  # any I/O failure of one row's file is that row's problem
+            raise RecordError("unreadable_image", f"{path}: {type(err).__name__}: {err}") from None
+        if not data:
+            raise RecordError("empty_image", f"{path}: empty file (0 bytes)")
+        if len(data) > self.max_bytes:
+            raise RecordError("image_too_large", f"{path}: {len(data)} bytes > {self.max_bytes}")
+        return data
+
+    def _check_local_file(self, path: str) -> None:
+        try:
+            info = os.stat(path)
+        except (FileNotFoundError, NotADirectoryError):
+            raise RecordError("missing_image", f"{path}: no such file") from None
+        except (OSError, ValueError) as err:  # permissions, a name with a NUL or a surrogate
+            raise RecordError("unreadable_image", f"{path}: {type(err).__name__}: {err}") from None
+        if stat.S_ISDIR(info.st_mode):
+            raise RecordError("unreadable_image", f"{path} is a folder, not an image file")
+        if not stat.S_ISREG(info.st_mode):
+            raise RecordError("unreadable_image", f"{path} is not a regular file")
+        if info.st_size == 0:
+            raise RecordError("empty_image", f"{path}: empty file (0 bytes)")
+        if info.st_size > self.max_bytes:
+            raise RecordError(
+                "image_too_large", f"{path}: {info.st_size} bytes > {self.max_bytes}"
+            )
 
 
 class Converter(Protocol):
     def __call__(
-        self, row: dict[str, Any], *, source: str, image_root: str | None,
-        read_bytes: ReadBytes, max_text_chars: int,
+        self, row: dict[str, Any], *, source: str, images: ImageLoader, max_text_chars: int,
     ) -> dict[str, Any]: ...
 
 
@@ -75,62 +244,107 @@ class RowFormat:
     convert: Converter
 
 
+def printable(text: str) -> str:
+    """`text` as valid UTF-8 (a lone surrogate becomes its escape): ids and details are written."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def row_id(row: dict[str, Any], source: str, fallback_text: str) -> str:
     """The row's own `id`, else a stable content hash."""
     if row.get("id") not in (None, ""):
-        return str(row["id"])
-    return f"{source}-{hashlib.sha1(fallback_text.encode()).hexdigest()[:12]}"
+        return printable(str(row["id"]))
+    digest = hashlib.sha1(fallback_text.encode("utf-8", "backslashreplace")).hexdigest()
+    return f"{source}-{digest[:12]}"
 
 
 def parse_json_text(text: str) -> dict[str, Any]:
-    """One JSON object (a JSONL line or an array entry) -> dict, or RecordError('bad_json')."""
+    """One JSON object (a JSONL line or an array entry) -> dict, or RecordError('bad_json').
+
+    Raw control characters inside strings (a tab, a form feed) are accepted: the row's meaning
+    is unambiguous, and many writers emit them."""
     try:
-        row = json.loads(text)
-    except (json.JSONDecodeError, TypeError) as err:
-        raise RecordError("bad_json", str(err)) from None
+        row = json.loads(text, strict=False)
+    except (ValueError, TypeError, RecursionError) as err:  # ValueError: JSONDecodeError, huge ints
+        raise RecordError("bad_json", f"{type(err).__name__}: {err}"[:300]) from None
     if not isinstance(row, dict):
-        raise RecordError("bad_json", f"expected an object, got {type(row).__name__}")
+        raise RecordError("bad_json", f"expected an object, got {type(row).__name__}: {row!r:.60}")
     return row
 
 
 def unwrap_text_row(raw: dict[str, Any]) -> dict[str, Any]:
-    """A `read_text` row (`{"text": JSONL line}`) -> the parsed object; other rows unchanged.
-
-    Raises RecordError('bad_json') for a line that is not a JSON object."""
+    """A text row (`{"text": JSONL line or array entry}`) -> the parsed object; other rows
+    unchanged. Raises RecordError('bad_json') for text that is not a JSON object."""
     if set(raw) == {"text"}:
         return parse_json_text(raw["text"])
     return raw
 
 
-def _text_of(content: Any) -> str:
+def _text_of(content: Any, where: str) -> str:
     """Message content (str or list of typed parts) -> its text without image placeholders."""
     if isinstance(content, str):
         text = content
     elif isinstance(content, list):
-        parts = [p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text"]
+        parts = []
+        for k, part in enumerate(content):
+            if not isinstance(part, dict):
+                raise RecordError("bad_messages", f"{where}: content part {k} is a "
+                                  f"{type(part).__name__}, not an object {{type, ...}}")
+            if part.get("type") == "text":
+                if not isinstance(part.get("text"), str):
+                    raise RecordError("bad_messages", f"{where}: content part {k} has no text")
+                parts.append(part["text"])
         text = "\n".join(p for p in parts if p)
     else:
-        raise RecordError("bad_messages", f"content must be a string or a list of parts, got {content!r:.80}")
+        raise RecordError("bad_messages", f"{where}: content must be a string or a list of parts, "
+                          f"got {type(content).__name__} {content!r:.60}")
     return IMAGE_PLACEHOLDER.sub("", text).strip()
 
 
-def resolve_image(image: Any, image_root: str | None, read_bytes: ReadBytes) -> bytes:
-    """A path / bytes / {"bytes", "path"} image reference -> encoded image bytes."""
-    if isinstance(image, dict):
-        if image.get("bytes"):
-            return bytes(image["bytes"])
-        image = image.get("path")
-    if isinstance(image, (bytes, bytearray)):
-        return bytes(image)
-    if not isinstance(image, str) or not image:
-        raise RecordError("missing_image", f"no image reference (got {image!r:.80})")
-    path = image
-    if image_root and "://" not in image and not image.startswith("/"):
-        path = f"{image_root.rstrip('/')}/{image}"
-    try:
-        return read_bytes(path)
-    except (FileNotFoundError, OSError) as err:
-        raise RecordError("missing_image", f"{path}: {err}") from None
+def _text_field(value: Any, name: str, empty_reason: str) -> str:
+    """A question / answer / caption field -> its text; None or blank is `empty_reason`, any
+    other type `bad_messages`."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        raise RecordError(empty_reason, f"{name} is empty ({value!r:.40})")
+    if not isinstance(value, str):
+        raise RecordError("bad_messages", f"{name} is a {type(value).__name__}, not text: "
+                          f"{value!r:.60}")
+    return value
+
+
+def one_image(value: Any, field: str) -> tuple[Any, str]:
+    """An image field that may be a list -> (its one reference, the field to name in
+    rejects); an empty list is `missing_image`, several `multiple_images`."""
+    if not isinstance(value, (list, tuple)):
+        return value, field
+    if not value:
+        raise RecordError("missing_image", f"'{field}' is an empty list")
+    if len(value) > 1:
+        raise RecordError("multiple_images", f"'{field}' holds {len(value)} images; one per "
+                          "sample is supported")
+    return value[0], f"{field}[0]"
+
+
+def build_record(
+    *, rid: str, source: str, messages: list[dict[str, str]], image: Any, field: str,
+    images: ImageLoader, max_text_chars: int, target_text: Any = None,
+) -> dict[str, Any]:
+    """Text checks first (no image is read for a row rejected anyway), then the image."""
+    check_messages(messages)
+    for i, m in enumerate(messages):
+        if len(m["content"]) > max_text_chars:
+            raise RecordError("text_too_long", f"turn {i} ({m['role']}): {len(m['content'])} "
+                              f"characters > data.max_text_chars={max_text_chars}")
+    if target_text is not None:
+        target_text = _text_field(target_text, "target_text", "empty_text")
+        if not WORD_CHAR.search(target_text):
+            raise RecordError("empty_text", f"target_text has no letter or digit: "
+                              f"{target_text!r:.60}")
+        try:
+            target_text.encode("utf-8")
+        except UnicodeEncodeError:
+            raise RecordError("bad_encoding", "target_text has a lone surrogate") from None
+    return make_record(id=rid, source=source, image=images(image, field), messages=messages,
+                       target_text=target_text, max_text_chars=max_text_chars)
 
 
 def content_row_id(row: dict[str, Any], source: str) -> str:
@@ -138,54 +352,65 @@ def content_row_id(row: dict[str, Any], source: str) -> str:
     return row_id(row, source, json.dumps(row, sort_keys=True, default=str))
 
 
+def messages_image(row: dict[str, Any]) -> tuple[Any, str]:
+    """The one image reference of a messages row: `images` (a list of one), else `image`."""
+    if row.get("images") is not None:
+        images = row["images"]
+        if not isinstance(images, (list, tuple)):
+            raise RecordError(
+                "bad_image_field", f"'images' must be a list of one image, got a "
+                f"{type(images).__name__}: {images!r:.60}",
+            )
+        return one_image(images, "images")
+    if row.get("image") not in (None, ""):
+        return one_image(row["image"], "image")
+    raise RecordError("missing_image", "no 'images' (a text-only sample)")
+
+
 def messages_row(
-    row: dict[str, Any], *, source: str, image_root: str | None, read_bytes: ReadBytes,
-    max_text_chars: int,
+    row: dict[str, Any], *, source: str, images: ImageLoader, max_text_chars: int,
 ) -> dict[str, Any]:
     """A TRL / LLaMA-Factory `messages` row -> record."""
     rid = content_row_id(row, source)
     raw_messages = row.get("messages")
     if not isinstance(raw_messages, list) or not raw_messages:
-        raise RecordError("bad_messages", f"{rid}: 'messages' must be a non-empty list")
+        raise RecordError("bad_messages", f"'messages' must be a non-empty list of turns, got "
+                          f"{type(raw_messages).__name__} {raw_messages!r:.60}")
     messages = []
-    for turn in raw_messages:
+    for i, turn in enumerate(raw_messages):
         if not isinstance(turn, dict):
-            raise RecordError("bad_messages", f"{rid}: turn {turn!r:.80} is not an object")
-        messages.append({"role": turn.get("role"), "content": _text_of(turn.get("content"))})
-    images = row.get("images")
-    if images is None and row.get("image") is not None:
-        images = [row["image"]]
-    if not images:
-        raise RecordError("missing_image", f"{rid}: no 'images'")
-    if len(images) > 1:
-        raise RecordError("multiple_images", f"{rid}: {len(images)} images; one per sample is supported")
-    check_messages(messages)  # text problems first: no image is read for a row rejected anyway
-    image = resolve_image(images[0], image_root, read_bytes)
-    return make_record(id=rid, source=source, image=image, messages=messages,
-                       max_text_chars=max_text_chars)
+            raise RecordError("bad_messages", f"turn {i} is not an object: {turn!r:.80}")
+        messages.append({"role": turn.get("role"),
+                         "content": _text_of(turn.get("content"), f"turn {i}")})
+    image, field = messages_image(row)
+    return build_record(rid=rid, source=source, messages=messages, image=image, field=field,
+                        images=images, max_text_chars=max_text_chars)
 
 
 def llava_row(
-    row: dict[str, Any], *, source: str, image_root: str | None, read_bytes: ReadBytes,
-    max_text_chars: int,
+    row: dict[str, Any], *, source: str, images: ImageLoader, max_text_chars: int,
 ) -> dict[str, Any]:
     """A LLaVA `conversations` row -> record."""
     rid = content_row_id(row, source)
     turns = row.get("conversations")
     if not isinstance(turns, list) or not turns:
-        raise RecordError("bad_messages", f"{rid}: 'conversations' must be a non-empty list")
+        raise RecordError("bad_messages", f"'conversations' must be a non-empty list, got "
+                          f"{type(turns).__name__} {turns!r:.60}")
     messages = []
-    for turn in turns:
-        speaker = turn.get("from") if isinstance(turn, dict) else None
-        if speaker not in LLAVA_ROLES:
-            raise RecordError("bad_messages", f"{rid}: speaker {speaker!r} not in {sorted(LLAVA_ROLES)}")
-        messages.append({"role": LLAVA_ROLES[speaker], "content": _text_of(turn.get("value"))})
+    for i, turn in enumerate(turns):
+        if not isinstance(turn, dict):
+            raise RecordError("bad_messages", f"turn {i} is not an object: {turn!r:.80}")
+        speaker = turn.get("from")
+        role = LLAVA_ROLES.get(speaker) if isinstance(speaker, str) else None
+        if role is None:
+            raise RecordError("bad_conversation", f"turn {i}: speaker {speaker!r:.40} not in "
+                              f"{sorted(LLAVA_ROLES)}")
+        messages.append({"role": role, "content": _text_of(turn.get("value"), f"turn {i}")})
     if row.get("image") in (None, ""):
-        raise RecordError("missing_image", f"{rid}: text-only sample (no 'image')")
-    check_messages(messages)
-    image = resolve_image(row["image"], image_root, read_bytes)
-    return make_record(id=rid, source=source, image=image, messages=messages,
-                       max_text_chars=max_text_chars)
+        raise RecordError("missing_image", "no 'image' (a text-only sample)")
+    image, field = one_image(row["image"], "image")
+    return build_record(rid=rid, source=source, messages=messages, image=image, field=field,
+                        images=images, max_text_chars=max_text_chars)
 
 
 def records_row_id(row: dict[str, Any], source: str) -> str:
@@ -194,20 +419,23 @@ def records_row_id(row: dict[str, Any], source: str) -> str:
 
 
 def records_row(
-    row: dict[str, Any], *, source: str, image_root: str | None, read_bytes: ReadBytes,
-    max_text_chars: int,
+    row: dict[str, Any], *, source: str, images: ImageLoader, max_text_chars: int,
 ) -> dict[str, Any]:
-    """A row already in the record schema -> re-validated record."""
-    rid = records_row_id(row, source)
+    """A row already in the record schema -> re-validated record, of this source (its own
+    `source` column is not kept: rejects, quotas and counts are per configured source)."""
+    text = row.get("messages")
+    if not isinstance(text, str):
+        raise RecordError("bad_messages", f"'messages' must be JSON text, got "
+                          f"{type(text).__name__}")
     try:
-        messages = parse_messages(row.get("messages") or "")
-    except (json.JSONDecodeError, TypeError) as err:
-        raise RecordError("bad_messages", f"{rid}: {err}") from None
-    check_messages(messages)
-    image = resolve_image(row.get("image"), image_root, read_bytes)
-    return make_record(id=rid, source=row.get("source") or source, image=image,
-                       messages=messages, target_text=row.get("target_text"),
-                       max_text_chars=max_text_chars)
+        messages = parse_messages(text)
+    except (ValueError, RecursionError) as err:
+        raise RecordError("bad_messages", f"'messages' is not JSON: {err}"[:300]) from None
+    return build_record(
+        rid=records_row_id(row, source), source=source, messages=messages,
+        image=row.get("image"), field="image", images=images,
+        max_text_chars=max_text_chars, target_text=row.get("target_text"),
+    )
 
 
 # ---------------------------------------------------------------------------------- flickr30k
@@ -224,20 +452,15 @@ def caption_messages(caption: str) -> list[dict[str, str]]:
 
 
 def flickr30k_row(
-    row: dict[str, Any], *, source: str, image_root: str | None, read_bytes: ReadBytes,
-    max_text_chars: int,
+    row: dict[str, Any], *, source: str, images: ImageLoader, max_text_chars: int,
 ) -> dict[str, Any]:
     """One Flickr30k caption row -> record (caption = answer = SD target text)."""
     if not row.get("filename"):
         raise RecordError("missing_image", "Karpathy entry without 'filename'")
-    caption = row.get("caption")
-    if not isinstance(caption, str):
-        raise RecordError("empty_text", f"caption {caption!r:.80} is not text")
-    messages = caption_messages(caption)
-    check_messages(messages)
-    image = resolve_image(row["filename"], image_root, read_bytes)
-    return make_record(id=flickr30k_row_id(row, source), source=source, image=image,
-                       messages=messages, max_text_chars=max_text_chars)
+    caption = _text_field(row.get("caption"), "caption", "empty_text")
+    return build_record(rid=flickr30k_row_id(row, source), source=source,
+                        messages=caption_messages(caption.strip()), image=row["filename"],
+                        field="filename", images=images, max_text_chars=max_text_chars)
 
 
 # -------------------------------------------------------------------------------------- laion
@@ -245,11 +468,11 @@ def laion_row_id(row: dict[str, Any], source: str) -> str:
     """img2dataset's sample key (`__key__` in a tar, `key` in Parquet), else a content hash."""
     key = row.get("__key__") if row.get("__key__") not in (None, "") else row.get("key")
     if key not in (None, ""):
-        return str(key)
+        return printable(str(key))
     return row_id({}, source, str(row.get("url") or row.get("txt") or row.get("caption")))
 
 
-def _text_field(value: Any, name: str) -> str | None:
+def _member_text(value: Any, name: str) -> str | None:
     """A WebDataset text member (bytes) or a Parquet string -> str (None when absent)."""
     if value is None:
         return None
@@ -257,77 +480,78 @@ def _text_field(value: Any, name: str) -> str | None:
         try:
             return bytes(value).decode("utf-8")
         except UnicodeDecodeError as err:
-            raise RecordError("bad_text", f"{name} is not UTF-8: {err}") from None
+            raise RecordError("bad_encoding", f"{name} is not UTF-8: {err}") from None
     return value if isinstance(value, str) else None
 
 
 def laion_caption(row: dict[str, Any]) -> str:
     """The sample's caption: `.txt` member / `txt` or `caption` column, else the `.json`'s."""
     for name in ("txt", "caption", "text"):
-        text = _text_field(row.get(name), name)
+        text = _member_text(row.get(name), name)
         if text is not None and text.strip():
-            return text
-    meta = _text_field(row.get("json"), "json")
+            return text.strip()
+    meta = _member_text(row.get("json"), "json")
     if meta:
         try:
-            caption = json.loads(meta).get("caption")
-        except (json.JSONDecodeError, AttributeError) as err:
-            raise RecordError("bad_json", f"sample .json: {err}") from None
+            caption = json.loads(meta, strict=False).get("caption")
+        except (ValueError, AttributeError, RecursionError) as err:
+            raise RecordError("bad_json", f"sample .json: {err}"[:300]) from None
         if isinstance(caption, str) and caption.strip():
-            return caption
+            return caption.strip()
     raise RecordError("empty_text", "no caption (.txt / txt / caption)")
 
 
-def laion_image(row: dict[str, Any]) -> bytes:
-    """The encoded image of an img2dataset sample; failed downloads name their error."""
+def laion_image(row: dict[str, Any]) -> tuple[Any, str]:
+    """(the image of an img2dataset sample, its member / column); failed downloads name their
+    error."""
     for name in (*IMAGE_SUFFIXES, "image"):
         value = row.get(name)
-        if isinstance(value, dict):
-            value = value.get("bytes")
-        if value:
-            return bytes(value)
+        if value not in (None, b"", "") and not (
+            isinstance(value, dict) and not value.get("bytes") and not value.get("path")
+        ):
+            return value, name
     status = row.get("status")
     detail = f"status {status!r}: {row.get('error_message')}" if status else "no image member"
     raise RecordError("missing_image", detail)
 
 
 def laion_row(
-    row: dict[str, Any], *, source: str, image_root: str | None, read_bytes: ReadBytes,
-    max_text_chars: int,
+    row: dict[str, Any], *, source: str, images: ImageLoader, max_text_chars: int,
 ) -> dict[str, Any]:
     """One img2dataset sample (tar or Parquet) -> record (caption = answer = SD target text)."""
     caption = laion_caption(row)
-    image = laion_image(row)
-    return make_record(id=laion_row_id(row, source), source=source, image=image,
-                       messages=caption_messages(caption), max_text_chars=max_text_chars)
+    image, field = laion_image(row)
+    return build_record(rid=laion_row_id(row, source), source=source,
+                        messages=caption_messages(caption), image=image, field=field,
+                        images=images, max_text_chars=max_text_chars)
 
 
 # ------------------------------------------------------------------------------------ rlaif_v
 def rlaif_v_row_id(row: dict[str, Any], source: str) -> str:
     """`<ds_name>/<idx>` (idx repeats across RLAIF-V's sub-sets), else a content hash."""
     if row.get("idx") not in (None, ""):
-        return f"{row.get('ds_name') or source}/{row['idx']}"
+        return printable(f"{row.get('ds_name') or source}/{row['idx']}")
     return row_id({}, source, f"{row.get('question')}\n{row.get('chosen')}")
 
 
 def rlaif_v_row(
-    row: dict[str, Any], *, source: str, image_root: str | None, read_bytes: ReadBytes,
-    max_text_chars: int,
+    row: dict[str, Any], *, source: str, images: ImageLoader, max_text_chars: int,
 ) -> dict[str, Any]:
     """One RLAIF-V preference row -> record: question, then the chosen answer (SD target).
     The rejected answer is never read."""
-    question = row.get("question")
-    if not isinstance(question, str) or not _text_of(question):
-        raise RecordError("empty_question", f"question {question!r:.80} is empty")
-    chosen = row.get("chosen")
-    if not isinstance(chosen, str):
-        raise RecordError("empty_text", f"chosen answer {chosen!r:.80} is not text")
-    messages = [{"role": "user", "content": _text_of(question)},
-                {"role": "assistant", "content": chosen.strip()}]
-    check_messages(messages)
-    image = resolve_image(row.get("image") or row.get("image_path"), image_root, read_bytes)
-    return make_record(id=rlaif_v_row_id(row, source), source=source, image=image,
-                       messages=messages, max_text_chars=max_text_chars)
+    question = _text_of(_text_field(row.get("question"), "question", "empty_question"),
+                        "question")
+    if not question:
+        raise RecordError("empty_question", "question holds only an image placeholder")
+    chosen = _text_field(row.get("chosen"), "chosen answer", "empty_text")
+    image, field = row.get("image"), "image"
+    if image is None or (isinstance(image, dict) and not image.get("bytes")
+                         and not image.get("path")):
+        image, field = row.get("image_path") or image, "image_path"
+    return build_record(rid=rlaif_v_row_id(row, source), source=source,
+                        messages=[{"role": "user", "content": question},
+                                  {"role": "assistant", "content": chosen.strip()}],
+                        image=image, field=field, images=images, max_text_chars=max_text_chars)
 
 
 # ------------------------------------------------------------------------------------- ocrvqa
@@ -336,7 +560,8 @@ def _image_digest(images: Any) -> str:
     first = images[0] if isinstance(images, list) and images else images
     if isinstance(first, dict):
         first = first.get("bytes") or first.get("path")
-    blob = first if isinstance(first, (bytes, bytearray)) else str(first).encode()
+    blob = first if isinstance(first, (bytes, bytearray)) else str(first).encode(
+        "utf-8", "backslashreplace")
     return hashlib.sha1(blob).hexdigest()
 
 
@@ -354,30 +579,30 @@ def cauldron_messages(texts: Any) -> list[dict[str, str]]:
     for i, turn in enumerate(texts):
         if not isinstance(turn, dict):
             raise RecordError("bad_messages", f"turn {i} is not an object: {turn!r:.80}")
-        user, answer = turn.get("user"), turn.get("assistant")
-        if not isinstance(user, str) or not _text_of(user):
-            raise RecordError("empty_question", f"turn {i}: empty 'user' text")
-        if not isinstance(answer, str) or not answer.strip():
-            raise RecordError("empty_text", f"turn {i}: empty 'assistant' text")
-        messages += [{"role": "user", "content": _text_of(user)},
+        user = _text_of(_text_field(turn.get("user"), f"turn {i}: 'user'", "empty_question"),
+                        f"turn {i}")
+        if not user:
+            raise RecordError("empty_question", f"turn {i}: 'user' holds only an image "
+                              "placeholder")
+        answer = _text_field(turn.get("assistant"), f"turn {i}: 'assistant'", "empty_text")
+        messages += [{"role": "user", "content": user},
                      {"role": "assistant", "content": answer.strip()}]
     return messages
 
 
 def ocrvqa_row(
-    row: dict[str, Any], *, source: str, image_root: str | None, read_bytes: ReadBytes,
-    max_text_chars: int,
+    row: dict[str, Any], *, source: str, images: ImageLoader, max_text_chars: int,
 ) -> dict[str, Any]:
     """One the_cauldron row -> multi-turn record; SD target = all answers joined (module doc)."""
-    images = row.get("images")
-    if not isinstance(images, list) or not images:
-        raise RecordError("missing_image", "'images' is empty")
-    if len(images) > 1:
-        raise RecordError("multiple_images", f"{len(images)} images; one per sample is supported")
-    messages = cauldron_messages(row.get("texts"))
-    image = resolve_image(images[0], image_root, read_bytes)
-    return make_record(id=ocrvqa_row_id(row, source), source=source, image=image,
-                       messages=messages, max_text_chars=max_text_chars)
+    if row.get("images") is None:
+        raise RecordError("missing_image", "no 'images'")
+    if not isinstance(row["images"], list):
+        raise RecordError("bad_image_field", f"'images' must be a list of one image, got "
+                          f"{type(row['images']).__name__}")
+    image, field = one_image(row["images"], "images")
+    return build_record(rid=ocrvqa_row_id(row, source), source=source,
+                        messages=cauldron_messages(row.get("texts")), image=image, field=field,
+                        images=images, max_text_chars=max_text_chars)
 
 
 # ----------------------------------------------------------------------------------- registry

@@ -1,12 +1,18 @@
 """Reading the configured sources with Ray Data: every source -> one Dataset of records
 (`schema.RECORD_SCHEMA`).
 
-Reading streams: JSONL is read line by line (`read_text`), Parquet by row groups, JSON arrays
-one file per task; the paper's data sets through their own raw readers (`RAW_READERS`, in the
-layout each publisher ships; the row unpacking is `lavender_ray.data.readers`). Each raw row
-goes through the pure converter of its format (`lavender_ray.data.mixture.convert_rows`); rows
-that fail are written to the rejects folder with their id and reason, never dropped silently.
-Paths are local or any pyarrow filesystem URI.
+A source's `path` is a file or a folder of them (`lavender_ray.data.checks.source_files`; the
+commands check every path before Ray starts, `check_source_paths`). Reading streams: JSONL and
+JSON files one file per task, split into rows by `lavender_ray.data.readers` (lines end at
+"\\n" only, each line decoded on its own), Parquet by row groups; the paper's data sets
+through their own raw readers (`RAW_READERS`, in the layout each publisher ships). Every raw
+row carries the data file it came from, so its relative image references resolve against that
+file's folder (unless `image_root` is set). Each raw row goes through the pure converter of its
+format (`lavender_ray.data.mixture.convert_rows`) and its image through
+`lavender_ray.images.check_image`; rows that fail are written to the rejects folder with their
+id and reason, never dropped silently, and no row fails the read. Paths are local or any
+pyarrow filesystem URI; a top-level Parquet column named `path` is where Ray puts the file's
+path (`include_paths`), so it is not read as data.
 
 Mixture sampling (`lavender_ray.data.mixture`) decides per record id before any image is read,
 the same in every pipeline mode (stream, cache and precomputed all read through
@@ -17,91 +23,139 @@ counted once here (Parquet from its metadata, other layouts by one pass without 
 
 from __future__ import annotations
 
-import json
+import functools
+import hashlib
 from collections.abc import Callable
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.fs as pafs
+import pyarrow.parquet as pq
 import ray
 
 from lavender_ray.config import DataConfig, LavenderConfig, SourceConfig
+from lavender_ray.data.checks import source_files
 from lavender_ray.data.mixture import READ_STAGE, convert_rows, source_fraction, source_quotas
-from lavender_ray.data.readers import flickr30k_rows
+from lavender_ray.data.readers import (
+    DATA_FILE,
+    READER_REJECT,
+    ROW_AT,
+    flickr30k_rows,
+    json_array_rows,
+    jsonl_rows,
+)
 from lavender_ray.data.synthetic import make_synthetic_records
+from lavender_ray.images import check_image
 from lavender_ray.rejects import write_rejects
 from lavender_ray.schema import RECORD_SCHEMA
-from lavender_ray.storage import filesystem_and_path
+from lavender_ray.storage import filesystem_and_path, is_uri
+
+RAY_PATH = "path"  # the column Ray's `include_paths` adds
 
 
 # ------------------------------------------------------------------------------ raw readers
-def list_files(path: str, extensions: tuple[str, ...]) -> tuple[pafs.FileSystem, list[str]]:
-    """`path` (a file, or a folder searched recursively) -> its files ending in `extensions`,
-    sorted. Raises FileNotFoundError naming the path and the extensions looked for."""
-    fs, inner = filesystem_and_path(path)
-    info = fs.get_file_info(inner)
-    if info.type == pafs.FileType.File:
-        files = [inner] if inner.endswith(extensions) else []
-    elif info.type == pafs.FileType.Directory:
-        selector = pafs.FileSelector(inner, recursive=True)
-        files = sorted(f.path for f in fs.get_file_info(selector)
-                       if f.type == pafs.FileType.File and f.path.endswith(extensions))
-    else:
-        raise FileNotFoundError(f"{path!r} does not exist")
-    if not files:
-        raise FileNotFoundError(f"{path!r} holds no files ending in {', '.join(extensions)}")
-    return fs, files
+def read_data_files(fs: pafs.FileSystem, files: list[str]) -> list[Any]:
+    """JSONL / JSON files and Parquet files -> one raw Dataset for the text files and one per
+    Parquet schema (their columns differ, so each is converted on its own before the records
+    are joined)."""
+    parts = []
+    text = [f for f in files if f.endswith((".jsonl", ".json"))]
+    if text:
+        parts.append(ray.data.read_binary_files(text, filesystem=fs, include_paths=True)
+                     .flat_map(text_file_rows))
+    parquet = [f for f in files if f.endswith(".parquet")]
+    if parquet:
+        parts += read_parquet_files(fs, parquet)
+    return parts
 
 
-def _path(source: SourceConfig) -> str:
-    assert source.path, "SourceConfig validation guarantees a path for file formats"
-    return source.path
+def text_file_rows(file_row: dict[str, Any]) -> list[dict[str, Any]]:
+    """`flat_map`: a JSONL file line by line, a JSON file entry by entry (`data.readers`)."""
+    split = jsonl_rows if file_row["path"].endswith(".jsonl") else json_array_rows
+    return split(file_row)
 
 
-def read_parquet_files(path: str):
-    """Every `.parquet` file under `path` as one streamed Dataset."""
-    fs, files = list_files(path, (".parquet",))
-    return ray.data.read_parquet(files, filesystem=fs)
+def read_parquet_files(fs: pafs.FileSystem, files: list[str]) -> list[Any]:
+    """Parquet files streamed by row group, each row with its file in Ray's `path` column
+    (`to_records` renames it `readers.DATA_FILE`; a count still reads only the metadata).
+
+    Ray reads files whose schemas unify together; files whose column types disagree (one
+    writes `images` as a list, another as a number) cannot be, so then the files are grouped
+    by schemas that unify, each group is read on its own, and the converter judges the rows."""
+    try:
+        return [ray.data.read_parquet(files, filesystem=fs, include_paths=True)]
+    except (pa.ArrowTypeError, pa.ArrowInvalid):
+        pass
+    groups: list[tuple[pa.Schema, list[str]]] = []
+    for path in files:
+        schema = pq.read_schema(path, filesystem=fs)
+        for k, (unified, members) in enumerate(groups):
+            try:
+                groups[k] = (pa.unify_schemas([unified, schema]), [*members, path])
+                break
+            except (pa.ArrowTypeError, pa.ArrowInvalid):
+                continue
+        else:
+            groups.append((schema, [path]))
+    return [ray.data.read_parquet(members, filesystem=fs, include_paths=True)
+            for _, members in groups]
 
 
-def read_flickr30k(source: SourceConfig):
+def read_flickr30k(source: SourceConfig) -> list[Any]:
     """The Karpathy JSON file(s) under `path` -> caption rows (`flickr30k_rows`)."""
-    fs, files = list_files(_path(source), (".json",))
-    return ray.data.read_binary_files(files, filesystem=fs, include_paths=True).flat_map(
+    fs, files = source_files(source)
+    return [ray.data.read_binary_files(files, filesystem=fs, include_paths=True).flat_map(
         flickr30k_rows, fn_kwargs={"splits": source.splits, "captions": source.captions}
-    )
+    )]
 
 
 # --------------------------------------------------------------------------------------- laion
-def read_laion(source: SourceConfig):
+def read_laion(source: SourceConfig) -> list[Any]:
     """img2dataset WebDataset shards, else its Parquet files (see the module docstring)."""
     try:
-        fs, shards = list_files(_path(source), (".tar",))
-    except FileNotFoundError:
-        try:
-            fs, files = list_files(_path(source), (".parquet",))
-        except FileNotFoundError as err:
-            raise FileNotFoundError(
-                f"source {source.name!r}: no img2dataset output (.tar shards or .parquet) "
-                f"at {source.path!r} ({err})"
-            ) from None
-        return ray.data.read_parquet(files, filesystem=fs)
-    return ray.data.read_webdataset(shards, filesystem=fs, decoder=None)
+        fs, files = source_files(source)
+    except FileNotFoundError as err:
+        raise FileNotFoundError(
+            f"source {source.name!r}: no img2dataset output (.tar shards or .parquet) "
+            f"at {source.path!r} ({err})"
+        ) from None
+    if files[0].endswith(".tar"):
+        return [ray.data.read_webdataset(files, filesystem=fs, decoder=None)]
+    return read_parquet_files(fs, files)
 
 
 # ------------------------------------------------------------------------- rlaif_v and ocrvqa
-def read_parquet_source(source: SourceConfig):
-    """RLAIF-V and the_cauldron ship Parquet shards: every `.parquet` file under `path`."""
-    return read_parquet_files(_path(source))
+def read_source_files(source: SourceConfig) -> list[Any]:
+    """Sources read from their files as they are: messages, llava, records (any of their
+    extensions), RLAIF-V and the_cauldron (Parquet shards)."""
+    return read_data_files(*source_files(source))
 
 
 # --------------------------------------------------------------------------------- dispatching
-RAW_READERS: dict[str, Callable[[SourceConfig], Any]] = {
+RAW_READERS: dict[str, Callable[[SourceConfig], list[Any]]] = {
     "flickr30k": read_flickr30k,
     "laion": read_laion,
-    "rlaif_v": read_parquet_source,
-    "ocrvqa": read_parquet_source,
 }
+
+
+def read_raw(source: SourceConfig, data: DataConfig, seed: int) -> list[Any]:
+    """The raw rows of one source as Ray Datasets (before conversion), one per file kind."""
+    if source.format == "synthetic":
+        return [ray.data.from_items(make_synthetic_records(source.num_samples, seed=seed))]
+    return RAW_READERS.get(source.format, read_source_files)(source)
+
+
+def file_prefix(source: SourceConfig) -> str:
+    """What turns a path inside the source's filesystem (Ray's `include_paths`) back into a
+    path or URI: "" locally, "s3://" for `s3://bucket/...`, "hdfs://host:port" for HDFS."""
+    if not source.path or not is_uri(source.path):
+        return ""
+    path = source.path.rstrip("/")
+    _, inner = filesystem_and_path(path)
+    inner = inner.rstrip("/")
+    if inner and path.endswith(inner):
+        return path[: len(path) - len(inner)]
+    return path.split("://", 1)[0] + "://"
 
 
 # ------------------------------------------------------------------------------------ sampling
@@ -112,57 +166,68 @@ def sampling_fractions(data: DataConfig) -> dict[str, float]:
     for source in data.sources:
         quota = quotas.get(source.name)
         needs_count = source.fraction is None and quota is not None
-        raw_rows = read_raw(source, data, seed=data.seed).count() if needs_count else None
+        raw_rows = (sum(part.count() for part in read_raw(source, data, seed=data.seed))
+                    if needs_count else None)
         fractions[source.name] = source_fraction(source, quota, raw_rows)
     return fractions
 
 
+def table_rows(batch: pa.Table) -> list[dict[str, Any]]:
+    """A batch's rows as dicts. A Parquet string that is not UTF-8 fails Arrow's conversion of
+    the whole batch; then each row is converted alone, and a row that fails becomes a
+    `bad_encoding` reader reject naming its columns."""
+    try:
+        return batch.to_pylist()
+    except UnicodeDecodeError:
+        pass
+    rows = []
+    for i in range(batch.num_rows):
+        one = batch.slice(i, 1)
+        try:
+            rows.append(one.to_pylist()[0])
+        except UnicodeDecodeError:
+            rows.append(_undecodable_row(one))
+    return rows
+
+
+def _undecodable_row(one: pa.Table) -> dict[str, Any]:
+    """A one-row table with a string that is not UTF-8 -> a reader reject naming the columns."""
+    columns = []
+    for name in one.column_names:
+        try:
+            one[name].to_pylist()
+        except UnicodeDecodeError:
+            columns.append(name)
+    data_file = one[DATA_FILE][0].as_py() if DATA_FILE in one.column_names else None
+    as_bytes = [one[c].cast(pa.binary()).to_pylist() if c in columns else one[c].to_pylist()
+                for c in one.column_names]
+    digest = hashlib.sha1(repr(as_bytes).encode("utf-8", "backslashreplace")).hexdigest()[:12]
+    where = (data_file or "the data file").rsplit("/", 1)[-1]
+    return {DATA_FILE: data_file, ROW_AT: f"{where}:{digest}",
+            READER_REJECT: f"bad_encoding: {where}: column(s) {columns} not UTF-8"}
+
+
 def to_records(
     batch: pa.Table, source: dict[str, Any], data: dict[str, Any], rejects_dir: str | None,
-    fraction: float = 1.0,
+    fraction: float = 1.0, prefix: str = "",
 ) -> pa.Table:
     """`map_batches` function (pyarrow batches): raw rows of one source -> record rows.
 
     Takes plain dicts (workers rebuild the config sections themselves)."""
+    if RAY_PATH in batch.column_names and DATA_FILE not in batch.column_names:  # Parquet rows
+        names = batch.column_names
+        batch = batch.rename_columns([DATA_FILE if c == RAY_PATH else c for c in names])
+    data_cfg = DataConfig.model_validate(data)
     records, rejects = convert_rows(
-        batch.to_pylist(), SourceConfig.model_validate(source), DataConfig.model_validate(data),
-        fraction,
+        table_rows(batch), SourceConfig.model_validate(source), data_cfg, fraction,
+        check_image=functools.partial(check_image, max_pixels=data_cfg.max_image_pixels),
+        file_prefix=prefix,
     )
     write_rejects(rejects, rejects_dir, READ_STAGE)
     return pa.Table.from_pylist(records, schema=RECORD_SCHEMA)
 
 
 # ------------------------------------------------------------------------------------- reading
-def _split_json_array(row: dict[str, Any]) -> list[dict[str, str]]:
-    """One JSON file (`read_binary_files` row) -> one `{"text": entry}` row per array entry."""
-    try:
-        payload = json.loads(row["bytes"])
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        return [{"text": f"<unreadable JSON file {row['path']}: {err}>"}]
-    entries = payload if isinstance(payload, list) else [payload]
-    return [{"text": json.dumps(e)} for e in entries]
-
-
-def read_raw(source: SourceConfig, data: DataConfig, seed: int):
-    """The raw rows of one source as a Ray Dataset (before conversion)."""
-    if source.format == "synthetic":
-        return ray.data.from_items(make_synthetic_records(source.num_samples, seed=seed))
-    if source.format in RAW_READERS:
-        return RAW_READERS[source.format](source)
-    path = source.path
-    assert path is not None  # guaranteed by SourceConfig validation
-    if path.endswith(".parquet") or source.format == "records":
-        return ray.data.read_parquet(path)
-    if path.endswith(".jsonl"):
-        return ray.data.read_text(path)
-    if path.endswith(".json"):
-        return ray.data.read_binary_files(path, include_paths=True).flat_map(_split_json_array)
-    raise ValueError(
-        f"source {source.name!r}: cannot tell the file type of path {path!r}; "
-        "allowed: .parquet, .jsonl, .json (or a folder of Parquet files with format 'records')"
-    )
-
-
 def read_source(
     source: SourceConfig, data: DataConfig, rejects_dir: str | None,
     fraction: float | None = None,
@@ -170,18 +235,17 @@ def read_source(
     """One source -> Dataset of records; bad rows go to `rejects_dir` (None: not written).
     `fraction` defaults to the source's own (`sampling_fractions` resolves it against
     `data.total_samples`)."""
-    ds = read_raw(source, data, seed=data.seed)
-    ds = ds.map_batches(
-        to_records,
-        fn_kwargs={
-            "source": source.model_dump(mode="json"),
-            "data": data.model_dump(mode="json"),
-            "rejects_dir": rejects_dir,
-            "fraction": (source.fraction or 1.0) if fraction is None else fraction,
-        },
-        batch_format="pyarrow",
-        num_cpus=data.read_num_cpus,
-    )
+    fn_kwargs = {
+        "source": source.model_dump(mode="json"),
+        "data": data.model_dump(mode="json"),
+        "rejects_dir": rejects_dir,
+        "fraction": (source.fraction or 1.0) if fraction is None else fraction,
+        "prefix": file_prefix(source),
+    }
+    parts = [part.map_batches(to_records, fn_kwargs=fn_kwargs, batch_format="pyarrow",
+                              num_cpus=data.read_num_cpus)
+             for part in read_raw(source, data, seed=data.seed)]
+    ds = parts[0] if len(parts) == 1 else parts[0].union(*parts[1:])
     if source.max_samples is not None:
         ds = ds.limit(source.max_samples)
     return ds
