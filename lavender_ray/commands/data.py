@@ -27,6 +27,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     # imported when the command runs: `lavender --help` stays fast (commands/__init__.py)
+    from lavender_ray.data.checks import check_source_paths
     from lavender_ray.pipeline.inspect import format_report, inspect_data
     from lavender_ray.resources import connect
 
@@ -34,6 +35,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"lavender data inspect: --samples must be >= 0, got {args.samples}", file=sys.stderr)
         return 2
     cfg = load_config(args.preset, args.overrides)
+    check_source_paths(cfg)  # before Ray starts: a missing file is one line, at once
     connect(cfg, "inspect", args.address)
     report = inspect_data(cfg, args.out, samples=args.samples)
     print(format_report(report))

@@ -31,16 +31,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     # imported when the command runs: `lavender --help` stays fast (commands/__init__.py)
+    from lavender_ray.data.checks import check_source_paths
     from lavender_ray.pipeline.extract import export_authors_layout, extract_to_cache
+    from lavender_ray.rejects import summarise_rejects
     from lavender_ray.resources import connect
 
     cfg = load_config(args.preset, args.overrides)
+    check_source_paths(cfg)  # before Ray starts: a missing file is one line, at once
     connect(cfg, "extract", args.address)
     summary = extract_to_cache(cfg, args.out)
     print(f"targets:  {summary.targets_dir}  (config hash {summary.config_hash})")
     print(f"          {summary.written} written, {summary.cached_before} already cached")
-    rejected = sum(summary.rejects.values())
-    print(f"rejects:  {summary.rejects_dir}  ({rejected}: {summary.rejects or 'none'})")
+    print(f"{summarise_rejects(summary.rejects_dir)}  [{summary.rejects_dir}]")
     print(f"config:   {summary.config_path}")
     if args.authors_out:
         n = export_authors_layout(args.out, summary.config_hash, args.authors_out)

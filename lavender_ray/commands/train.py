@@ -28,10 +28,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     # imported when the command runs: `lavender --help` stays fast (commands/__init__.py)
+    from lavender_ray.data.checks import check_source_paths
     from lavender_ray.resources import connect
     from lavender_ray.train.launch import describe, train
 
     cfg = load_config(args.preset, args.overrides)
+    check_source_paths(cfg)  # before Ray starts: a missing file is one line, at once
     connect(cfg, "train", args.address)
     print(describe(train(cfg, resume=args.resume)))
     return 0

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 import ray
 
 from lavender_ray.config import ConfigError, LavenderConfig
+from lavender_ray.data.checks import check_source_paths
 from lavender_ray.pipeline.cache import (
     IMAGE_HASH,
     REJECTS,
@@ -75,6 +76,7 @@ def save_run_config(cfg: LavenderConfig, root: str, run_id: str) -> str:
 def extract_to_cache(cfg: LavenderConfig, root: str, ds: Dataset | None = None) -> ExtractSummary:
     """Read the configured sources (or take `ds`, a Dataset of records), skip what is cached
     under this config, run the SD stage on the rest and append the results as Parquet shards."""
+    check_source_paths(cfg)
     connect(cfg, "extract")
     root = absolute(root)
     run_id = new_run_id()

@@ -31,9 +31,10 @@ from lavender_ray.config import (
     config_differences,
     run_paths,
 )
+from lavender_ray.data.checks import check_source_paths
 from lavender_ray.pipeline.dataset import build_train_dataset
 from lavender_ray.placement import check_placement, check_shared_folders, cluster_nodes
-from lavender_ray.rejects import count_rejects
+from lavender_ray.rejects import count_rejects, summarise_rejects
 from lavender_ray.resources import connect
 from lavender_ray.runs import ADAPTER_DIR, EXPORT_DIR, checkpoint_location, run_dir_of
 from lavender_ray.storage import absolute, copy_folder, is_remote, read_text, write_text
@@ -49,20 +50,20 @@ class TrainSummary:
     metrics: dict[str, Any]
     rejects: dict[str, int] = field(default_factory=dict)
     resumed: bool = False
+    rejects_dir: str = ""
 
 
 def describe(summary: TrainSummary) -> str:
     """Where a run's outputs went, for people."""
     keys = ["step", "loss/total", "loss/lm", "loss/att", "align/matched_words", "records"]
     metrics = "  ".join(f"{k}={summary.metrics[k]:.4g}" for k in keys if k in summary.metrics)
-    rejects = sum(summary.rejects.values())
     return "\n".join(
         [
             f"run:        {summary.run_dir}",
             f"checkpoint: {summary.checkpoint}",
             f"adapter:    {summary.adapter}  (PEFT adapter + aligner.safetensors + config.yaml)",
             f"metrics:    {metrics}",
-            f"rejects:    {rejects} {summary.rejects or ''} under {summary.run_dir}/rejects",
+            f"{summarise_rejects(summary.rejects_dir)}  [{summary.rejects_dir}]",
         ]
     )
 
@@ -164,6 +165,7 @@ def train(
     placement, resources and the run folder (`check_run`: `resume`) are checked before anything
     starts; work waiting for resources longer than `train.stall_timeout_s` is reported."""
     cfg = absolute_paths(cfg)
+    check_source_paths(cfg)
     connect(cfg, "train")
     nodes = cluster_nodes()
     check_storage(cfg, nodes)
@@ -191,4 +193,5 @@ def train(
         metrics=dict(result.metrics or {}),
         rejects=count_rejects(rejects_dir),
         resumed=resumed,
+        rejects_dir=rejects_dir,
     )

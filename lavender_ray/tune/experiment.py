@@ -39,6 +39,7 @@ from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.basic_variant import BasicVariantGenerator
 
 from lavender_ray.config import ConfigError, LavenderConfig, absolute_paths, apply_overrides
+from lavender_ray.data.checks import check_source_paths
 from lavender_ray.pipeline.extract import extract_to_cache
 from lavender_ray.placement import check_placement, cluster_nodes
 from lavender_ray.resources import connect
@@ -180,6 +181,7 @@ def run_tune(
     `callbacks` are Ray Tune callbacks of the experiment (a resumed experiment keeps its own);
     `address` is the Ray to use when none is connected (`resources.connect`)."""
     cfg = absolute_paths(cfg)
+    check_source_paths(cfg)
     space = parse_search_space(cfg.tune.search_space, cfg.to_dict())
     reports = check_tune_config(cfg)
     layout = layout_of(cfg)
