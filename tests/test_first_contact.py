@@ -4,6 +4,7 @@ arguments and Ctrl-C are one line each."""
 
 from __future__ import annotations
 
+import json
 import time
 
 import pytest
@@ -133,3 +134,45 @@ def test_ctrl_c_is_one_line_and_exit_code_130(capsys, monkeypatch):
     err = capsys.readouterr().err.strip()
     assert err == ("lavender train: interrupted (Ctrl-C); a training run or Tune search "
                    "continues with --resume and the same preset and --set values")
+
+
+# ---------------------------------------------------------------------------- Ray Data tasks
+def _plan_cpus(ds) -> dict[str, float]:
+    """{operator name: CPUs per task} of every task-running operator in `ds`'s logical plan."""
+    found, todo = {}, [ds._logical_plan.dag]
+    while todo:
+        op = todo.pop()
+        todo += op.input_dependencies
+        args = getattr(op, "ray_remote_args", None)
+        if args is not None:
+            found[op.name] = args.get("num_cpus", 1.0)  # Ray Data's default: a whole CPU
+    return found
+
+
+def test_every_read_and_convert_task_asks_for_data_read_num_cpus(ray_local, tmp_path):
+    """Ray Data's read and map tasks take a whole CPU unless told: on a 2-core machine whose
+    CPUs the stages hold they would wait forever, and the plan counts them at
+    `data.read_num_cpus`. Every operator of every reader asks for exactly that."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from PIL import Image
+
+    from lavender_ray.pipeline.benchmarks import read_benchmark
+    from lavender_ray.pipeline.read import read_sources
+
+    Image.new("RGB", (24, 12), "orange").save(tmp_path / "a.png")
+    turn = [{"role": "user", "content": "<image>What?"}, {"role": "assistant", "content": "A."}]
+    record = {"id": "a", "images": ["a.png"], "messages": turn}
+    (tmp_path / "train.jsonl").write_text(json.dumps(record) + "\n")
+    pq.write_table(pa.table({"id": ["b"], "image_path": [str(tmp_path / "a.png")],
+                             "question": ["What?"], "answer": ["A."]}), tmp_path / "rec.parquet")
+    (tmp_path / "bench.tsv").write_text("index\tquestion\tanswer\timage_path\n0\tWhat?\tA.\ta.png\n")
+    sources = [{"name": "mine", "format": "messages", "path": str(tmp_path / "train.jsonl")},
+               {"name": "rec", "format": "records", "path": str(tmp_path / "rec.parquet")}]
+    cfg = load_config("demo", {"data.sources": sources, "data.read_num_cpus": 0.3})
+    for ds in (read_sources(cfg, str(tmp_path / "rejects")),
+               read_benchmark(str(tmp_path / "bench.tsv"), "b", str(tmp_path / "rejects"),
+                              num_cpus=0.3)):
+        cpus = _plan_cpus(ds)
+        assert any(name.startswith("Read") for name in cpus), cpus
+        assert set(cpus.values()) == {0.3}, cpus

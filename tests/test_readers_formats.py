@@ -76,7 +76,7 @@ def test_file_listing_names_the_path_and_what_was_looked_for(tmp_path):
     empty = load_config("demo", {"data.sources": [
         {"name": "laion", "format": "laion", "path": str(tmp_path / "sub" / "00001.tar.gz")}]})
     with pytest.raises(FileNotFoundError, match=r"no img2dataset output \(\.tar shards or \.parquet\)"):
-        read_laion(empty.data.sources[0])
+        read_laion(empty.data.sources[0], 0.25)
 
 
 def test_laion_sample_from_tar_members_or_parquet_columns():

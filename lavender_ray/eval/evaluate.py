@@ -137,7 +137,8 @@ def run_benchmarks(
 ) -> dict[str, BenchmarkScores]:
     """Every benchmark through both models' actor pools in one pipeline, then scored."""
     tagged = [
-        tag_benchmark(read_benchmark(path, name, rejects_dir), name, metrics[name].prompt)
+        tag_benchmark(read_benchmark(path, name, rejects_dir, num_cpus=cfg.data.read_num_cpus),
+                      name, metrics[name].prompt, cfg.data.read_num_cpus)
         for name, path in sources.items()
     ]
     ds = tagged[0].union(*tagged[1:]) if len(tagged) > 1 else tagged[0]

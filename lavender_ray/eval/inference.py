@@ -115,10 +115,11 @@ def tag_rows(batch: pa.Table, benchmark: str, style: str) -> pa.Table:
     )
 
 
-def tag_benchmark(ds: Dataset, benchmark: str, style: PromptStyle) -> Dataset:
-    """A Dataset of benchmark rows -> the same rows tagged for inference (`tag_rows`)."""
+def tag_benchmark(ds: Dataset, benchmark: str, style: PromptStyle, num_cpus: float = 0.25) -> Dataset:
+    """A Dataset of benchmark rows -> the same rows tagged for inference (`tag_rows`), each
+    task asking for `num_cpus` (`data.read_num_cpus` from the commands)."""
     return ds.map_batches(tag_rows, fn_kwargs={"benchmark": benchmark, "style": style},
-                          batch_format="pyarrow", num_cpus=0.25)
+                          batch_format="pyarrow", num_cpus=num_cpus)
 
 
 # ---------------------------------------------------------------------------------- decoding

@@ -179,9 +179,11 @@ def tsv_header(path: str) -> list[str]:
     return head.split(b"\n", 1)[0].decode("utf-8-sig").rstrip("\r").split("\t")
 
 
-def read_benchmark_raw(path: str, name: str = "", rejects_dir: str | None = None):
+def read_benchmark_raw(path: str, name: str = "", rejects_dir: str | None = None,
+                       num_cpus: float = 0.25):
     """The raw rows of a benchmark file (TSV cells as bytes, marked `TSV_ROW`; JSONL as text
-    rows). TSV lines that cannot be parsed go to `rejects_dir` as `name`'s (None: skipped)."""
+    rows). TSV lines that cannot be parsed go to `rejects_dir` as `name`'s (None: skipped).
+    Every read and map task asks for `num_cpus` (Ray's default is a whole CPU each)."""
     if not path.endswith(BENCHMARK_EXTENSIONS):
         raise ValueError(f"benchmark file {path!r}: unknown extension; allowed: "
                          f"{', '.join(BENCHMARK_EXTENSIONS)}")
@@ -189,32 +191,35 @@ def read_benchmark_raw(path: str, name: str = "", rejects_dir: str | None = None
     if fs.get_file_info(inner).type != pafs.FileType.File:
         raise FileNotFoundError(f"benchmark file {path!r} does not exist")
     if path.endswith(".parquet"):
-        return ray.data.read_parquet(inner, filesystem=fs)
+        return ray.data.read_parquet(inner, filesystem=fs, num_cpus=num_cpus)
     if path.endswith(".jsonl"):
-        return ray.data.read_binary_files(inner, filesystem=fs, include_paths=True).flat_map(
-            jsonl_rows)
+        return ray.data.read_binary_files(inner, filesystem=fs, include_paths=True,
+                                          num_cpus=num_cpus).flat_map(
+            jsonl_rows, num_cpus=num_cpus)
     columns = tsv_header(path)
     handler = InvalidTsvRow(path, name, rejects_dir)
     return ray.data.read_csv(
         inner,
         filesystem=fs,
+        num_cpus=num_cpus,
         read_options=csv.ReadOptions(block_size=TSV_BLOCK_BYTES, use_threads=False),
         parse_options=csv.ParseOptions(delimiter="\t", newlines_in_values=True,
                                        invalid_row_handler=handler),
         convert_options=csv.ConvertOptions(
             column_types={c: pa.binary() for c in columns}, strings_can_be_null=True
         ),
-    ).map_batches(_mark_tsv, batch_format="pyarrow")
+    ).map_batches(_mark_tsv, batch_format="pyarrow", num_cpus=num_cpus)
 
 
-def collect_image_references(raw) -> dict[str, str]:
+def collect_image_references(raw, num_cpus: float = 0.25) -> dict[str, str]:
     """{index: base64 image} of every row some other row's `image` refers to ({} if none)."""
-    wanted = frozenset(r["ref"] for r in raw.map_batches(_references, batch_format="pyarrow")
+    wanted = frozenset(r["ref"] for r in raw.map_batches(_references, batch_format="pyarrow",
+                                                                 num_cpus=num_cpus)
                        .take_all())
     if not wanted:
         return {}
     found = raw.map_batches(_referenced_images, fn_kwargs={"wanted": wanted},
-                            batch_format="pyarrow").take_all()
+                            batch_format="pyarrow", num_cpus=num_cpus).take_all()
     return {r["index"]: r["image"] for r in found}
 
 
@@ -225,8 +230,8 @@ def read_benchmark(path: str, name: str, rejects_dir: str, *, image_root: str | 
     `name` labels the rejects (their `source`); relative `image_path`s resolve against
     `image_root`, else the file's folder. Runs the reference passes eagerly (see the module
     docstring); the conversion itself is lazy and streams."""
-    refs = collect_image_references(read_benchmark_raw(path))
-    return read_benchmark_raw(path, name, rejects_dir).map_batches(
+    refs = collect_image_references(read_benchmark_raw(path, num_cpus=num_cpus), num_cpus)
+    return read_benchmark_raw(path, name, rejects_dir, num_cpus).map_batches(
         to_benchmark_rows,
         fn_kwargs={"name": name, "rejects_dir": rejects_dir,
                    "image_root": image_root or folder_of(path),

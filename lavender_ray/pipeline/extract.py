@@ -88,7 +88,8 @@ def extract_to_cache(cfg: LavenderConfig, root: str, ds: Dataset | None = None) 
     out_dir = targets_dir(root, config_hash)
     cached = cached_keys(root, config_hash)
     rows_before = count_rows(out_dir)
-    todo = ds.map_batches(key_and_skip_cached, fn_kwargs={"cached": cached}, batch_format="pyarrow")
+    todo = ds.map_batches(key_and_skip_cached, fn_kwargs={"cached": cached}, batch_format="pyarrow",
+                          num_cpus=cfg.data.read_num_cpus)
     with stall_watchdog(cfg.train.stall_timeout_s):
         add_sd_targets(todo, cfg, rejects_dir).write_parquet(
             out_dir, ray_remote_args={"num_cpus": cfg.data.read_num_cpus}
@@ -113,7 +114,8 @@ def _record_keys(cfg: LavenderConfig) -> set[tuple[str, str]]:
     """(id, image_sha256) of every record the sources yield (a read without SD)."""
     # no rejects written: the streaming read of the same sources records them
     keyed = read_sources(cfg, None).map_batches(
-        key_and_skip_cached, fn_kwargs={"cached": frozenset()}, batch_format="pyarrow"
+        key_and_skip_cached, fn_kwargs={"cached": frozenset()}, batch_format="pyarrow",
+        num_cpus=cfg.data.read_num_cpus,
     )
     rows = keyed.select_columns(["id", IMAGE_HASH]).take_all()
     return {(r["id"], r[IMAGE_HASH]) for r in rows}
@@ -129,10 +131,12 @@ def cached_dataset(cfg: LavenderConfig, rejects_dir: str):
     keys = _record_keys(cfg) if cached else set()
     hits = frozenset(keys & cached)
     fresh = read_sources(cfg, rejects_dir).map_batches(
-        key_and_skip_cached, fn_kwargs={"cached": hits}, batch_format="pyarrow"
+        key_and_skip_cached, fn_kwargs={"cached": hits}, batch_format="pyarrow",
+        num_cpus=cfg.data.read_num_cpus,
     )
-    reused = ray.data.read_parquet(out_dir).map_batches(
-        keep_keys, fn_kwargs={"keys": hits}, batch_format="pyarrow"
+    reused = ray.data.read_parquet(out_dir, num_cpus=cfg.data.read_num_cpus).map_batches(
+        keep_keys, fn_kwargs={"keys": hits}, batch_format="pyarrow",
+        num_cpus=cfg.data.read_num_cpus,
     ) if hits else None
     if reused is not None and len(hits) == len(keys):
         # every record's targets are cached: no SD actor pool (no GPU reserved for it); one

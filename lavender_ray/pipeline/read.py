@@ -54,18 +54,19 @@ RAY_PATH = "path"  # the column Ray's `include_paths` adds
 
 
 # ------------------------------------------------------------------------------ raw readers
-def read_data_files(fs: pafs.FileSystem, files: list[str]) -> list[Any]:
+def read_data_files(fs: pafs.FileSystem, files: list[str], num_cpus: float) -> list[Any]:
     """JSONL / JSON files and Parquet files -> one raw Dataset for the text files and one per
     Parquet schema (their columns differ, so each is converted on its own before the records
-    are joined)."""
+    are joined). Every read and split task asks for `num_cpus` (`read_raw`)."""
     parts = []
     text = [f for f in files if f.endswith((".jsonl", ".json"))]
     if text:
-        parts.append(ray.data.read_binary_files(text, filesystem=fs, include_paths=True)
-                     .flat_map(text_file_rows))
+        parts.append(ray.data.read_binary_files(text, filesystem=fs, include_paths=True,
+                                                num_cpus=num_cpus)
+                     .flat_map(text_file_rows, num_cpus=num_cpus))
     parquet = [f for f in files if f.endswith(".parquet")]
     if parquet:
-        parts += read_parquet_files(fs, parquet)
+        parts += read_parquet_files(fs, parquet, num_cpus)
     return parts
 
 
@@ -75,7 +76,7 @@ def text_file_rows(file_row: dict[str, Any]) -> list[dict[str, Any]]:
     return split(file_row)
 
 
-def read_parquet_files(fs: pafs.FileSystem, files: list[str]) -> list[Any]:
+def read_parquet_files(fs: pafs.FileSystem, files: list[str], num_cpus: float) -> list[Any]:
     """Parquet files streamed by row group, each row with its file in Ray's `path` column
     (`to_records` renames it `readers.DATA_FILE`; a count still reads only the metadata).
 
@@ -83,7 +84,8 @@ def read_parquet_files(fs: pafs.FileSystem, files: list[str]) -> list[Any]:
     writes `images` as a list, another as a number) cannot be, so then the files are grouped
     by schemas that unify, each group is read on its own, and the converter judges the rows."""
     try:
-        return [ray.data.read_parquet(files, filesystem=fs, include_paths=True)]
+        return [ray.data.read_parquet(files, filesystem=fs, include_paths=True,
+                                      num_cpus=num_cpus)]
     except (pa.ArrowTypeError, pa.ArrowInvalid):
         pass
     groups: list[tuple[pa.Schema, list[str]]] = []
@@ -97,20 +99,23 @@ def read_parquet_files(fs: pafs.FileSystem, files: list[str]) -> list[Any]:
                 continue
         else:
             groups.append((schema, [path]))
-    return [ray.data.read_parquet(members, filesystem=fs, include_paths=True)
+    return [ray.data.read_parquet(members, filesystem=fs, include_paths=True,
+                                  num_cpus=num_cpus)
             for _, members in groups]
 
 
-def read_flickr30k(source: SourceConfig) -> list[Any]:
+def read_flickr30k(source: SourceConfig, num_cpus: float) -> list[Any]:
     """The Karpathy JSON file(s) under `path` -> caption rows (`flickr30k_rows`)."""
     fs, files = source_files(source)
-    return [ray.data.read_binary_files(files, filesystem=fs, include_paths=True).flat_map(
-        flickr30k_rows, fn_kwargs={"splits": source.splits, "captions": source.captions}
+    return [ray.data.read_binary_files(files, filesystem=fs, include_paths=True,
+                                       num_cpus=num_cpus).flat_map(
+        flickr30k_rows, fn_kwargs={"splits": source.splits, "captions": source.captions},
+        num_cpus=num_cpus,
     )]
 
 
 # --------------------------------------------------------------------------------------- laion
-def read_laion(source: SourceConfig) -> list[Any]:
+def read_laion(source: SourceConfig, num_cpus: float) -> list[Any]:
     """img2dataset WebDataset shards, else its Parquet files (see the module docstring)."""
     try:
         fs, files = source_files(source)
@@ -120,29 +125,33 @@ def read_laion(source: SourceConfig) -> list[Any]:
             f"at {source.path!r} ({err})"
         ) from None
     if files[0].endswith(".tar"):
-        return [ray.data.read_webdataset(files, filesystem=fs, decoder=None)]
-    return read_parquet_files(fs, files)
+        return [ray.data.read_webdataset(files, filesystem=fs, decoder=None,
+                                         num_cpus=num_cpus)]
+    return read_parquet_files(fs, files, num_cpus)
 
 
 # ------------------------------------------------------------------------- rlaif_v and ocrvqa
-def read_source_files(source: SourceConfig) -> list[Any]:
+def read_source_files(source: SourceConfig, num_cpus: float) -> list[Any]:
     """Sources read from their files as they are: messages, llava, records (any of their
     extensions), RLAIF-V and the_cauldron (Parquet shards)."""
-    return read_data_files(*source_files(source))
+    return read_data_files(*source_files(source), num_cpus)
 
 
 # --------------------------------------------------------------------------------- dispatching
-RAW_READERS: dict[str, Callable[[SourceConfig], list[Any]]] = {
+RAW_READERS: dict[str, Callable[[SourceConfig, float], list[Any]]] = {
     "flickr30k": read_flickr30k,
     "laion": read_laion,
 }
 
 
 def read_raw(source: SourceConfig, data: DataConfig, seed: int) -> list[Any]:
-    """The raw rows of one source as Ray Datasets (before conversion), one per file kind."""
+    """The raw rows of one source as Ray Datasets (before conversion), one per file kind.
+    Every read task asks for `data.read_num_cpus`: Ray's default, a whole CPU per task, would
+    leave reads pending on a small machine whose CPUs the stages hold, and the resource plan
+    (`lavender_ray.resources`) counts them at `data.read_num_cpus`."""
     if source.format == "synthetic":
         return [ray.data.from_items(make_synthetic_records(source.num_samples, seed=seed))]
-    return RAW_READERS.get(source.format, read_source_files)(source)
+    return RAW_READERS.get(source.format, read_source_files)(source, data.read_num_cpus)
 
 
 def file_prefix(source: SourceConfig) -> str:
