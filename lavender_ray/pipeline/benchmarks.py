@@ -39,7 +39,7 @@ from lavender_ray.data.benchmarks import (
 from lavender_ray.data.formats import folder_of, max_image_bytes, printable, unwrap_text_row
 from lavender_ray.data.readers import DATA_FILE, READER_REJECT, ROW_AT, jsonl_rows
 from lavender_ray.images import check_image
-from lavender_ray.pipeline.read import table_rows
+from lavender_ray.pipeline.read import read_parquet, table_rows
 from lavender_ray.rejects import write_rejects
 from lavender_ray.schema import BENCHMARK_SCHEMA, RecordError, Reject
 from lavender_ray.storage import filesystem_and_path, read_file
@@ -191,7 +191,7 @@ def read_benchmark_raw(path: str, name: str = "", rejects_dir: str | None = None
     if fs.get_file_info(inner).type != pafs.FileType.File:
         raise FileNotFoundError(f"benchmark file {path!r} does not exist")
     if path.endswith(".parquet"):
-        return ray.data.read_parquet(inner, filesystem=fs, num_cpus=num_cpus)
+        return read_parquet(inner, num_cpus, filesystem=fs)
     if path.endswith(".jsonl"):
         return ray.data.read_binary_files(inner, filesystem=fs, include_paths=True,
                                           num_cpus=num_cpus).flat_map(

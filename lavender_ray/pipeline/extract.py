@@ -34,7 +34,7 @@ from lavender_ray.pipeline.cache import (
     read_cached_targets,
     targets_dir,
 )
-from lavender_ray.pipeline.read import read_sources
+from lavender_ray.pipeline.read import read_parquet, read_sources
 from lavender_ray.pipeline.sd_stage import add_sd_targets, stage_device
 from lavender_ray.rejects import count_rejects
 from lavender_ray.resources import connect
@@ -134,7 +134,7 @@ def cached_dataset(cfg: LavenderConfig, rejects_dir: str):
         key_and_skip_cached, fn_kwargs={"cached": hits}, batch_format="pyarrow",
         num_cpus=cfg.data.read_num_cpus,
     )
-    reused = ray.data.read_parquet(out_dir, num_cpus=cfg.data.read_num_cpus).map_batches(
+    reused = read_parquet(out_dir, cfg.data.read_num_cpus).map_batches(
         keep_keys, fn_kwargs={"keys": hits}, batch_format="pyarrow",
         num_cpus=cfg.data.read_num_cpus,
     ) if hits else None

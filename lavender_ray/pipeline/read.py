@@ -54,6 +54,23 @@ RAY_PATH = "path"  # the column Ray's `include_paths` adds
 
 
 # ------------------------------------------------------------------------------ raw readers
+def read_parquet(paths: str | list[str], num_cpus: float, **kwargs: Any):
+    """`ray.data.read_parquet` with every task asking for `num_cpus`.
+
+    Ray 2.60 reads Parquet through its DataSourceV2 chain by default, whose file-listing task
+    always asks for a whole CPU (`ray.data._internal.planner.plan_list_files_op`, no way to
+    pass resources): on a small cluster whose CPUs the train workers and stage actors hold,
+    that task is never placed and the read waits forever. The V1 reader honours `num_cpus`
+    for all its tasks, so it is chosen for this call."""
+    context = ray.data.DataContext.get_current()
+    chosen = context.use_datasource_v2
+    context.use_datasource_v2 = False
+    try:
+        return ray.data.read_parquet(paths, num_cpus=num_cpus, **kwargs)
+    finally:
+        context.use_datasource_v2 = chosen
+
+
 def read_data_files(fs: pafs.FileSystem, files: list[str], num_cpus: float) -> list[Any]:
     """JSONL / JSON files and Parquet files -> one raw Dataset for the text files and one per
     Parquet schema (their columns differ, so each is converted on its own before the records
@@ -84,8 +101,7 @@ def read_parquet_files(fs: pafs.FileSystem, files: list[str], num_cpus: float) -
     writes `images` as a list, another as a number) cannot be, so then the files are grouped
     by schemas that unify, each group is read on its own, and the converter judges the rows."""
     try:
-        return [ray.data.read_parquet(files, filesystem=fs, include_paths=True,
-                                      num_cpus=num_cpus)]
+        return [read_parquet(files, num_cpus, filesystem=fs, include_paths=True)]
     except (pa.ArrowTypeError, pa.ArrowInvalid):
         pass
     groups: list[tuple[pa.Schema, list[str]]] = []
@@ -99,8 +115,7 @@ def read_parquet_files(fs: pafs.FileSystem, files: list[str], num_cpus: float) -
                 continue
         else:
             groups.append((schema, [path]))
-    return [ray.data.read_parquet(members, filesystem=fs, include_paths=True,
-                                  num_cpus=num_cpus)
+    return [read_parquet(members, num_cpus, filesystem=fs, include_paths=True)
             for _, members in groups]
 
 
