@@ -116,21 +116,39 @@ def evaluate_pieces(cfg: LavenderConfig) -> list[Piece]:
     ]
 
 
-def tune_phases(cfg: LavenderConfig) -> list[list[Piece]]:
-    """The shared SD extraction (unless trials stream), then the trials at once."""
-    trials = cfg.tune.max_concurrent_trials or 1
+def trial_pieces(cfg: LavenderConfig, trials: int = 1) -> list[Piece]:
+    """What `trials` Tune trials run at once: each its driver and its training in the
+    `pipeline.mode` the search gives it (SD actors only when a trial may extract: targets
+    streamed, or shared but the search changes `sd.*` / `data.*` keys)."""
     driver = cfg.tune.trial_resources
+    mode = cfg.tune.targets if shares_targets(cfg) else cfg.pipeline.mode
     per_trial = train_pieces(cfg.model_copy(update={"pipeline": cfg.pipeline.model_copy(
-        update={"mode": "stream" if cfg.tune.targets == "stream" else "cache"})}))
-    phase = [Piece("trial drivers", trials, driver.get("CPU", 0.0), driver.get("GPU", 0.0),
-                   ("tune.trial_resources", "tune.max_concurrent_trials"))]
+        update={"mode": mode})}))
+    pieces = [Piece("trial drivers", trials, driver.get("CPU", 0.0), driver.get("GPU", 0.0),
+                    ("tune.trial_resources", "tune.max_concurrent_trials"))]
+    searched = tuple(cfg.tune.search_space)
+    extracts = not shares_targets(cfg) or any(k.startswith(("sd.", "data.")) for k in searched)
     for piece in per_trial:
-        if cfg.tune.targets != "stream" and piece.name == "SD actors":
-            continue  # the targets are extracted once, before the trials
-        phase.append(Piece(f"{piece.name} (x {trials} trials)", piece.count * trials, piece.cpus,
-                           piece.gpus, piece.keys + ("tune.max_concurrent_trials",)))
+        if piece.name == "SD actors" and not extracts:
+            continue  # every trial finds its targets extracted before the trials
+        pieces.append(Piece(f"{piece.name} (x {trials} trials)", piece.count * trials, piece.cpus,
+                            piece.gpus, piece.keys + ("tune.max_concurrent_trials",)))
+    return pieces
+
+
+def tune_phases(cfg: LavenderConfig) -> list[list[Piece]]:
+    """The shared SD extraction (`shares_targets`), then `tune.max_concurrent_trials`
+    trials at once (at least one; `tune.checks.max_concurrent_trials` caps an unset value by
+    what the cluster holds)."""
+    phase = trial_pieces(cfg, cfg.tune.max_concurrent_trials or 1)
     extract = read_pieces(cfg) + sd_pieces(cfg)
-    return [phase] if cfg.tune.targets == "stream" else [extract, phase]
+    return [extract, phase] if shares_targets(cfg) else [phase]
+
+
+def shares_targets(cfg: LavenderConfig) -> bool:
+    """Whether a search extracts SD targets once for its trials (`tune.experiment.shared_targets`):
+    `tune.targets` cache or precomputed, unless the config already reads precomputed ones."""
+    return cfg.tune.targets != "stream" and cfg.pipeline.mode != "precomputed"
 
 
 def resource_plan(cfg: LavenderConfig, command: Command) -> ResourcePlan:
@@ -189,8 +207,17 @@ def connect(cfg: LavenderConfig, command: Command, address: str | None = None) -
         return plan
     gpus = local_gpus()
     check_plan(plan, cpus=math.inf, gpus=gpus, where="this machine")
-    start_local(max(os.cpu_count() or 1, math.ceil(plan.cpus())), gpus)
+    start_local(max(usable_cpus(), math.ceil(plan.cpus())), gpus)
     return plan
+
+
+def usable_cpus() -> int:
+    """The cores this process may run on (its affinity: `taskset`, a container's cpuset), which
+    Ray's own default (every core of the machine) overcounts."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS has no affinity
+        return os.cpu_count() or 1
 
 
 def start_local(cpus: int, gpus: int) -> None:

@@ -128,10 +128,13 @@ def test_concurrent_trials_are_capped_by_the_gpus_of_the_trainers_type():
         assert max_concurrent_trials(cfg, [A100_NODE, V100_NODE, V100_NODE]) == 1
     with pytest.warns(UserWarning, match="autoscaling"):
         assert max_concurrent_trials(cfg, [V100_NODE]) == 2  # no A100 up yet: as configured
-    demo = load_config("demo", ["tune.max_concurrent_trials=null"])  # CPU: 2 x 0.5 CPU
+    # demo, unset: workers 2 x 0.5 CPU would fit 4 trials on 4 CPUs and 2 on 2, but a whole
+    # trial also runs its driver, reads, checks and cache join (1.7 CPUs): 2 and 1 fit
+    demo = load_config("demo", ["tune.max_concurrent_trials=null"])
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        assert max_concurrent_trials(demo, [{"CPU": 4}]) == 4
+        assert max_concurrent_trials(demo, [{"CPU": 4}]) == 2
+        assert max_concurrent_trials(demo, [{"CPU": 2}]) == 1
 
 
 def test_cli_refuses_a_bad_search_before_starting_ray(capsys):
@@ -228,10 +231,8 @@ def search_scenario(out: Path) -> None:
     import ray
 
     from lavender_ray.tune import run_tune
-    from lavender_ray.tune.experiment import connect_ray
 
-    connect_ray()
-    try:
+    try:  # run_tune starts a local Ray sized to the search (resources.connect)
         cfg = load_config("demo", {**SEARCH, "train.storage_path": str(out / "store")})
         first = run_tune(cfg, callbacks=[InterruptOnce(str(out / "interrupted"), "trial_001")])
         exp = first.layout.experiment_dir

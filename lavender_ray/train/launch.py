@@ -63,7 +63,7 @@ def describe(summary: TrainSummary) -> str:
             f"checkpoint: {summary.checkpoint}",
             f"adapter:    {summary.adapter}  (PEFT adapter + aligner.safetensors + config.yaml)",
             f"metrics:    {metrics}",
-            f"{summarise_rejects(summary.rejects_dir)}  [{summary.rejects_dir}]",
+            summarise_rejects(summary.rejects_dir),
         ]
     )
 
@@ -157,16 +157,20 @@ def check_run(cfg: LavenderConfig, run_dir: str, resume: bool | None) -> bool:
 
 
 def train(
-    cfg: LavenderConfig, callbacks: list[Any] | None = None, resume: bool | None = False
+    cfg: LavenderConfig, callbacks: list[Any] | None = None, resume: bool | None = False,
+    check_resources: bool = True,
 ) -> TrainSummary:
     """Build the streaming pipeline and the trainer, train, and say where everything went.
 
     On the connected Ray (else a local one sized to the run, `resources.connect`); storage,
     placement, resources and the run folder (`check_run`: `resume`) are checked before anything
-    starts; work waiting for resources longer than `train.stall_timeout_s` is reported."""
+    starts; work waiting for resources longer than `train.stall_timeout_s` is reported.
+    `check_resources=False` skips the resource plan: a Tune trial, whose experiment's plan
+    counted it among the trials that share the cluster."""
     cfg = absolute_paths(cfg)
     check_source_paths(cfg)
-    connect(cfg, "train")
+    if check_resources:
+        connect(cfg, "train")
     nodes = cluster_nodes()
     check_storage(cfg, nodes)
     check_placement(cfg, nodes)

@@ -3,6 +3,7 @@ the concurrency the cluster allows, and whether the experiment may start or resu
 
 from __future__ import annotations
 
+import math
 import warnings
 
 import ray
@@ -12,6 +13,7 @@ from ray.util.state import list_nodes
 
 from lavender_ray.config import ConfigError, LavenderConfig, config_differences
 from lavender_ray.placement import worker_request, worker_slots
+from lavender_ray.resources import ResourcePlan, trial_pieces
 from lavender_ray.storage import read_text
 from lavender_ray.train.reporting import report_steps
 from lavender_ray.tune.layout import TuneLayout
@@ -58,10 +60,11 @@ def require_state_api() -> None:
 
 
 def max_concurrent_trials(cfg: LavenderConfig, nodes: list[dict[str, float]]) -> int:
-    """`tune.max_concurrent_trials` capped by how many trials' worker groups fit on `nodes`
-    (GPUs of `train.accelerator` with GPU workers, CPUs otherwise); a warning says when the
-    cap applies or when no node fits a worker yet (autoscaling: `tune.max_concurrent_trials`
-    or 1)."""
+    """`tune.max_concurrent_trials` capped by how many whole trials fit on `nodes`: their
+    worker groups (GPUs of `train.accelerator` with GPU workers, CPUs otherwise) and all a
+    trial runs at once (`resources.trial_pieces`: driver, workers, reads, checks). A warning
+    says when the cap applies or when no node fits a worker yet (autoscaling:
+    `tune.max_concurrent_trials` or 1)."""
     requested = cfg.tune.max_concurrent_trials
     request = worker_request(cfg)
     fit = worker_slots(request, nodes) // cfg.train.num_workers
@@ -73,10 +76,16 @@ def max_concurrent_trials(cfg: LavenderConfig, nodes: list[dict[str, float]]) ->
             stacklevel=2,
         )
         return limit
+    trial = ResourcePlan("tune", [trial_pieces(cfg)])
+    total = {key: sum(node.get(key, 0.0) for node in nodes) for key in ("CPU", "GPU")}
+    whole = min(math.floor(total["CPU"] / trial.cpus()) if trial.cpus() else fit,
+                math.floor(total["GPU"] / trial.gpus()) if trial.gpus() else fit)
+    fit = max(1, min(fit, whole))
     if requested and requested > fit:
         warnings.warn(
-            f"tune.max_concurrent_trials={requested} but the cluster fits {fit} trial(s) of "
-            f"{cfg.train.num_workers} workers {request}: running at most {fit} at once",
+            f"tune.max_concurrent_trials={requested} but the cluster fits {fit} trial(s) "
+            f"({cfg.train.num_workers} workers {request}, {trial.cpus():g} CPUs and "
+            f"{trial.gpus():g} GPUs a trial in all): running at most {fit} at once",
             stacklevel=2,
         )
     return min(requested or fit, fit)

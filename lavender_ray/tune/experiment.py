@@ -2,7 +2,7 @@
 
     summary = run_tune(load_config("demo", ["tune.search_space={loss.lambda: loguniform(1, 30)}"]))
 
-On the connected Ray (`connect_ray`), in this order:
+On the connected Ray (else a local one sized to the search, `resources.connect`), in this order:
 
 1. the search space is parsed and validated against the config (`space.parse_search_space`),
    storage and placement are checked (`placement.check_placement`), and the experiment's
@@ -14,7 +14,8 @@ On the connected Ray (`connect_ray`), in this order:
 3. a `Tuner` runs `trial.run_trial` (a driver function building a `TorchTrainer`) per sampled
    config with `tune.trial_resources`, ASHA over Tune's reports (`training_iteration`, one per
    `train.report_every` steps) with `tune.grace_period` and `tune.reduction_factor`, at most
-   `max_concurrent_trials(cfg, nodes)` trials at once, trial names `trial_000`, ...;
+   `max_concurrent_trials(cfg, nodes)` trials at once (as many whole trials as the cluster
+   holds), trial names `trial_000`, ...;
 4. the trials table and the best config as a preset are written (`report`).
 
 The experiment lives in `<train.storage_path>/<train.run_name>/` (Tune's state, one folder per
@@ -42,7 +43,7 @@ from lavender_ray.config import ConfigError, LavenderConfig, absolute_paths, app
 from lavender_ray.data.checks import check_source_paths
 from lavender_ray.pipeline.extract import extract_to_cache
 from lavender_ray.placement import check_placement, cluster_nodes
-from lavender_ray.resources import connect
+from lavender_ray.resources import connect, shares_targets
 from lavender_ray.runs import checkpoint_location
 from lavender_ray.storage import write_text
 from lavender_ray.train.launch import check_storage
@@ -106,7 +107,7 @@ def shared_targets(cfg: LavenderConfig, layout: TuneLayout, space: SearchSpace) 
     """Extract the SD targets once (`tune.targets`) and return the `pipeline.*` overrides that
     point the trials at them; `{}` when trials use the pipeline as configured."""
     mode = cfg.tune.targets
-    if mode == "stream" or cfg.pipeline.mode == "precomputed":
+    if not shares_targets(cfg):
         return {}
     per_trial = [k for k in space.keys if k.startswith(("sd.", "data."))]
     if mode == "precomputed" and per_trial:

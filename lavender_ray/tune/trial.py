@@ -47,4 +47,6 @@ def trial_config(base: dict[str, Any], sampled: dict[str, Any], name: str) -> La
 def run_trial(config: dict[str, Any], base: dict[str, Any]) -> None:
     """Tune function trainable: train one sampled config, reporting to Tune through Ray Train."""
     cfg = trial_config(base, config, ray.tune.get_context().get_trial_name())
-    train(cfg, callbacks=[TuneReportCallback()], resume=None)  # a restored trial resumes
+    # a restored trial resumes; the experiment's plan (`resources.tune_phases`) counted this
+    # trial among those sharing the cluster, so its own share is not checked against all of it
+    train(cfg, callbacks=[TuneReportCallback()], resume=None, check_resources=False)
