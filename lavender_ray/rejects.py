@@ -59,16 +59,17 @@ def count_rejects(rejects_dir: str) -> dict[str, int]:
 
 
 def summarise_rejects(rejects_dir: str, first: int = 3, width: int = 120) -> str:
-    """Rejects under `rejects_dir` for a console: one line per "<stage>/<reason>" with its
-    count (most frequent first), then the first `first` of them as `<source>/<id>: <detail>`,
-    the detail cut to `width` characters; "rejects: none" when there are none."""
+    """Rejects under `rejects_dir` for a console: "rejects: <n>  [<rejects_dir>]", then one
+    line per "<stage>/<reason>" with its count (most frequent first), then the first `first` of
+    them as `<source>/<id>: <detail>`, the detail cut to `width` characters; "rejects: none"
+    when there are none."""
     rows = read_rejects(rejects_dir).to_pylist()
     if not rows:
-        return "rejects: none"
+        return f"rejects: none  [{rejects_dir}]"
     groups: dict[str, list[dict[str, str]]] = collections.defaultdict(list)
     for row in rows:
         groups[f"{row['stage']}/{row['reason']}"].append(row)
-    lines = [f"rejects: {len(rows)}"]
+    lines = [f"rejects: {len(rows)}  [{rejects_dir}]"]
     for key, group in sorted(groups.items(), key=lambda kv: (-len(kv[1]), kv[0])):
         lines.append(f"  {key}  {len(group)}")
         for row in group[:first]:

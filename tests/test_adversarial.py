@@ -669,13 +669,13 @@ def test_summary_lists_counts_and_the_first_ids_per_reason(tmp_path, first):
     from lavender_ray.rejects import write_rejects
     from lavender_ray.schema import Reject
 
-    assert summarise_rejects(str(tmp_path / "none")) == "rejects: none"
+    assert summarise_rejects(str(tmp_path / "none")) == f"rejects: none  [{tmp_path}/none]"
     rejects = [Reject(f"r{i}", "msgs", "read", "missing_image", f"/data/imgs/{i}.png: no such "
                       f"file {'x' * 200}") for i in range(4)]
     rejects.append(Reject("bad\ud800id", "msgs", "read", "bad_json", "line\nbreak"))
     write_rejects(rejects, str(tmp_path / "rej"), "read")
     lines = summarise_rejects(str(tmp_path / "rej"), first=first).splitlines()
-    assert lines[0] == "rejects: 5"
+    assert lines[0] == f"rejects: 5  [{tmp_path}/rej]"
     assert lines[1] == "  read/missing_image  4"
     assert len(lines) == 2 + first + 1 + 1
     assert all(len(line) < 160 for line in lines)

@@ -75,3 +75,23 @@ def test_with_targets_appends_the_schema_columns() -> None:
     assert table.schema.equals(TARGET_SCHEMA)
     with pytest.raises(ValueError, match="1 rows but 2 targets"):
         with_targets(records, [target, target])
+
+
+def test_probe_rows_are_as_tall_as_the_image_shown() -> None:
+    """A 4:1 image makes rows a quarter of a cell tall (no white band around each row), and
+    the SD panel's hot left half sits over the image's left half."""
+    from lavender_ray.eval.attention import ProbeSample, render_probe
+
+    hot_left = np.zeros((1, 8, 8), np.float32)
+    hot_left[:, :, :4] = 1.0
+    heights = {}
+    for shape in [(64, 64), (256, 64)]:
+        sample = ProbeSample("r", Image.new("RGB", shape, (128, 128, 128)), "a", ["a"],
+                             {"SD": hot_left})
+        heights[shape] = render_probe(sample).height
+    header_and_margins = heights[(64, 64)] - CELL
+    assert heights[(256, 64)] - header_and_margins == CELL // 4
+    grid = np.asarray(render_probe(sample).convert("L"), np.float32)
+    row = grid[-MARGIN - CELL // 8]  # the middle of the only row
+    panel = row[-MARGIN - CELL:-MARGIN]
+    assert panel[: CELL // 2].mean() > panel[CELL // 2:].mean() + 30

@@ -21,8 +21,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "folder, not a URI, on a shared mount when the cluster has several nodes",
     )  # fmt: skip
     parser.add_argument(
-        "--bench", required=True,
-        help="comma-separated keys of eval.benchmarks, or 'synthetic' (generated on the fly)",
+        "--bench", default=None,
+        help="comma-separated keys of eval.benchmarks, or 'synthetic' (generated on the fly); "
+        "default: every key of eval.benchmarks, else 'synthetic'",
     )  # fmt: skip
     parser.add_argument(
         "--out", default=None,
@@ -35,5 +36,6 @@ def run(args: argparse.Namespace) -> int:
     from lavender_ray.eval.evaluate import describe, evaluate, split_names
 
     cfg = load_config(args.preset, args.overrides)
-    print(describe(evaluate(cfg, args.adapter, split_names(args.bench), args.out)))
+    names = split_names(args.bench) if args.bench else list(cfg.eval.benchmarks) or ["synthetic"]
+    print(describe(evaluate(cfg, args.adapter, names, args.out)))
     return 0

@@ -11,14 +11,18 @@ from __future__ import annotations
 import argparse
 
 from lavender_ray.cli import add_config_arguments
-from lavender_ray.config import load_config
+from lavender_ray.config import ConfigError, load_config
 
 HELP = "extract SD per-word attention targets into a Parquet target cache"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_config_arguments(parser)
-    parser.add_argument("--out", required=True, help="cache root: local path or URI (s3://...)")
+    parser.add_argument(
+        "--out", default=None,
+        help="cache root: local path or URI (s3://...); default: pipeline.cache_path, so that "
+        "train with pipeline.mode=cache reads what this writes",
+    )  # fmt: skip
     parser.add_argument(
         "--authors-out",
         default=None,
@@ -37,14 +41,18 @@ def run(args: argparse.Namespace) -> int:
     from lavender_ray.resources import connect
 
     cfg = load_config(args.preset, args.overrides)
+    out = args.out or cfg.pipeline.cache_path
+    if not out:
+        raise ConfigError("give --out DIR, or set pipeline.cache_path in the "
+                          "config (the cache a pipeline.mode=cache run reads)")
     check_source_paths(cfg)  # before Ray starts: a missing file is one line, at once
     connect(cfg, "extract", args.address)
-    summary = extract_to_cache(cfg, args.out)
+    summary = extract_to_cache(cfg, out)
     print(f"targets:  {summary.targets_dir}  (config hash {summary.config_hash})")
     print(f"          {summary.written} written, {summary.cached_before} already cached")
-    print(f"{summarise_rejects(summary.rejects_dir)}  [{summary.rejects_dir}]")
+    print(summarise_rejects(summary.rejects_dir))
     print(f"config:   {summary.config_path}")
     if args.authors_out:
-        n = export_authors_layout(args.out, summary.config_hash, args.authors_out)
+        n = export_authors_layout(out, summary.config_hash, args.authors_out)
         print(f"authors:  {args.authors_out}  ({n} images)")
     return 0

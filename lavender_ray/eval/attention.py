@@ -116,26 +116,30 @@ def batch_image(record: dict[str, Any]) -> Image.Image:
 
 
 def render_probe(sample: ProbeSample, panels: list[str] | None = None) -> Image.Image:
-    """A grid: one row per word; columns = the image, then one heat overlay per panel."""
+    """A grid: one row per word; columns = the image, then one heat overlay per panel. Rows are
+    as tall as the image shown at its aspect ratio (a wide image makes short rows)."""
     panels = panels or list(sample.maps)
     font = load_font(14)
     header = 22
     cols = 1 + len(panels)
+    thumb, (_, top, _, bottom) = fit_cell(sample.image)
+    band = (0, top, CELL, bottom)  # the rows of a cell the image covers
+    row = max(bottom - top, 18)
     width = LABEL_W + cols * (CELL + MARGIN) + MARGIN
-    height = header * 2 + len(sample.words) * (CELL + MARGIN) + MARGIN
+    height = header * 2 + len(sample.words) * (row + MARGIN) + MARGIN
     canvas = Image.new("RGB", (width, height), (255, 255, 255))
     draw = ImageDraw.Draw(canvas)
     draw.text((MARGIN, MARGIN), f"{sample.record_id}: {sample.text}", fill=(0, 0, 0), font=font)
     for c, name in enumerate(["image", *panels]):
         x = LABEL_W + c * (CELL + MARGIN) + CELL // 2
         draw.text((x, header + 4), name, fill=(0, 0, 0), font=font, anchor="mt")
-    thumb, _ = fit_cell(sample.image)
     for r, word in enumerate(sample.words):
-        y = header * 2 + r * (CELL + MARGIN)
-        draw.text((MARGIN, y + CELL // 2), word, fill=(0, 0, 0), font=font, anchor="lm")
-        canvas.paste(thumb, (LABEL_W, y))
+        y = header * 2 + r * (row + MARGIN)
+        draw.text((MARGIN, y + row // 2), word, fill=(0, 0, 0), font=font, anchor="lm")
+        canvas.paste(thumb.crop(band), (LABEL_W, y))
         for c, name in enumerate(panels, start=1):
-            canvas.paste(overlay(sample.image, sample.maps[name][r]), (LABEL_W + c * (CELL + MARGIN), y))
+            cell = overlay(sample.image, sample.maps[name][r]).crop(band)
+            canvas.paste(cell, (LABEL_W + c * (CELL + MARGIN), y))
     return canvas
 
 

@@ -61,7 +61,7 @@ from lavender_ray.eval.scoring import BenchmarkScores, score_benchmark, write_pr
 from lavender_ray.eval.synthetic_bench import write_synthetic_benchmark
 from lavender_ray.pipeline.benchmarks import read_benchmark
 from lavender_ray.placement import check_shared_folders, cluster_nodes
-from lavender_ray.rejects import read_rejects, write_rejects
+from lavender_ray.rejects import read_rejects, summarise_rejects, write_rejects
 from lavender_ray.resources import connect
 from lavender_ray.runs import trained_config
 from lavender_ray.schema import Reject
@@ -256,6 +256,7 @@ def evaluate(
     results = results_dict(
         trained_dir, run_cfg, sources, scored, probe_agreement(samples),
         sum(len(s.words) for s in samples), len(samples), read_rejects(rejects_dir).to_pylist(),
+        cfg.eval.probe_path or "synthetic",
     )  # fmt: skip
     json_path = out / "results.json"
     json_path.write_text(json.dumps(results, indent=2, ensure_ascii=False))
@@ -278,7 +279,8 @@ def describe(report: EvalReport) -> str:
         f"results:     {report.json}",
         f"predictions: {report.out_dir / 'predictions'}/",
         f"probes:      {report.out_dir / 'probes'}/  ({len(report.probes)} PNGs: image | SD | "
-        "VLM before | after | aligned before | after)",
-        f"rejects:     {len(report.results['rejects'])} under {report.out_dir / 'rejects'}/",
+        "VLM before | after | aligned before | after; records: "
+        f"{report.results['attention']['probe_source']}, eval.probe_path)",
+        summarise_rejects(str(report.out_dir / "rejects")),
     ]
     return "\n".join(lines)

@@ -28,6 +28,7 @@ def results_dict(
     trained_dir: Path, run_cfg: LavenderConfig, sources: dict[str, str],
     scored: dict[str, BenchmarkScores], agreement: dict[str, dict[str, float]],
     probe_words: int, probe_samples: int, rejects: list[dict[str, str]],
+    probe_source: str = "synthetic",
 ) -> dict[str, Any]:
     """The JSON-ready results (see `results.json`)."""
     return finite({
@@ -37,7 +38,8 @@ def results_dict(
                    "results": {m: asdict(r) for m, r in s.results.items()} if s.rows else {}}
             for name, s in scored.items()
         },
-        "attention": {"probe_samples": probe_samples, "words": probe_words, "maps": agreement},
+        "attention": {"probe_samples": probe_samples, "probe_source": probe_source,
+                      "words": probe_words, "maps": agreement},
         "rejects": rejects,
     })  # fmt: skip
 

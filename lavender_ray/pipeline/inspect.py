@@ -32,7 +32,7 @@ from lavender_ray.images import decode_image
 from lavender_ray.pictures import load_font
 from lavender_ray.pipeline.read import read_sources, sampling_fractions
 from lavender_ray.placement import check_shared_folders, cluster_nodes
-from lavender_ray.rejects import read_rejects
+from lavender_ray.rejects import read_rejects, summarise_rejects
 from lavender_ray.schema import RecordError, parse_messages
 from lavender_ray.words import WORD_RE
 
@@ -60,6 +60,7 @@ class InspectReport:
     rejects: dict[str, dict[str, int]]  # source -> {"<stage>/<reason>": count}
     samples: list[dict[str, Any]] = field(default_factory=list)
     sheet: Path | None = None
+    rejects_dir: str | None = None
 
 
 # ------------------------------------------------------------------------------ pure helpers
@@ -175,7 +176,8 @@ def inspect_data(cfg: LavenderConfig, out_dir: str | Path, samples: int = 2) -> 
                          "thumbnail": row["thumbnail"], **json.loads(row["sample"])})
     order = {name: i for i, name in enumerate(stats)}
     kept.sort(key=lambda sample: (order[sample["source"]], sample["id"]))
-    report = InspectReport(stats, rejects_by_source(read_rejects(str(rejects_dir))), kept)
+    report = InspectReport(stats, rejects_by_source(read_rejects(str(rejects_dir))), kept,
+                           rejects_dir=str(rejects_dir))
     if kept:
         report.sheet = contact_sheet(kept, out / SHEET_NAME)
     return report
@@ -189,10 +191,13 @@ def format_report(report: InspectReport) -> str:
         mean = s.words / s.records if s.records else 0.0
         lines.append(f"{name:<18}{s.records:>9} {quota}  {s.fraction:8.4f}  {mean:12.1f}"
                      f"  {s.beyond_clip:>9}")
-    lines.append("rejects:" if report.rejects else "rejects: none")
-    for source, reasons in report.rejects.items():
-        for reason, count in sorted(reasons.items()):
-            lines.append(f"  {source:<18}{reason:<32}{count:>7}")
+    if report.rejects_dir is None:
+        lines.append("rejects:" if report.rejects else "rejects: none")
+        for source, reasons in report.rejects.items():
+            for reason, count in sorted(reasons.items()):
+                lines.append(f"  {source:<18}{reason:<32}{count:>7}")
+    else:  # per reason, with the first ids and why (`rejects.summarise_rejects`)
+        lines.append(summarise_rejects(report.rejects_dir))
     for sample in report.samples:
         lines += [f"--- [{sample['source']}] {sample['id']}",
                   f"  question: {sample['question']}", f"  answer:   {sample['answer']}",
