@@ -72,6 +72,8 @@ def pending_work() -> list[Pending]:
                              _amounts(actor.required_resources)))
     for task in list_tasks(address, filters=[("state", "=", "PENDING_NODE_ASSIGNMENT")],
                            detail=True, raise_on_missing_output=False):
+        if task.type == "ACTOR_CREATION_TASK":  # the pending actor above, said once
+            continue
         found.append(Pending(task.task_id, "task", task.name or "?",
                              _amounts(task.required_resources)))
     for group in list_placement_groups(address, filters=[("state", "=", "PENDING")], detail=True,

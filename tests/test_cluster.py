@@ -282,7 +282,12 @@ def probe_fake_cluster(out: Path) -> None:
                                  failure_config=FailureConfig(controller_failure_limit=0)),
         ).fit()
 
-        mixed = load_config("cluster_v100_a100", ["train.accelerator=null"])
+        # Synthetic data: the preset's /mnt/lavender paths do not exist here, and input paths
+        # are checked before the cluster is.
+        mixed = load_config(
+            "cluster_v100_a100",
+            ["train.accelerator=null", "data.sources=[{name: train, format: synthetic}]"],
+        )
         try:
             train(mixed)
             refusal = None

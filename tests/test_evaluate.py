@@ -188,7 +188,7 @@ def test_lavender_evaluate_end_to_end(ray_local, trained_dir: Path, tmp_path: Pa
     # malformed rows: reported with id, stage and reason, never scored
     rejects = {r["id"]: (r["source"], r["stage"], r["reason"]) for r in results["rejects"]}
     assert rejects == {
-        "bad-image": ("broken", "inference", "corrupt_image"),
+        "bad-image": ("broken", "benchmark", "corrupt_image"),
         "no-answer": ("broken", "benchmark", "missing_answer"),
         "bad-letter": ("broken", "score", "unscorable"),
     }
