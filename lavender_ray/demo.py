@@ -2,14 +2,14 @@
 
 The synthetic data set streams through the tiny SD actor pool into a 2-worker DeepSpeed ZeRO-2
 trainer on the tiny Mllama; the run writes checkpoints, the verified adapter, the metrics
-history and a PNG attention report (image | SD map | VLM map | aligned map, per word), then
-evaluates base model vs adapter on the synthetic benchmark (`eval/`).
+history (`metrics.jsonl`, `report/curves.png`, and the trackers of `train.report_to`) and a PNG
+attention report (image | SD map | VLM map | aligned map, per word), then evaluates base model
+vs adapter on the synthetic benchmark (`eval/`).
 """
 
 from __future__ import annotations
 
 import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,8 +46,7 @@ def run_demo(cfg: LavenderConfig) -> DemoOutputs:
         raise RuntimeError(f"training wrote no checkpoint under {summary.run_dir}")
     run_dir = Path(summary.run_dir)
     adapter_dir = Path(summary.adapter)
-    metrics = run_dir / METRICS_FILE
-    shutil.copy(Path(summary.checkpoint) / METRICS_FILE, metrics)
+    metrics = run_dir / METRICS_FILE  # appended by rank 0 at every report (train.tracking)
 
     _, adapter, aligner = load_trained(adapter_dir)
     samples = probe_attention(adapter, aligner, synthetic_probe_records(cfg, REPORT_SAMPLES),

@@ -1,16 +1,21 @@
-"""Pictures of attention maps: heat overlays on the image, the SD-target sheet and shared drawing
-helpers (used by `lavender show-targets`, the evaluation probes and `lavender data inspect`).
+"""Pictures of attention maps: heat overlays on the image, the SD-target sheet, the per-word
+probe grid and shared drawing helpers (used by `lavender show-targets`, the evaluation probes,
+the trainer's attention PNGs and `lavender data inspect`).
 
 Pure PIL + numpy. `render_target(image, text, words, maps)` returns a PIL image laid out as::
 
     | target text (wrapped)                                  |
     | image | overlay word 1 | overlay word 2 | ...          |   (rows of `columns` cells)
     | image |  "word 1"      |  "word 2"      |              |
+
+`render_probe(sample)` draws a `ProbeSample` (one sample's words and their maps per panel) as
+one row per word: the word | image | one heat overlay per panel (SD | VLM | aligned, ...).
 """
 
 from __future__ import annotations
 
 import textwrap
+from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont, ImageOps
@@ -19,6 +24,7 @@ CELL = 160
 CAPTION = 22
 MARGIN = 6
 OVERLAY_ALPHA = 0.55
+LABEL_W = 110  # the word column of `render_probe`
 # control points of a black-body-like heat colour map: positions in [0, 1] and their RGB
 HEAT_STOPS = np.array([0.0, 0.25, 0.5, 0.75, 1.0], dtype=np.float32)
 HEAT_RGB = np.array(
@@ -95,4 +101,43 @@ def render_target(
         y = header_h + (index // columns) * (CELL + CAPTION + MARGIN)
         canvas.paste(picture, (x, y))
         draw.text((x + CELL // 2, y + CELL + 3), caption, fill=(0, 0, 0), font=font, anchor="mt")
+    return canvas
+
+
+@dataclass
+class ProbeSample:
+    """One record's words with their maps, each float32 [n, s, s] in [0, 1]."""
+
+    record_id: str
+    image: Image.Image
+    text: str
+    words: list[str]
+    maps: dict[str, np.ndarray]  # panel name ("SD", "VLM", "aligned", ...) -> [n, s, s]
+
+
+def render_probe(sample: ProbeSample, panels: list[str] | None = None) -> Image.Image:
+    """A grid: one row per word; columns = the image, then one heat overlay per panel. Rows are
+    as tall as the image shown at its aspect ratio (a wide image makes short rows)."""
+    panels = panels or list(sample.maps)
+    font = load_font(14)
+    header = 22
+    cols = 1 + len(panels)
+    thumb, (_, top, _, bottom) = fit_cell(sample.image)
+    band = (0, top, CELL, bottom)  # the rows of a cell the image covers
+    row = max(bottom - top, 18)
+    width = LABEL_W + cols * (CELL + MARGIN) + MARGIN
+    height = header * 2 + len(sample.words) * (row + MARGIN) + MARGIN
+    canvas = Image.new("RGB", (width, height), (255, 255, 255))
+    draw = ImageDraw.Draw(canvas)
+    draw.text((MARGIN, MARGIN), f"{sample.record_id}: {sample.text}", fill=(0, 0, 0), font=font)
+    for c, name in enumerate(["image", *panels]):
+        x = LABEL_W + c * (CELL + MARGIN) + CELL // 2
+        draw.text((x, header + 4), name, fill=(0, 0, 0), font=font, anchor="mt")
+    for r, word in enumerate(sample.words):
+        y = header * 2 + r * (row + MARGIN)
+        draw.text((MARGIN, y + row // 2), word, fill=(0, 0, 0), font=font, anchor="lm")
+        canvas.paste(thumb.crop(band), (LABEL_W, y))
+        for c, name in enumerate(panels, start=1):
+            cell = overlay(sample.image, sample.maps[name][r]).crop(band)
+            canvas.paste(cell, (LABEL_W + c * (CELL + MARGIN), y))
     return canvas

@@ -28,6 +28,7 @@ from typing import Literal
 
 import ray
 
+from lavender_ray import console
 from lavender_ray.config import ConfigError, LavenderConfig
 
 Command = Literal["train", "extract", "evaluate", "tune", "inspect", "demo"]
@@ -201,7 +202,8 @@ def connect(cfg: LavenderConfig, command: Command, address: str | None = None) -
         return plan
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # stay on loopback
     if address or os.environ.get("RAY_ADDRESS"):
-        ray.init(address=address, configure_logging=False)
+        ray.init(address=address, configure_logging=False, **console.ray_init_options())
+        console.after_ray_init()
         _remember_address()
         check_cluster(plan, may_grow=True)
         return plan
@@ -233,12 +235,13 @@ def start_local(cpus: int, gpus: int) -> None:
     try:
         ray.init(address="local", num_cpus=cpus, num_gpus=gpus, include_dashboard=True,
                  dashboard_host="127.0.0.1", _node_ip_address="127.0.0.1",
-                 configure_logging=False)
+                 configure_logging=False, **console.ray_init_options())
     except Exception:
         del os.environ["RAY_ADDRESS"]
         raise
     finally:
         del os.environ["RAY_GCS_SERVER_PORT"]
+    console.after_ray_init()
 
 
 def free_port() -> int:

@@ -5,13 +5,24 @@ A training run (`lavender train`, a Tune trial, the demo) writes under
 
     config.yaml                     the resolved config (`CONFIG_FILE`)
     rejects/                        every record a stage could not use (`lavender_ray.rejects`)
+    logs/<command>-<time>.log       Ray's, DeepSpeed's and the workers' own output of each
+                                    `lavender` command (`LOGS_DIR`, `lavender_ray.console`)
     checkpoint_step<N>/             one Ray Train checkpoint (`checkpoint_name`):
         deepspeed/                  every rank's DeepSpeed state (`DS_TAG`)
         lavender_state_rank<r>.json step and records of rank r (`STATE_FILE`)
         metrics.jsonl               rank 0's reported metrics so far (`METRICS_FILE`)
         export/                     the verified saved run (`EXPORT_DIR`)
     adapter/                        the final saved run, copied from the last export
-    metrics.jsonl                   the final metrics history
+    metrics.jsonl                   rank 0's reported metrics, one JSON line appended per
+                                    report as it happens (`METRICS_FILE`; a resumed run goes
+                                    on from its checkpoint's history)
+    report/curves.png               the metric curves, drawn at the end (`CURVES_FILE`)
+    report/step_<N>/                attention PNGs of step N (`attention_report_dir`,
+                                    `train.attention_png_every`)
+    tracking.json                   the experiment trackers' run ids (`TRACKING_FILE`)
+    tensorboard/                    TensorBoard event files (`train.report_to`)
+    mlruns/                         the embedded MLflow store (no tracking URI given)
+    wandb/                          W&B's run files (unless WANDB_DIR says otherwise)
 
 A **saved run** (`save_trained` / `load_trained`; what `lavender evaluate --adapter` reads)::
 
@@ -40,6 +51,12 @@ SAVED_RUN_PARTS = (VLM_DIR, ALIGNER_FILE, CONFIG_FILE)
 ADAPTER_DIR = "adapter"
 EXPORT_DIR = "export"
 METRICS_FILE = "metrics.jsonl"
+LOGS_DIR = "logs"  # a command's log files (`lavender_ray.console`): <run>/logs, <out>/logs
+REPORT_DIR = "report"
+CURVES_FILE = f"{REPORT_DIR}/curves.png"
+TRACKING_FILE = "tracking.json"
+TENSORBOARD_DIR = "tensorboard"
+MLFLOW_DIR = "mlruns"
 DS_TAG = "deepspeed"
 STATE_FILE = "lavender_state_rank{rank}.json"  # one per rank: Ray merges the ranks' folders
 FAULT_MARKER = "fault_injected"  # `train.fail_at_step`: the injected failure happened
@@ -53,6 +70,11 @@ def run_dir_of(cfg: LavenderConfig) -> str:
 def checkpoint_name(step: int) -> str:
     """The folder name of the checkpoint taken after `step` optimizer steps."""
     return f"checkpoint_step{step:07d}"
+
+
+def attention_report_dir(step: int) -> str:
+    """The folder (relative to the run) of the attention PNGs drawn after `step` steps."""
+    return f"{REPORT_DIR}/step_{step:06d}"
 
 
 def checkpoint_location(run_dir: str, checkpoint_path: str) -> str:

@@ -31,6 +31,16 @@ def absolute(path: str) -> str:
     return path if is_uri(path) else os.path.abspath(path)
 
 
+def local_path(path: str) -> str | None:
+    """The path on this machine's filesystem of a local path or `file://` URI (absolute); None
+    for other URIs (object storage)."""
+    if not is_uri(path):
+        return os.path.abspath(path)
+    if path.startswith("file://"):
+        return pafs.FileSystem.from_uri(path)[1]
+    return None
+
+
 def filesystem_and_path(uri: str) -> tuple[pafs.FileSystem, str]:
     """A local path or URI -> (pyarrow filesystem, path inside it)."""
     if is_uri(uri):
@@ -62,11 +72,29 @@ def exists(path: str) -> bool:
     return fs.get_file_info(inner).type != pafs.FileType.NotFound
 
 
-def write_text(path: str, text: str) -> None:
-    """Write `text` to a local path or URI, creating its folder."""
+def write_bytes(path: str, data: bytes) -> None:
+    """Write `data` to a local path or URI, creating its folder."""
     fs, inner = filesystem_and_path(path)
     fs.create_dir(inner.rsplit("/", 1)[0], recursive=True)
     with fs.open_output_stream(inner) as out:
+        out.write(data)
+
+
+def write_text(path: str, text: str) -> None:
+    """Write `text` to a local path or URI, creating its folder."""
+    write_bytes(path, text.encode())
+
+
+def append_text(path: str, text: str) -> None:
+    """Append `text` to the file at a local path or URI (created with its folder if missing).
+    Local files are appended to, so a reader never sees the earlier lines vanish; object stores
+    have no append, so there the file is read and written whole (fine for small files)."""
+    fs, inner = filesystem_and_path(path)
+    if not isinstance(fs, pafs.LocalFileSystem):
+        write_text(path, (read_text(path) or "") + text)
+        return
+    fs.create_dir(inner.rsplit("/", 1)[0], recursive=True)
+    with fs.open_append_stream(inner) as out:
         out.write(text.encode())
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from lavender_ray.cli import add_config_arguments
+from lavender_ray.cli import add_config_arguments, add_verbose_argument
 from lavender_ray.config import load_config
 
 HELP = "inspect the configured data sources: counts, rejects, samples, a PNG contact sheet"
@@ -23,20 +23,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                          help="decoded samples shown per source (default: 2)")
     inspect.add_argument("--address", default=None,
                          help="Ray address (default: RAY_ADDRESS or a local Ray)")
+    add_verbose_argument(inspect)
 
 
 def run(args: argparse.Namespace) -> int:
     # imported when the command runs: `lavender --help` stays fast (commands/__init__.py)
+    from lavender_ray.console import Console
     from lavender_ray.data.checks import check_source_paths
     from lavender_ray.pipeline.inspect import format_report, inspect_data
     from lavender_ray.resources import connect
+    from lavender_ray.runs import LOGS_DIR
 
     if args.samples < 0:
         print(f"lavender data inspect: --samples must be >= 0, got {args.samples}", file=sys.stderr)
         return 2
     cfg = load_config(args.preset, args.overrides)
     check_source_paths(cfg)  # before Ray starts: a missing file is one line, at once
-    connect(cfg, "inspect", args.address)
-    report = inspect_data(cfg, args.out, samples=args.samples)
-    print(format_report(report))
+    with Console("inspect", f"{args.out.rstrip('/')}/{LOGS_DIR}", args.verbose):
+        connect(cfg, "inspect", args.address)
+        report = inspect_data(cfg, args.out, samples=args.samples)
+        print(format_report(report))
     return 0 if any(s.records for s in report.sources.values()) else 1

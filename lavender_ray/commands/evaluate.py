@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import argparse
 
-from lavender_ray.cli import add_config_arguments
+from lavender_ray.cli import add_config_arguments, add_verbose_argument
 from lavender_ray.config import load_config
 
 HELP = (
     "evaluate a trained run (--adapter DIR) against its base model: benchmark metrics by Ray Data "
-    "batch inference, attention alignment with SD maps, Markdown/JSON report with PNG grids"
+    "batch inference, attention alignment with SD maps, Markdown/JSON report with PNG grids; "
+    "the console shows the rows answered by both models as they come, Ray's own output goes to "
+    "<out>/logs/ (--verbose: on the console instead)"
 )
 
 
@@ -29,13 +31,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--out", default=None,
         help="report folder, not a URI (default: <adapter>/eval-<timestamp>)",
     )
+    add_verbose_argument(parser)
 
 
 def run(args: argparse.Namespace) -> int:
     # imported when the command runs: `lavender --help` stays fast (commands/__init__.py)
-    from lavender_ray.eval.evaluate import describe, evaluate, split_names
+    from lavender_ray.console import Console
+    from lavender_ray.eval.evaluate import default_out_dir, describe, evaluate, split_names
+    from lavender_ray.runs import LOGS_DIR
 
     cfg = load_config(args.preset, args.overrides)
     names = split_names(args.bench) if args.bench else list(cfg.eval.benchmarks) or ["synthetic"]
-    print(describe(evaluate(cfg, args.adapter, names, args.out)))
+    out = args.out or str(default_out_dir(args.adapter))
+    with Console("evaluate", f"{out.rstrip('/')}/{LOGS_DIR}", args.verbose):
+        print(describe(evaluate(cfg, args.adapter, names, out)))
     return 0

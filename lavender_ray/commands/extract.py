@@ -10,10 +10,14 @@ from __future__ import annotations
 
 import argparse
 
-from lavender_ray.cli import add_config_arguments
+from lavender_ray.cli import add_config_arguments, add_verbose_argument
 from lavender_ray.config import ConfigError, load_config
 
-HELP = "extract SD per-word attention targets into a Parquet target cache"
+HELP = (
+    "extract SD per-word attention targets into a Parquet target cache; the console shows a "
+    "progress bar (records, images/s, ETA), Ray's own output goes to <out>/logs/ (--verbose: on "
+    "the console instead)"
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -31,14 +35,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--address", default=None, help="Ray address (default: RAY_ADDRESS or a local Ray)"
     )
+    add_verbose_argument(parser)
 
 
 def run(args: argparse.Namespace) -> int:
     # imported when the command runs: `lavender --help` stays fast (commands/__init__.py)
+    from lavender_ray.console import Console
     from lavender_ray.data.checks import check_source_paths
     from lavender_ray.pipeline.extract import export_authors_layout, extract_to_cache
     from lavender_ray.rejects import summarise_rejects
     from lavender_ray.resources import connect
+    from lavender_ray.runs import LOGS_DIR
 
     cfg = load_config(args.preset, args.overrides)
     out = args.out or cfg.pipeline.cache_path
@@ -46,13 +53,14 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("give --out DIR, or set pipeline.cache_path in the "
                           "config (the cache a pipeline.mode=cache run reads)")
     check_source_paths(cfg)  # before Ray starts: a missing file is one line, at once
-    connect(cfg, "extract", args.address)
-    summary = extract_to_cache(cfg, out)
-    print(f"targets:  {summary.targets_dir}  (config hash {summary.config_hash})")
-    print(f"          {summary.written} written, {summary.cached_before} already cached")
-    print(summarise_rejects(summary.rejects_dir))
-    print(f"config:   {summary.config_path}")
-    if args.authors_out:
-        n = export_authors_layout(out, summary.config_hash, args.authors_out)
-        print(f"authors:  {args.authors_out}  ({n} images)")
+    with Console("extract", f"{out.rstrip('/')}/{LOGS_DIR}", args.verbose):
+        connect(cfg, "extract", args.address)
+        summary = extract_to_cache(cfg, out)
+        print(f"targets:  {summary.targets_dir}  (config hash {summary.config_hash})")
+        print(f"          {summary.written} written, {summary.cached_before} already cached")
+        print(summarise_rejects(summary.rejects_dir))
+        print(f"config:   {summary.config_path}")
+        if args.authors_out:
+            n = export_authors_layout(out, summary.config_hash, args.authors_out)
+            print(f"authors:  {args.authors_out}  ({n} images)")
     return 0

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import argparse
 
-from lavender_ray.cli import add_config_arguments
+from lavender_ray.cli import add_config_arguments, add_verbose_argument
 from lavender_ray.config import load_config
 
 HELP = (
     "train on the Ray cluster of RAY_ADDRESS / --address, or a new local Ray sized to the run: "
     "records -> checks -> SD actor pool -> TorchTrainer with DeepSpeed, into "
-    "<train.storage_path>/<train.run_name> (a new run name each time unless you set one)"
+    "<train.storage_path>/<train.run_name> (a new run name each time unless you set one); the "
+    "console shows a progress bar (steps, loss, samples/s, ETA), Ray's and DeepSpeed's own "
+    "output goes to <run>/logs/ (--verbose: on the console instead); metrics go to "
+    "<run>/metrics.jsonl and to the trackers of train.report_to=[tensorboard,mlflow,wandb]"
 )
 
 
@@ -24,16 +27,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--address", default=None, help="Ray address (default: RAY_ADDRESS or a new local Ray)"
     )
+    add_verbose_argument(parser)
 
 
 def run(args: argparse.Namespace) -> int:
     # imported when the command runs: `lavender --help` stays fast (commands/__init__.py)
+    from lavender_ray.console import Console
     from lavender_ray.data.checks import check_source_paths
     from lavender_ray.resources import connect
+    from lavender_ray.runs import LOGS_DIR, run_dir_of
     from lavender_ray.train.launch import describe, train
 
     cfg = load_config(args.preset, args.overrides)
     check_source_paths(cfg)  # before Ray starts: a missing file is one line, at once
-    connect(cfg, "train", args.address)
-    print(describe(train(cfg, resume=args.resume)))
+    with Console("train", f"{run_dir_of(cfg)}/{LOGS_DIR}", args.verbose):
+        connect(cfg, "train", args.address)
+        print(describe(train(cfg, resume=args.resume)))
     return 0

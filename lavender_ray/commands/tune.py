@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import argparse
 
-from lavender_ray.cli import add_config_arguments
+from lavender_ray.cli import add_config_arguments, add_verbose_argument
 from lavender_ray.config import load_config
 
 HELP = (
     "search hyperparameters with Ray Tune + ASHA (tune.search_space: dotted keys -> "
-    "'loguniform(1, 30)', 'choice([...])', ...); writes a trials table and best.yaml"
+    "'loguniform(1, 30)', 'choice([...])', ...); writes a trials table and best.yaml; the "
+    "console shows the trials done, Ray's and Tune's own output goes to <experiment>/logs/ "
+    "(--verbose: on the console instead)"
 )
 
 
@@ -23,13 +25,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--address", default=None, help="Ray address (default: RAY_ADDRESS or a new local Ray)"
     )
+    add_verbose_argument(parser)
 
 
 def run(args: argparse.Namespace) -> int:
     # imported when the command runs: `lavender --help` stays fast (commands/__init__.py)
+    from lavender_ray.console import Console
+    from lavender_ray.runs import LOGS_DIR, run_dir_of
     from lavender_ray.tune import describe, run_tune
 
     cfg = load_config(args.preset, args.overrides)
-    summary = run_tune(cfg, resume=args.resume, address=args.address)
-    print(describe(summary))
+    with Console("tune", f"{run_dir_of(cfg)}/{LOGS_DIR}", args.verbose):  # the experiment
+        summary = run_tune(cfg, resume=args.resume, address=args.address)
+        print(describe(summary))
     return 1 if summary.interrupted else 0

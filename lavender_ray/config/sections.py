@@ -13,7 +13,7 @@ import re
 import secrets
 import time
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import yaml
 from pydantic import (
@@ -277,6 +277,10 @@ class OptimConfig(Section):
 
 
 # -------------------------------------------------------------------------------------- train
+TrackerName = Literal["tensorboard", "mlflow", "wandb"]
+TRACKERS: tuple[str, ...] = get_args(TrackerName)
+
+
 class TrainConfig(Section):
     num_workers: int = Field(default=2, gt=0)
     use_gpu: bool = False
@@ -315,7 +319,40 @@ class TrainConfig(Section):
         default=300.0, gt=0,
         description="print what waits for which resource when work has been pending this long",
     )
+    report_to: list[TrackerName] = Field(
+        default_factory=list,
+        description="experiment trackers that get every reported metric, the resolved config "
+        "and the attention PNGs: tensorboard (<run>/tensorboard), mlflow, wandb (WANDB_MODE; "
+        "offline without an API key); [] = none (metrics.jsonl and report/ are always written)",
+    )
+    mlflow_tracking_uri: str | None = Field(
+        default=None,
+        description="MLflow tracking server; null = MLFLOW_TRACKING_URI if set, else an "
+        "embedded store in the run folder (sqlite:///<run>/mlruns/mlflow.db)",
+    )
+    attention_png_every: int = Field(
+        default=0, ge=0,
+        description="every this many steps, rank 0 draws its micro-batch's words (image | SD | "
+        "VLM | aligned) into <run>/report/step_<N>/ and sends them to the trackers; 0 = off",
+    )
     seed: int = 0
+
+    @field_validator("report_to", mode="before")
+    @classmethod
+    def _known_trackers(cls, value: Any) -> Any:
+        names = [value] if isinstance(value, str) else value
+        if not isinstance(names, list):
+            return value  # pydantic says what type it wants
+        allowed = ", ".join(TRACKERS)
+        for name in names:
+            if name not in TRACKERS:
+                raise ValueError(
+                    f"unknown tracker {name!r}; allowed: {allowed} (a list; [] = none)"
+                )
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        if repeated:
+            raise ValueError(f"trackers named more than once: {repeated}")
+        return names
 
     @field_validator("run_name")
     @classmethod

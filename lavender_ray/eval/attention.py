@@ -19,41 +19,28 @@ top-10% IoU; `eval.map_metrics.map_agreement`).
 from __future__ import annotations
 
 import io
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw
+from PIL import Image
 
 from lavender_ray.align import Aligner
 from lavender_ray.config import LavenderConfig
 from lavender_ray.data.synthetic import make_synthetic_records
 from lavender_ray.eval.map_metrics import map_agreement
 from lavender_ray.images import decode_image
-from lavender_ray.pictures import CELL, MARGIN, fit_cell, load_font, overlay
+from lavender_ray.pictures import ProbeSample, render_probe
 from lavender_ray.sd.components import resolve_dtype
 from lavender_ray.sd.extractor import SDExtractor
 from lavender_ray.tensors import minmax_normalise
 from lavender_ray.train.step import aligned_word_maps, collate_records
 from lavender_ray.words import select_words
 
-LABEL_W = 110
 TARGET_PANEL = "SD"
 RAW_PANEL = "VLM"
 ALIGNED_PANEL = "aligned"
-
-
-@dataclass
-class ProbeSample:
-    """One record's words with their maps, each float32 [n, s, s] in [0, 1]."""
-
-    record_id: str
-    image: Image.Image
-    text: str
-    words: list[str]
-    maps: dict[str, np.ndarray]  # panel name ("SD", "VLM", "aligned", ...) -> [n, s, s]
 
 
 @torch.no_grad()
@@ -113,34 +100,6 @@ def synthetic_probe_records(cfg: LavenderConfig, n: int, device: str = "cpu") ->
 
 def batch_image(record: dict[str, Any]) -> Image.Image:
     return Image.open(io.BytesIO(record["image"])).convert("RGB")
-
-
-def render_probe(sample: ProbeSample, panels: list[str] | None = None) -> Image.Image:
-    """A grid: one row per word; columns = the image, then one heat overlay per panel. Rows are
-    as tall as the image shown at its aspect ratio (a wide image makes short rows)."""
-    panels = panels or list(sample.maps)
-    font = load_font(14)
-    header = 22
-    cols = 1 + len(panels)
-    thumb, (_, top, _, bottom) = fit_cell(sample.image)
-    band = (0, top, CELL, bottom)  # the rows of a cell the image covers
-    row = max(bottom - top, 18)
-    width = LABEL_W + cols * (CELL + MARGIN) + MARGIN
-    height = header * 2 + len(sample.words) * (row + MARGIN) + MARGIN
-    canvas = Image.new("RGB", (width, height), (255, 255, 255))
-    draw = ImageDraw.Draw(canvas)
-    draw.text((MARGIN, MARGIN), f"{sample.record_id}: {sample.text}", fill=(0, 0, 0), font=font)
-    for c, name in enumerate(["image", *panels]):
-        x = LABEL_W + c * (CELL + MARGIN) + CELL // 2
-        draw.text((x, header + 4), name, fill=(0, 0, 0), font=font, anchor="mt")
-    for r, word in enumerate(sample.words):
-        y = header * 2 + r * (row + MARGIN)
-        draw.text((MARGIN, y + row // 2), word, fill=(0, 0, 0), font=font, anchor="lm")
-        canvas.paste(thumb.crop(band), (LABEL_W, y))
-        for c, name in enumerate(panels, start=1):
-            cell = overlay(sample.image, sample.maps[name][r]).crop(band)
-            canvas.paste(cell, (LABEL_W + c * (CELL + MARGIN), y))
-    return canvas
 
 
 def write_probe_pngs(samples: list[ProbeSample], out_dir: str | Path) -> list[Path]:

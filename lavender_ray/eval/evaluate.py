@@ -38,6 +38,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import ray
 
+from lavender_ray import console
 from lavender_ray.config import ConfigError, LavenderConfig
 from lavender_ray.eval.attention import (
     compare_probes,
@@ -135,14 +136,21 @@ def run_benchmarks(
     cfg: LavenderConfig, trained_dir: Path, sources: dict[str, str], metrics: dict[str, Metric],
     rejects_dir: str,
 ) -> dict[str, BenchmarkScores]:
-    """Every benchmark through both models' actor pools in one pipeline, then scored."""
+    """Every benchmark through both models' actor pools in one pipeline, then scored. The
+    command's progress display counts the rows as they leave the pipeline (both models done)."""
     tagged = [
         tag_benchmark(read_benchmark(path, name, rejects_dir, num_cpus=cfg.data.read_num_cpus),
                       name, metrics[name].prompt, cfg.data.read_num_cpus)
         for name, path in sources.items()
     ]
     ds = tagged[0].union(*tagged[1:]) if len(tagged) > 1 else tagged[0]
-    rows = add_predictions(ds, cfg, str(trained_dir), list(MODELS), rejects_dir).take_all()
+    rows: list[dict[str, Any]] = []
+    predicted = add_predictions(ds, cfg, str(trained_dir), list(MODELS), rejects_dir)
+    models = ", ".join(model.name for model in MODELS)
+    with console.progress(f"evaluate ({models})", unit="rows") as shown:
+        for batch in predicted.iter_batches(batch_size=None, batch_format="pyarrow"):
+            rows.extend(batch.to_pylist())
+            shown.set(len(rows))
     by_benchmark: dict[str, list[dict[str, Any]]] = {name: [] for name in sources}
     for row in sorted(rows, key=lambda r: (r["benchmark"], _id_order(r["id"]))):
         by_benchmark[row["benchmark"]].append(row)

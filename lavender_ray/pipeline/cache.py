@@ -73,6 +73,30 @@ def count_rows(directory: str) -> int:
     return total
 
 
+class NewShardRows:
+    """Rows in the shards written under `directory` since this was made: `new()` reads each new
+    file's footer once (a file still being written is counted on a later call)."""
+
+    def __init__(self, directory: str) -> None:
+        self.directory = directory
+        self.seen = set(shard_paths(directory)[1])
+        self.rows = 0
+
+    def new(self) -> int:
+        fs, paths = shard_paths(self.directory)
+        for path in paths:
+            if path in self.seen:
+                continue
+            try:
+                with fs.open_input_file(path) as handle:
+                    rows = pq.ParquetFile(handle).metadata.num_rows
+            except (OSError, pa.ArrowInvalid):
+                continue
+            self.seen.add(path)
+            self.rows += rows
+        return self.rows
+
+
 def cached_keys(root: str, config_hash: str) -> CacheKeys:
     """(id, image_sha256) of every target cached under `config_hash`."""
     table = read_shards(targets_dir(root, config_hash), columns=["id", IMAGE_HASH])

@@ -19,12 +19,14 @@ from typing import TYPE_CHECKING
 
 import ray
 
+from lavender_ray import console
 from lavender_ray.config import ConfigError, LavenderConfig
 from lavender_ray.data.checks import check_source_paths
 from lavender_ray.pipeline.cache import (
     IMAGE_HASH,
     REJECTS,
     RUNS,
+    NewShardRows,
     WriteThrough,
     cached_keys,
     count_rows,
@@ -46,6 +48,8 @@ from lavender_ray.watchdog import stall_watchdog
 
 if TYPE_CHECKING:
     from ray.data import Dataset
+
+POLL_S = 5.0  # how often the progress display counts the written shards
 
 
 @dataclass(frozen=True)
@@ -75,13 +79,18 @@ def save_run_config(cfg: LavenderConfig, root: str, run_id: str) -> str:
 
 def extract_to_cache(cfg: LavenderConfig, root: str, ds: Dataset | None = None) -> ExtractSummary:
     """Read the configured sources (or take `ds`, a Dataset of records), skip what is cached
-    under this config, run the SD stage on the rest and append the results as Parquet shards."""
+    under this config, run the SD stage on the rest and append the results as Parquet shards.
+
+    In a command (`console.active`) a progress display counts the records written (the rows
+    of the new shards, `POLL_S`) against the records to do, counted first by a read of the
+    sources without SD (`count_todo`; not for a given `ds`)."""
     check_source_paths(cfg)
     connect(cfg, "extract")
     root = absolute(root)
     run_id = new_run_id()
     config_hash = sd_config_hash(cfg.sd, stage_device(cfg))
     rejects_dir = join(root, REJECTS, run_id)
+    counted = ds is None and console.active()  # a given Dataset is not run twice
     if ds is None:
         ds = read_sources(cfg, rejects_dir)
     config_path = save_run_config(cfg, root, run_id)
@@ -90,7 +99,11 @@ def extract_to_cache(cfg: LavenderConfig, root: str, ds: Dataset | None = None) 
     rows_before = count_rows(out_dir)
     todo = ds.map_batches(key_and_skip_cached, fn_kwargs={"cached": cached}, batch_format="pyarrow",
                           num_cpus=cfg.data.read_num_cpus)
-    with stall_watchdog(cfg.train.stall_timeout_s):
+    total = count_todo(cfg, cached) if counted else None
+    new_rows = NewShardRows(out_dir)
+    with (stall_watchdog(cfg.train.stall_timeout_s),
+          console.progress("extract", total, unit="records", rate_unit="images") as shown,
+          console.polling(lambda: shown.set(new_rows.new()), POLL_S)):
         add_sd_targets(todo, cfg, rejects_dir).write_parquet(
             out_dir, ray_remote_args={"num_cpus": cfg.data.read_num_cpus}
         )
@@ -99,6 +112,15 @@ def extract_to_cache(cfg: LavenderConfig, root: str, ds: Dataset | None = None) 
     return ExtractSummary(
         config_hash, out_dir, rejects_dir, config_path, len(cached), written, rejects
     )
+
+
+def count_todo(cfg: LavenderConfig, cached: frozenset) -> int:
+    """How many records of the configured sources are not cached yet: a read without SD (and
+    without writing rejects: the extraction's own read does)."""
+    return read_sources(cfg, None).map_batches(
+        key_and_skip_cached, fn_kwargs={"cached": cached}, batch_format="pyarrow",
+        num_cpus=cfg.data.read_num_cpus,
+    ).count()
 
 
 def export_authors_layout(root: str, config_hash: str, authors_root: str) -> int:

@@ -5,7 +5,9 @@
 Outputs go to `<train.storage_path>/<train.run_name>/` (`lavender_ray.runs`): `config.yaml`,
 `rejects/`, Ray Train's `checkpoint_step*/` folders (each holds every rank's DeepSpeed state and
 `export/`, the verified PEFT adapter + Aligner + config) and, at the end, `adapter/`: the last
-checkpoint's export at a stable path.
+checkpoint's export at a stable path. `metrics.jsonl` grows at every report, `report/` gets the
+attention PNGs and `curves.png`, and the trackers of `train.report_to` their runs
+(`train.tracking`: checked before anything starts, opened around `fit()`).
 
 A run is never reused by accident: a run name that exists is refused unless the run is resumed
 (`resume=True`, `lavender train --resume`), and a resumed run must have the config it was started
@@ -38,6 +40,8 @@ from lavender_ray.rejects import count_rejects, summarise_rejects
 from lavender_ray.resources import connect
 from lavender_ray.runs import ADAPTER_DIR, EXPORT_DIR, checkpoint_location, run_dir_of
 from lavender_ray.storage import absolute, copy_folder, is_remote, read_text, write_text
+from lavender_ray.train.progress import follow_training
+from lavender_ray.train.tracking import check_trackers, tracked
 from lavender_ray.train.worker import train_fn_per_worker
 from lavender_ray.watchdog import stall_watchdog
 
@@ -169,6 +173,7 @@ def train(
     counted it among the trials that share the cluster."""
     cfg = absolute_paths(cfg)
     check_source_paths(cfg)
+    check_trackers(cfg)  # train.report_to: packages, MLflow server, W&B mode
     if check_resources:
         connect(cfg, "train")
     nodes = cluster_nodes()
@@ -181,8 +186,9 @@ def train(
     if not resumed:
         write_text(f"{run_dir}/{CONFIG_FILE}", cfg.to_yaml())
     dataset = build_train_dataset(cfg, rejects_dir)
-    with stall_watchdog(cfg.train.stall_timeout_s):
-        result = build_trainer(cfg, {"train": dataset}, callbacks).fit()
+    with stall_watchdog(cfg.train.stall_timeout_s), follow_training(run_dir, cfg.train.max_steps):
+        with tracked(cfg, run_dir, resumed):  # tracker runs; curves.png at the end
+            result = build_trainer(cfg, {"train": dataset}, callbacks).fit()
     checkpoint = (
         checkpoint_location(run_dir, result.checkpoint.path) if result.checkpoint else None
     )

@@ -17,7 +17,10 @@ data wait, the step time and the learning rate, go to `ray.train.report` from ev
 Train keeps rank 0's) and to the console from rank 0. At the checkpoint steps every rank also
 saves its DeepSpeed state and rank 0 the verified export into the reported checkpoint (the
 layout of `lavender_ray.runs`): checkpoints keep their own schedule, a report carries each.
-This is the one place metrics leave a step: trackers plug in here.
+This is the one place metrics leave a step: rank 0's `tracking.RunTracker` (`tracker`) gets
+each report (`<run>/metrics.jsonl` and the trackers of `train.report_to`) and, every
+`train.attention_png_every` steps, the attention pictures every rank draws of its micro-batch
+(`attention_pngs.probe_batch`; all ranks, as ZeRO-3 gathers parameters in the forward).
 
 Health guards: a loss term that is NaN or inf on any rank (`finite`) stops the run on every rank
 with `NonFiniteLoss` (`train.on_nonfinite=stop`), or leaves the micro-batch out on every rank and
@@ -43,8 +46,10 @@ import torch
 
 from lavender_ray.config import LavenderConfig, TrainConfig
 from lavender_ray.runs import DS_TAG, EXPORT_DIR, METRICS_FILE, STATE_FILE, checkpoint_name
+from lavender_ray.train.attention_pngs import pictures_due, probe_batch
 from lavender_ray.train.export import export_trained
-from lavender_ray.train.step import LavenderModule
+from lavender_ray.train.step import LavenderModule, TrainBatch
+from lavender_ray.train.tracking import RunTracker
 
 # Progress goes through logging: Ray Train patches `print` in its workers to both print and log,
 # which shows every printed line twice in the driver's output.
@@ -181,8 +186,10 @@ class Reporter:
         scheduler: Any,
         rank: int,
         state: TrainState,
+        tracker: RunTracker | None = None,
     ) -> None:
         self.cfg, self.engine, self.module, self.scheduler = cfg, engine, module, scheduler
+        self.tracker = tracker  # rank 0's: metrics.jsonl, attention PNGs, train.report_to
         self.rank = rank
         self.state = state
         self.meter = MetricMeter()
@@ -253,14 +260,19 @@ class Reporter:
             )
         return False
 
-    def micro_batch(self, metrics: dict[str, float], records: int) -> None:
-        """One micro-batch trained; after each optimizer step, report and checkpoint if due."""
+    def micro_batch(
+        self, metrics: dict[str, float], records: int, batch: TrainBatch | None = None
+    ) -> None:
+        """One micro-batch trained; after each optimizer step, draw (`batch`, every
+        `train.attention_png_every` steps), report and checkpoint if due."""
         self.meter.add(metrics)
         self.state.records += records
         self.micro_batches += 1
         if self.micro_batches % self.cfg.train.grad_accum_steps:
             return
         self.state.step += 1
+        if batch is not None and pictures_due(self.state.step, self.cfg.train):
+            self.draw_attention(batch)
         report, checkpoint = report_due(self.state.step, self.cfg.train)
         if report:
             self.report(checkpoint)
@@ -283,6 +295,8 @@ class Reporter:
         )
         self.last_report, self.wait_s, self.last_report_step = now, 0.0, self.state.step
         self.state.history.append(metrics)
+        if self.tracker is not None:
+            self.tracker.report(metrics)
         if self.rank == 0:
             log.info(format_metrics(metrics, self.cfg.train.max_steps))
             self.warn_if_plain_sft(metrics)
@@ -297,6 +311,15 @@ class Reporter:
                 checkpoint=ray.train.Checkpoint.from_directory(tmp),
                 checkpoint_dir_name=checkpoint_name(self.state.step),
             )
+        if self.done and self.tracker is not None:  # the last step always has a checkpoint
+            self.tracker.close()
+
+    def draw_attention(self, batch: TrainBatch) -> None:
+        """The attention pictures of this rank's micro-batch; rank 0's tracker writes and logs
+        them. Every rank calls this at the same step (`pictures_due`)."""
+        samples = probe_batch(self.module, batch, self.cfg.loss.matching, self.state.step)
+        if self.tracker is not None:
+            self.tracker.pictures(self.state.step, samples)
 
     def warn_if_plain_sft(self, metrics: dict[str, float]) -> None:
         """Warn once when `align/matched_words` was 0 in each of this worker's first

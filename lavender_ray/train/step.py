@@ -22,10 +22,11 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from PIL import Image
 from torch import nn
 
 from lavender_ray.align import Aligner
@@ -43,16 +44,18 @@ from lavender_ray.words import MatchedWord, select_words
 class TrainBatch:
     """Adapter inputs (with `labels`) + the SD targets of each sample.
 
-    sd_words[i]: word keys of sample i; sd_maps[i]: float32 [n_sd_i, s, s] in [0, 1].
+    sd_words[i]: word keys of sample i; sd_maps[i]: float32 [n_sd_i, s, s] in [0, 1];
+    images[i]: the decoded image of sample i (for pictures of its maps; may be empty).
     """
 
     inputs: dict[str, torch.Tensor]
     sd_words: list[list[str]]
     sd_maps: list[torch.Tensor]
+    images: list[Image.Image] = field(default_factory=list)
 
     def to(self, device: torch.device | str) -> TrainBatch:
         moved = {k: v.to(device) if torch.is_tensor(v) else v for k, v in self.inputs.items()}
-        return TrainBatch(moved, self.sd_words, [m.to(device) for m in self.sd_maps])
+        return TrainBatch(moved, self.sd_words, [m.to(device) for m in self.sd_maps], self.images)
 
     def __len__(self) -> int:
         return len(self.sd_words)
@@ -78,7 +81,7 @@ def collate_records(
         conversations.append(parse_messages(record["messages"]))
         words.append(record_words)
         maps.append(torch.from_numpy(record_maps.copy()))
-    return TrainBatch(adapter.build_inputs(images, conversations), words, maps)
+    return TrainBatch(adapter.build_inputs(images, conversations), words, maps, images)
 
 
 def step_loss(

@@ -5,7 +5,8 @@ Aligner, hands them to `deepspeed.initialize` with the DeepSpeed config built fr
 config and the world size, restores the latest checkpoint if there is one, and trains on its
 shard of the "train" dataset (`iter_torch_batches`, epoch after epoch) until `train.max_steps`
 optimizer steps (`train.grad_accum_steps` micro-batches each). Metrics and checkpoints leave
-through the worker's `reporting.Reporter`, which also decides whether a micro-batch with a
+through the worker's `reporting.Reporter` (rank 0's with a `tracking.RunTracker`: metrics.jsonl,
+attention PNGs, `train.report_to`), which also decides whether a micro-batch with a
 non-finite loss stops the run or is left out (`train_micro_batch`, `train.on_nonfinite`).
 """
 
@@ -35,6 +36,7 @@ from lavender_ray.train.step import (
     build_optimizer,
     collate_records,
 )
+from lavender_ray.train.tracking import RunTracker
 from lavender_ray.vlm import build_adapter
 
 
@@ -109,12 +111,13 @@ def train_micro_batch(
     `engine.backward` nor `engine.step` runs, so DeepSpeed's collectives stay in lockstep, no
     NaN reaches the accumulated gradients or the optimizer state, and DeepSpeed's
     accumulation boundary stays where the reporter counts it (both count trained micro-batches)."""
-    out = engine(cast_inputs(batch, engine.device, dtype), reporter.step, total_steps)
+    moved = cast_inputs(batch, engine.device, dtype)
+    out = engine(moved, reporter.step, total_steps)
     if not reporter.finite(out.metrics):
         return False
     engine.backward(out.total)
     engine.step()
-    reporter.micro_batch(out.metrics, len(batch))
+    reporter.micro_batch(out.metrics, len(batch), moved)
     return True
 
 
@@ -145,7 +148,9 @@ def train_fn_per_worker(config: dict[str, Any]) -> None:
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     engine, module, scheduler, dtype = build_engine(cfg, world)
-    reporter = Reporter(cfg, engine, module, scheduler, rank, restore(engine, rank))
+    state = restore(engine, rank)
+    tracker = RunTracker.open(cfg, state) if rank == 0 else None
+    reporter = Reporter(cfg, engine, module, scheduler, rank, state, tracker)
     collate = CollateRecords(module.adapter, cfg.sd.output_size)
     batches = reporter.timed(micro_batches(cfg, collate, rank))
     while not reporter.done:

@@ -39,6 +39,7 @@ from ray.tune.integration.ray_train import CHECKPOINT_PATH_KEY
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.basic_variant import BasicVariantGenerator
 
+from lavender_ray import console
 from lavender_ray.config import ConfigError, LavenderConfig, absolute_paths, apply_overrides
 from lavender_ray.data.checks import check_source_paths
 from lavender_ray.pipeline.extract import extract_to_cache
@@ -47,6 +48,7 @@ from lavender_ray.resources import connect, shares_targets
 from lavender_ray.runs import checkpoint_location
 from lavender_ray.storage import write_text
 from lavender_ray.train.launch import check_storage
+from lavender_ray.train.tracking import check_trackers
 from lavender_ray.tune.checks import (
     check_experiment,
     check_tune_config,
@@ -132,6 +134,27 @@ def shared_targets(cfg: LavenderConfig, layout: TuneLayout, space: SearchSpace) 
 
 
 # ----------------------------------------------------------------------------------- the run
+class TrialProgress(tune.Callback):
+    """Moves the command's progress display (`shown`, set by `run_tune`) to the trials finished
+    (terminated or errored) after every step of Tune's loop; Tune's own status table is off
+    with a quiet console, and its banner goes to the log (`console.stdout_to_log`). The display
+    is a class attribute: the callback pickles with the experiment without it and, restored by
+    `Tuner.restore`, shows on the resuming command's display."""
+
+    shown: console.Progress | None = None
+
+    def on_step_end(self, iteration: int, trials: list[Any], **info: Any) -> None:
+        shown = TrialProgress.shown
+        if shown is None:
+            return
+        done = sum(t.status in ("TERMINATED", "ERROR") for t in trials)
+        errors = sum(t.status == "ERROR" for t in trials)
+        running = sum(t.status == "RUNNING" for t in trials)
+        fields = [f"{running} running"] if running else []
+        fields += [f"{errors} errored"] if errors else []
+        shown.set(done, fields=fields)
+
+
 def build_tuner(
     cfg: LavenderConfig,
     layout: TuneLayout,
@@ -142,7 +165,8 @@ def build_tuner(
     callbacks: list[Any] | None,
 ):
     """A new `Tuner`: seeded search, ASHA on `tune.metric` over `reports` reports per trial,
-    at most `limit` trials at once, deterministic trial names."""
+    at most `limit` trials at once, deterministic trial names, `TrialProgress` after
+    `callbacks`; Tune's own status output is off with a quiet console."""
     t = cfg.tune
     scheduler = ASHAScheduler(
         time_attr="training_iteration",
@@ -167,7 +191,8 @@ def build_tuner(
         run_config=tune.RunConfig(
             name=cfg.train.run_name,
             storage_path=layout.experiment_dir.rsplit("/", 1)[0],
-            callbacks=callbacks,
+            callbacks=[*(callbacks or []), TrialProgress()],
+            verbose=0 if console.quiet() else None,
         ),
     )
 
@@ -183,6 +208,7 @@ def run_tune(
     `address` is the Ray to use when none is connected (`resources.connect`)."""
     cfg = absolute_paths(cfg)
     check_source_paths(cfg)
+    check_trackers(cfg)  # train.report_to: once here, not in every trial
     space = parse_search_space(cfg.tune.search_space, cfg.to_dict())
     reports = check_tune_config(cfg)
     layout = layout_of(cfg)
@@ -206,7 +232,14 @@ def run_tune(
     else:
         limit = max_concurrent_trials(cfg, nodes)
         tuner = build_tuner(cfg, layout, space, trainable, reports, limit, callbacks)
-    tuner.fit()
+    total = space.trial_count(cfg.tune.num_samples)
+    with (console.progress("tune", total, unit="trials", every_s=0.0) as shown,
+          console.stdout_to_log()):
+        TrialProgress.shown = shown
+        try:
+            tuner.fit()
+        finally:
+            TrialProgress.shown = None
     return write_outputs(cfg, layout, space, limit)
 
 

@@ -4,6 +4,9 @@
 value) and, through `tune.with_parameters`, the experiment's trial base config; it rebuilds its
 own `LavenderConfig` from those (nothing else from the driver) and calls `train.launch.train` with
 `TuneReportCallback`, which forwards rank 0's reported metrics and each checkpoint's path to Tune.
+A trial is a training run, so `train.report_to` gives each trial its own tracker runs, named like
+the trial (`train.tracking`; MLflow's embedded store then lives in each trial's run folder, a
+tracking server gathers them in one experiment).
 
 Trial names are deterministic: `trial_<index>` from the trial's position in the search (the
 search is seeded by `tune.seed`), and the trial's Ray Train run has the same name, under the

@@ -1,0 +1,373 @@
+"""Experiment tracking (`train.report_to`), `<run>/metrics.jsonl`, the attention PNGs and
+`report/curves.png`.
+
+One tiny training run (module fixture) with `report_to=[tensorboard, mlflow, wandb]` against a
+real MLflow server this module starts on 127.0.0.1, W&B offline; each tracker is read back with
+its own reader. The quick tests cover the config and the driver's checks before training.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import struct
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+import ray.cloudpickle
+import ray.train
+from PIL import Image
+
+from lavender_ray.config import ConfigError, load_config
+from lavender_ray.data.synthetic import make_synthetic_records
+from lavender_ray.runs import CURVES_FILE, METRICS_FILE, TRACKING_FILE, attention_report_dir
+from lavender_ray.train.reporting import TrainState
+from lavender_ray.train.tracking import (
+    RunTracker,
+    check_trackers,
+    config_params,
+    mlflow_uri,
+    start_tracking,
+    tracked,
+    wandb_settings,
+)
+
+TRACKERS = ["tensorboard", "mlflow", "wandb"]
+STEPS = 4  # reports at every step; the one checkpoint at the last: steps 1-3 come before it
+PICTURE_EVERY = 2
+
+
+def one_line(err: pytest.ExceptionInfo) -> str:
+    message = str(err.value)
+    assert "\n" not in message, message
+    return message
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# --------------------------------------------------------------------------- config, checks
+def test_the_config_refuses_an_unknown_tracker_naming_the_allowed_ones():
+    with pytest.raises(ConfigError) as err:
+        load_config("demo", ["train.report_to=[tensorboard,neptune]"])
+    message = str(err.value)
+    assert "train.report_to" in message and "'neptune'" in message
+    assert "tensorboard, mlflow, wandb" in message
+    assert load_config("demo").train.report_to == []  # default: no tracker
+    assert load_config("demo", ["train.report_to=mlflow"]).train.report_to == ["mlflow"]
+
+
+@pytest.mark.parametrize("tracker", TRACKERS)
+def test_a_tracker_that_is_not_installed_is_refused_before_training(monkeypatch, tracker):
+    monkeypatch.setitem(sys.modules, tracker, None)  # `import <tracker>` raises ImportError
+    cfg = load_config("demo", [f"train.report_to=[{tracker}]"])
+    with pytest.raises(ConfigError) as err:
+        check_trackers(cfg, env={})
+    assert f"pip install {tracker}" in one_line(err)
+
+
+def test_an_unreachable_mlflow_server_is_refused_naming_the_uri():
+    pytest.importorskip("mlflow")
+    uri = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    cfg = load_config("demo", ["train.report_to=[mlflow]", f"train.mlflow_tracking_uri={uri}"])
+    with pytest.raises(ConfigError) as err:
+        check_trackers(cfg, env={})
+    message = one_line(err)
+    assert uri in message and "unreachable" in message and "train.mlflow_tracking_uri" in message
+    env_only = load_config("demo", ["train.report_to=[mlflow]"])
+    with pytest.raises(ConfigError) as err:
+        check_trackers(env_only, env={"MLFLOW_TRACKING_URI": uri})
+    assert "MLFLOW_TRACKING_URI" in one_line(err)
+
+
+def test_the_mlflow_uri_comes_from_the_config_the_environment_or_the_run_folder(tmp_path):
+    cfg = load_config("demo", [f"train.storage_path={tmp_path}", "train.run_name=r"])
+    run_dir = f"{tmp_path}/r"
+    assert mlflow_uri(cfg, run_dir, {}) == (f"sqlite:///{run_dir}/mlruns/mlflow.db",
+                                            "the run folder")
+    assert mlflow_uri(cfg, run_dir, {"MLFLOW_TRACKING_URI": "http://h:1"})[0] == "http://h:1"
+    given = cfg.model_copy(update={"train": cfg.train.model_copy(
+        update={"mlflow_tracking_uri": "http://c:2"})})
+    assert mlflow_uri(given, run_dir, {"MLFLOW_TRACKING_URI": "http://h:1"})[0] == "http://c:2"
+    with pytest.raises(ConfigError, match="object storage"):
+        mlflow_uri(cfg, "s3://bucket/runs/r", {})
+
+
+def test_wandb_runs_offline_without_a_key_and_online_without_one_is_refused(tmp_path):
+    no_netrc = {"NETRC": str(tmp_path / "missing")}
+    assert wandb_settings("/runs/r", no_netrc)[::2] == ("offline", "/runs/r")
+    mode, why, folder = wandb_settings("/runs/r", {**no_netrc, "WANDB_MODE": "offline",
+                                                   "WANDB_API_KEY": "k" * 40,
+                                                   "WANDB_DIR": "/w"})
+    assert (mode, why, folder) == ("offline", "WANDB_MODE=offline", "/w")
+    assert wandb_settings("/runs/r", {**no_netrc, "WANDB_API_KEY": "k" * 40})[0] == "online"
+    with pytest.raises(ConfigError) as err:
+        wandb_settings("/runs/r", {**no_netrc, "WANDB_MODE": "online"})
+    assert "WANDB_API_KEY" in one_line(err)
+    with pytest.raises(ConfigError, match="WANDB_DIR"):
+        wandb_settings("s3://bucket/runs/r", no_netrc)
+
+
+def test_offline_wandb_is_said_in_one_line_naming_the_run_folder(tmp_path, capsys):
+    cfg = load_config("demo", [f"train.storage_path={tmp_path}", "train.run_name=r",
+                               "train.report_to=[wandb]"])
+    plan = start_tracking(cfg, f"{tmp_path}/r", resumed=False,
+                          env={"NETRC": str(tmp_path / "missing")})
+    said = capsys.readouterr().out.splitlines()
+    assert len(said) == 1 and "offline" in said[0] and "no W&B API key" in said[0]
+    assert f"{tmp_path}/r/wandb/offline-run-*-{plan.wandb_id}" in said[0]
+    saved = json.loads((tmp_path / "r" / TRACKING_FILE).read_text())
+    assert saved["wandb_mode"] == "offline" and saved["wandb_dir"] == f"{tmp_path}/r"
+    again = start_tracking(cfg, f"{tmp_path}/r", resumed=True, env={"WANDB_MODE": "offline"})
+    assert again.wandb_id == plan.wandb_id  # a resumed run continues its W&B run
+
+
+def test_the_embedded_mlflow_store_lives_in_the_run_folder_and_a_failed_run_says_so(tmp_path):
+    pytest.importorskip("mlflow")
+    pytest.importorskip("matplotlib")
+    from mlflow import MlflowClient
+
+    cfg = load_config("demo", [f"train.storage_path={tmp_path}", "train.run_name=r",
+                               "train.report_to=[mlflow]"])
+    run_dir = tmp_path / "r"
+    with pytest.raises(RuntimeError, match="worker died"):
+        with tracked(cfg, str(run_dir), resumed=False) as plan:
+            (run_dir / METRICS_FILE).write_text(json.dumps({"step": 1, "loss/total": 2.0}) + "\n")
+            raise RuntimeError("worker died")
+    assert plan.mlflow_uri == f"sqlite:///{run_dir}/mlruns/mlflow.db"
+    client = MlflowClient(plan.mlflow_uri)
+    run = client.get_run(plan.mlflow_run_id)
+    assert run.info.status == "FAILED" and run.data.params["train.run_name"] == "r"
+    assert [f.path for f in client.list_artifacts(run.info.run_id, "report")] == [CURVES_FILE]
+    assert (run_dir / CURVES_FILE).is_file()
+    assert list((run_dir / "mlruns" / "artifacts").rglob("curves.png"))  # not in the cwd
+
+
+def test_the_config_becomes_flat_dotted_params():
+    params = config_params(load_config("demo"))
+    assert params["train.max_steps"] == "30" and params["loss.lambda"] == "10.0"
+    assert params["data.sources.0.format"] == "synthetic"
+    assert params["train.report_to"] == "[]"
+
+
+def test_metrics_jsonl_restarts_from_the_restored_history_and_appends(tmp_path):
+    cfg = load_config("demo", [f"train.storage_path={tmp_path}", "train.run_name=r"])
+    path = tmp_path / "r" / METRICS_FILE
+    path.parent.mkdir()
+    # a first attempt reported steps 1-3 and checkpointed at 2; the restart resumes at 2
+    path.write_text("".join(json.dumps({"step": s}) + "\n" for s in (1, 2, 3)))
+    history = [{"step": 1, "records": 2.0}, {"step": 2, "records": 4.0}]
+    tracker = RunTracker.open(cfg, TrainState(step=2, records=4, history=history))
+    assert [json.loads(line)["step"] for line in path.read_text().splitlines()] == [1, 2]
+    tracker.report({"step": 3, "records": 6.0, "loss/total": 1.5})
+    lines = [json.loads(line) for line in path.read_text().splitlines()]
+    assert lines[-1] == {"step": 3, "records": 6.0, "loss/total": 1.5} and len(lines) == 3
+    RunTracker.open(cfg, TrainState())  # a fresh start (no checkpoint): nothing is kept
+    assert path.read_text() == ""
+
+
+def test_curves_draw_every_panel_from_a_history():
+    pytest.importorskip("matplotlib")
+    from lavender_ray.train.curves import draw_curves
+
+    history = [{"step": s, "loss/total": 3.0 / s, "loss/lm": 2.0 / s, "loss/att": 1.0 / s,
+                "align/matched_words": 2.0, "schedule/lambda": 10.0, "schedule/alpha": 1.0,
+                "time/step_s": 0.5} for s in range(1, 6)]  # fmt: skip
+    png = draw_curves(history, title="r")
+    image = Image.open(__import__("io").BytesIO(png))
+    assert image.format == "PNG" and image.width > 600
+
+
+# ----------------------------------------------------------------- one tiny tracked run
+class WatchMetricsFile(ray.train.UserCallback):
+    """In Ray Train's controller, while the run trains: after each report, the steps in
+    `<run>/metrics.jsonl` and whether a checkpoint folder exists yet."""
+
+    def __init__(self, run_dir: str, out: str) -> None:
+        self.run_dir, self.out = run_dir, out
+
+    def after_report(self, run_context, metrics, checkpoint) -> None:
+        path = Path(self.run_dir) / METRICS_FILE
+        text = path.read_text() if path.exists() else ""
+        steps = [json.loads(line)["step"] for line in text.splitlines() if line.strip()]
+        seen = {"reported": metrics[0]["step"], "lines": steps,
+                "checkpoints": len(list(Path(self.run_dir).glob("checkpoint_step*")))}
+        with open(self.out, "a") as f:
+            f.write(json.dumps(seen) + "\n")
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(tmp_path_factory):
+    """A real MLflow tracking server on 127.0.0.1 with its own store; stopped at the end."""
+    pytest.importorskip("mlflow")
+    root = tmp_path_factory.mktemp("mlflow-server")
+    port = free_port()
+    uri = f"http://127.0.0.1:{port}"
+    log = open(root / "server.log", "w")
+    server = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+         "--workers", "1", "--backend-store-uri", f"sqlite:///{root}/mlflow.db",
+         "--artifacts-destination", str(root / "artifacts")],
+        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            try:
+                with urllib.request.urlopen(f"{uri}/health", timeout=2):
+                    break
+            except OSError:
+                if server.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError((root / "server.log").read_text()[-3000:]) from None
+                time.sleep(1)
+        yield uri
+    finally:
+        os.killpg(server.pid, 15)  # the server and its uvicorn worker: its own session
+        server.wait(timeout=60)
+        log.close()
+
+
+@pytest.fixture(scope="module")
+def tracked_run(ray_local, mlflow_server, tmp_path_factory):
+    """(summary, W&B folder, controller observations) of one tiny run with every tracker."""
+    from test_train import tiny_train_config
+
+    from lavender_ray.train.launch import train
+
+    for tracker in TRACKERS:
+        pytest.importorskip(tracker)
+    tmp = tmp_path_factory.mktemp("tracked")
+    cfg = tiny_train_config(
+        tmp, make_synthetic_records(8, seed=0, image_size=48),
+        **{"train.max_steps": STEPS, "train.report_every": 1, "train.checkpoint_every": STEPS,
+           "train.attention_png_every": PICTURE_EVERY, "train.report_to": TRACKERS,
+           "train.mlflow_tracking_uri": mlflow_server, "train.run_name": "tracked"},
+    )  # fmt: skip
+    observed = tmp / "observed.jsonl"
+    watch = WatchMetricsFile(f"{tmp}/runs/tracked", str(observed))
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the controller runs it
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("WANDB_MODE", "offline")
+        env.setenv("WANDB_DIR", str(tmp / "wandb"))
+        env.delenv("WANDB_API_KEY", raising=False)
+        try:
+            summary = train(cfg, callbacks=[watch])
+        finally:
+            ray.cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
+    seen = [json.loads(line) for line in observed.read_text().splitlines()]
+    return summary, tmp / "wandb", seen
+
+
+def reported(summary) -> list[dict]:
+    return [json.loads(line) for line in
+            (Path(summary.run_dir) / METRICS_FILE).read_text().splitlines()]  # fmt: skip
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_metrics_jsonl_grows_during_the_run_and_curves_png_is_drawn(tracked_run):
+    summary, _, seen = tracked_run
+    history = reported(summary)
+    assert [h["step"] for h in history] == list(range(1, STEPS + 1))
+    assert all({"step", "records", "loss/total"} <= set(h) for h in history)
+    # read while training: a report's line is written before Ray Train gets the report (the
+    # workers may be steps ahead of the controller), also before the first checkpoint exists:
+    # a run that dies before it still leaves its curve
+    for s in seen:
+        assert s["lines"] == list(range(1, len(s["lines"]) + 1))
+        assert len(s["lines"]) >= s["reported"]
+    assert any(s["lines"] and not s["checkpoints"] for s in seen), seen
+    curves = Image.open(Path(summary.run_dir) / CURVES_FILE)
+    assert curves.format == "PNG"
+    pictures = sorted((Path(summary.run_dir) / attention_report_dir(PICTURE_EVERY)).glob("*.png"))
+    assert pictures and Image.open(pictures[0]).width > 0
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_tensorboard_holds_every_reported_metric_at_every_report_step(tracked_run):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    summary, _, _ = tracked_run
+    events = EventAccumulator(str(Path(summary.run_dir) / "tensorboard"),
+                              size_guidance={"scalars": 0, "images": 0, "tensors": 0})
+    events.Reload()
+    history = reported(summary)
+    for key in history[0]:
+        logged = {e.step: e.value for e in events.Scalars(key)}
+        assert logged == pytest.approx({h["step"]: h[key] for h in history}, rel=1e-6), key
+    images = [tag for tag in events.Tags()["images"] if tag.startswith("attention/")]
+    assert images and {e.step for e in events.Images(images[0])} == {2, 4}
+    assert "config/text_summary" in events.Tags()["tensors"]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_the_mlflow_server_holds_the_metrics_params_and_pngs(tracked_run, mlflow_server):
+    from mlflow import MlflowClient
+
+    summary, _, _ = tracked_run
+    plan = json.loads((Path(summary.run_dir) / TRACKING_FILE).read_text())
+    assert plan["mlflow_uri"] == mlflow_server
+    client = MlflowClient(mlflow_server)
+    run = client.get_run(plan["mlflow_run_id"])
+    assert run.info.status == "FINISHED" and run.info.run_name == "tracked"
+    history = reported(summary)
+    for key in history[0]:
+        logged = {m.step: m.value for m in client.get_metric_history(run.info.run_id, key)}
+        assert logged == pytest.approx({h["step"]: h[key] for h in history}, rel=1e-6), key
+    assert run.data.params["train.max_steps"] == str(STEPS)
+    assert run.data.params["train.report_to"] == json.dumps(TRACKERS)
+    report = {f.path for f in client.list_artifacts(run.info.run_id, "report")}
+    assert CURVES_FILE in report and attention_report_dir(PICTURE_EVERY) in report
+    pngs = client.list_artifacts(run.info.run_id, attention_report_dir(PICTURE_EVERY))
+    assert pngs and all(f.path.endswith(".png") and f.file_size > 0 for f in pngs)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_the_offline_wandb_run_holds_the_metrics(tracked_run):
+    pb = pytest.importorskip("wandb.proto.wandb_internal_pb2")
+    summary, wandb_dir, _ = tracked_run
+    plan = json.loads((Path(summary.run_dir) / TRACKING_FILE).read_text())
+    assert plan["wandb_mode"] == "offline"
+    folders = sorted(wandb_dir.glob(f"wandb/offline-run-*-{plan['wandb_id']}"))
+    assert len(folders) == 1
+    logged: dict[int, dict] = {}
+    for record in wandb_records(folders[0] / f"run-{plan['wandb_id']}.wandb", pb):
+        if record.WhichOneof("record_type") == "history":
+            items = {i.key or "/".join(i.nested_key): json.loads(i.value_json)
+                     for i in record.history.item}  # fmt: skip
+            logged.setdefault(int(items["_step"]), {}).update(items)
+    for h in reported(summary):
+        assert {k: logged[h["step"]][k] for k in h} == pytest.approx(h, rel=1e-6)
+    assert any(k.startswith("attention/") for k in logged[PICTURE_EVERY])
+
+
+def wandb_records(path: Path, pb) -> list:
+    """The records of a W&B transaction log (`run-<id>.wandb`): a 7-byte file header, then
+    LevelDB-log blocks of 32 KiB whose chunks (crc32, length, type) carry protobuf `Record`s."""
+    data, block = path.read_bytes(), 32768
+    assert data[:4] == b":W&B"
+    records, pending, pos = [], b"", 7
+    while pos + 7 <= len(data):
+        if block - pos % block < 7:  # a block's tail too short for a chunk header is padding
+            pos += block - pos % block
+            continue
+        _, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
+        pending += data[pos + 7 : pos + 7 + length]
+        pos += 7 + length
+        if kind in (1, 4):  # FULL or LAST
+            record = pb.Record()
+            record.ParseFromString(pending)
+            records.append(record)
+            pending = b""
+    return records
