@@ -9,14 +9,16 @@ import json
 import math
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import torch
 from PIL import Image
 
 from lavender_ray.cli import main
-from lavender_ray.config import LavenderConfig, load_config
+from lavender_ray.config import ConfigError, LavenderConfig, load_config
 from lavender_ray.eval.attention import synthetic_probe_records
-from lavender_ray.eval.evaluate import MODELS
+from lavender_ray.eval.evaluate import MODELS, stored_probe_records
 from lavender_ray.eval.inference import (
     ADAPTER,
     BASE,
@@ -230,3 +232,24 @@ def test_unknown_benchmark_fails_before_running(trained_dir: Path, tmp_path: Pat
     assert code == 2
     assert "'nope' is not a key of eval.benchmarks" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_probe_records_come_from_an_extract_folder_or_are_refused_in_one_line(tmp_path):
+    """`eval.probe_path` may name what `lavender extract --out` wrote: its targets are read,
+    not its rejects or logs; a folder without SD targets is one line."""
+
+    out = tmp_path / "extracted"
+    (out / "targets" / "abc123").mkdir(parents=True)
+    (out / "rejects" / "r1").mkdir(parents=True)
+    (out / "logs").mkdir()
+    pq.write_table(pa.table({"id": ["a", "b", "c"], "sd_maps": [b"x", b"y", b"z"]}),
+                   out / "targets" / "abc123" / "0.parquet")
+    pq.write_table(pa.table({"id": ["bad"], "reason": ["corrupt_image"]}),
+                   out / "rejects" / "r1" / "0.parquet")
+    (out / "logs" / "extract.log").write_text("not parquet")
+    assert [r["id"] for r in stored_probe_records(str(out), 2)] == ["a", "b"]
+    assert len(stored_probe_records(str(out / "targets" / "abc123"), 5)) == 3
+    with pytest.raises(ConfigError, match=r"eval.probe_path=.*rejects.*holds no records with SD"):
+        stored_probe_records(str(out / "rejects"), 2)
+    with pytest.raises(ConfigError, match="holds no records"):
+        stored_probe_records(str(tmp_path / "nowhere"), 2)

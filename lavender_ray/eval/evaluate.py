@@ -61,6 +61,7 @@ from lavender_ray.eval.report import format_number, markdown_report, results_dic
 from lavender_ray.eval.scoring import BenchmarkScores, score_benchmark, write_predictions
 from lavender_ray.eval.synthetic_bench import write_synthetic_benchmark
 from lavender_ray.pipeline.benchmarks import read_benchmark
+from lavender_ray.pipeline.cache import TARGETS, read_shards, shard_paths
 from lavender_ray.placement import check_shared_folders, cluster_nodes
 from lavender_ray.rejects import read_rejects, summarise_rejects, write_rejects
 from lavender_ray.resources import connect
@@ -175,10 +176,32 @@ def probe_records(
     `eval.probe_path` (Parquet with the target columns), else synthetic records (another seed
     than training) with targets extracted with the run's `sd` section on `device`."""
     if cfg.eval.probe_path:
-        fs, inner = filesystem_and_path(cfg.eval.probe_path)
-        table = pq.read_table(inner, filesystem=fs)
-        return table.slice(0, cfg.eval.probe_samples).to_pylist()
+        return stored_probe_records(cfg.eval.probe_path, cfg.eval.probe_samples)
     return synthetic_probe_records(run_cfg, cfg.eval.probe_samples, device)
+
+
+def stored_probe_records(path: str, samples: int) -> list[dict[str, Any]]:
+    """The first `samples` records with SD targets of the Parquet shards under `path`: a
+    targets folder, or the folder `lavender extract --out` wrote (its `targets/` part; its
+    rejects and logs are no probe records). ConfigError when there are none."""
+    table = read_shards(probe_folder(path))
+    return table.slice(0, samples).to_pylist() if table is not None else []
+
+
+def probe_folder(path: str) -> str:
+    """The folder of probe records `eval.probe_path` names (see `stored_probe_records`), or
+    ConfigError in one line when it holds no Parquet with SD targets. Cheap (file listing and
+    one footer): the driver checks before anything starts."""
+    fs, inner = filesystem_and_path(path)
+    if fs.get_file_info(f"{inner.rstrip('/')}/{TARGETS}").type == pafs.FileType.Directory:
+        path = f"{path.rstrip('/')}/{TARGETS}"
+    fs, shards = shard_paths(path)
+    if not shards or "sd_maps" not in pq.read_schema(shards[0], filesystem=fs).names:
+        raise ConfigError(
+            f"eval.probe_path={path!r} holds no records with SD targets (Parquet with an "
+            "sd_maps column); give the folder `lavender extract` wrote, or its `targets:` folder"
+        )
+    return path
 
 
 def probe_before_after(config: dict[str, Any], trained_dir: str) -> list[Any]:
@@ -247,6 +270,8 @@ def evaluate(
     for name in benchmarks:
         if name in cfg.eval.benchmarks:
             check_exists(cfg.eval.benchmarks[name], name)  # before any folder is made
+    if cfg.eval.probe_path:
+        probe_folder(cfg.eval.probe_path)
     out = Path(out_dir) if out_dir is not None else default_out_dir(trained_dir)
     out.mkdir(parents=True, exist_ok=True)
     cfg.save(out)
