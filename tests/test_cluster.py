@@ -282,11 +282,12 @@ def probe_fake_cluster(out: Path) -> None:
                                  failure_config=FailureConfig(controller_failure_limit=0)),
         ).fit()
 
-        # Synthetic data: the preset's /mnt/lavender paths do not exist here, and input paths
-        # are checked before the cluster is.
+        # The fake cluster's sizes and synthetic data: the preset's 8 workers do not fit it and
+        # its /mnt/lavender paths do not exist here; both are checked before the GPU types.
         mixed = load_config(
             "cluster_v100_a100",
-            ["train.accelerator=null", "data.sources=[{name: train, format: synthetic}]"],
+            {**FAKE_CLUSTER, "train.storage_path": str(out / "runs"), "train.accelerator": None,
+             "data.sources": [{"name": "train", "format": "synthetic"}]},
         )
         try:
             train(mixed)

@@ -417,5 +417,5 @@ def test_the_demo_prints_at_most_60_lines_with_its_progress_and_summary(tmp_path
     [log] = (run / "logs").glob("demo-*.log")
     assert f"logs:       {log}" in output
     text = log.read_text()
-    assert "Token authentication" in text and "(RayTrainWorker pid=" in text
+    assert "Started a local Ray instance" in text and "(RayTrainWorker pid=" in text
     assert "step 6/6" in text  # rank 0's progress lines are kept in the log
