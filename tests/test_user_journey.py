@@ -84,7 +84,8 @@ def user_folder(tmp_path_factory) -> Path:
     return root
 
 
-@pytest.mark.slow  # five lavender commands, each with its own local Ray
+@pytest.mark.slow  # five lavender commands, each with its own local Ray (~4-7 min on 2 cores)
+@pytest.mark.timeout(1200)
 def test_a_user_folder_inspects_trains_evaluates_and_tunes_on_two_cores(user_folder):
     root = user_folder
     inspect = run_lavender(root, "data", "inspect", "--preset", "mine.yaml")
