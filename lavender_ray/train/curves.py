@@ -7,8 +7,9 @@ backend), which comes with the `tracking` extra (MLflow needs it).
 from __future__ import annotations
 
 import io
-import json
 from typing import Any
+
+from lavender_ray.console import JsonlTail
 
 # (panel title, metric keys drawn in it); a panel whose keys were never reported says so
 PANELS: tuple[tuple[str, tuple[str, ...]], ...] = (
@@ -23,8 +24,9 @@ COLUMNS = 3
 
 
 def read_history(text: str) -> list[dict[str, Any]]:
-    """The metrics of a `metrics.jsonl` text, one dict per line (blank lines skipped)."""
-    return [json.loads(line) for line in text.splitlines() if line.strip()]
+    """The reports of a `metrics.jsonl` text (`console.JsonlTail.parse`: a half-written or
+    corrupt line is skipped, so a run killed mid-write still gets its curves)."""
+    return JsonlTail.parse(text.encode())
 
 
 def draw_curves(history: list[dict[str, Any]], title: str = "") -> bytes:
