@@ -8,7 +8,7 @@ import real_tokenizers
 import torch
 from real_tokenizers import clip_tokenizer, llama3_tokenizer, qwen2_tokenizer
 
-from lavender_ray.sd.aggregate import NO_WORD, plan_text
+from lavender_ray.sd.prompt import NO_WORD, plan_text
 from lavender_ray.words import (
     answer_tokens,
     merge_words,

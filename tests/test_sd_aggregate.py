@@ -5,15 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lavender_ray.sd.aggregate import (
-    NO_WORD,
-    find_words,
-    mean_of_recorded,
-    plan_words,
-    probs_to_token_maps,
-    word_maps,
-)
+from lavender_ray.sd.aggregate import mean_of_recorded, probs_to_token_maps, word_maps
 from lavender_ray.sd.capture import AttentionStore
+from lavender_ray.sd.prompt import NO_WORD, find_words, plan_words
 from lavender_ray.sd.tiny import build_tiny_tokenizer
 from lavender_ray.tensors import minmax_normalise
 

@@ -29,8 +29,7 @@ from lavender_ray.config import LavenderConfig
 from lavender_ray.images import decode_image
 from lavender_ray.rejects import write_rejects
 from lavender_ray.schema import RecordError, Reject
-from lavender_ray.sd.aggregate import find_words
-from lavender_ray.sd.extractor import SDExtractor, TextPlan
+from lavender_ray.sd.prompt import TextPlan, find_words
 from lavender_ray.sd.target import SDTarget, with_targets
 
 if TYPE_CHECKING:
@@ -73,6 +72,11 @@ class SDTargetStage:
         cfg = LavenderConfig.from_dict(config)
         self.data, self.sd = cfg.data, cfg.sd
         self.rejects_dir = rejects_dir
+        # Imported here, not at the top: Ray Data's coordinator and Ray Train's controller
+        # unpickle this class with the dataset but never run it; diffusers + torch would cost
+        # each of those processes ~6 s of CPU per run (tests/test_light_plans.py).
+        from lavender_ray.sd.extractor import SDExtractor
+
         self.extractor = SDExtractor(cfg.sd, device=stage_device(cfg))
         self.fail_at_batch = cfg.pipeline.sd_fail_at_batch
         self.batches_seen = 0

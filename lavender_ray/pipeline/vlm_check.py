@@ -42,11 +42,11 @@ from lavender_ray.images import decode_image
 from lavender_ray.rejects import write_rejects
 from lavender_ray.schema import RecordError, Reject, decode_maps, parse_messages
 from lavender_ray.vlm.chat import IGNORE_INDEX
-from lavender_ray.vlm.inputs import VLMInputs
-from lavender_ray.vlm.registry import adapter_class
 
 if TYPE_CHECKING:
     from ray.data import Dataset
+
+    from lavender_ray.vlm.inputs import VLMInputs
 
 VLM_STAGE = "vlm"
 TARGET_COLUMNS = ("sd_words", "sd_maps", "sd_map_size")
@@ -143,6 +143,11 @@ class VLMCheckStage:
     """`map_batches` callable (pyarrow batches in the record schema, extra columns allowed)."""
 
     def __init__(self, config: dict[str, Any], rejects_dir: str) -> None:
+        # Imported here, not at the top: Ray Data's coordinator and Ray Train's controller
+        # unpickle this class with the dataset but never run it; transformers + torch would
+        # cost each of those processes ~5 s of CPU per run (tests/test_light_plans.py).
+        from lavender_ray.vlm.registry import adapter_class
+
         cfg = LavenderConfig.from_dict(config)
         self.vlm_inputs = adapter_class(cfg.vlm.family).build_vlm_inputs(cfg.vlm)
         self.max_length = cfg.vlm.max_length

@@ -5,6 +5,7 @@ Modules (the maths is pure; the capture is small and stateful)::
     tiny        offline SD stacks built from configs: `tiny/sd`, `random/sd14`
     components  loading by model id (`from_pretrained` for real ids), dtype, the config hash
     capture     the attention processor that records attn2 probabilities, and its store
+    prompt      the words of SD's prompt and which tokens belong to each (pure text)
     aggregate   probabilities -> per-token maps -> per-word maps (pure functions)
     extractor   `SDExtractor(cfg.sd).extract(images, texts) -> list[SDTarget]`
     target      `SDTarget` and its row form (`schema.TARGET_FIELDS`)

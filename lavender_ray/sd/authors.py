@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from lavender_ray.sd.aggregate import find_words
+from lavender_ray.sd.prompt import find_words
 from lavender_ray.sd.target import SDTarget
 
 ATTENTION_DIR = "lpm_attention"
