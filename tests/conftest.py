@@ -1,4 +1,5 @@
-"""Shared fixtures: one local Ray per test session, on loopback, shut down at the end."""
+"""Shared fixtures: one local Ray per test session, on loopback, shut down at the end; the runs
+several modules read (`shared_runs`)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 torch.set_num_threads(1)
+
+from shared_runs import mlflow_server, stream_run  # noqa: E402, F401  (session fixtures; after the env above)
 
 
 @pytest.fixture(scope="session")

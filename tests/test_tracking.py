@@ -1,30 +1,23 @@
 """Experiment tracking (`train.report_to`), `<run>/metrics.jsonl`, the attention PNGs and
 `report/curves.png`.
 
-One tiny training run (module fixture) with `report_to=[tensorboard, mlflow, wandb]` against a
-real MLflow server this module starts on 127.0.0.1, W&B offline; each tracker is read back with
-its own reader. The quick tests cover the config and the driver's checks before training.
+The session's stream-mode run (`shared_runs.stream_run`, shared with `test_train`) reports at
+every step to `report_to=[tensorboard, mlflow, wandb]`: a real MLflow server on 127.0.0.1, W&B
+offline; each tracker is read back with its own reader. The quick tests cover the config and the driver's checks before training.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import socket
 import struct
-import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
-import ray.cloudpickle
-import ray.train
 from PIL import Image
+from shared_runs import PICTURE_EVERY, TRACKERS, free_port
 
 from lavender_ray.config import ConfigError, load_config
-from lavender_ray.data.synthetic import make_synthetic_records
 from lavender_ray.runs import CURVES_FILE, METRICS_FILE, TRACKING_FILE, attention_report_dir
 from lavender_ray.train.reporting import TrainState
 from lavender_ray.train.tracking import (
@@ -37,21 +30,11 @@ from lavender_ray.train.tracking import (
     wandb_settings,
 )
 
-TRACKERS = ["tensorboard", "mlflow", "wandb"]
-STEPS = 4  # reports at every step; the one checkpoint at the last: steps 1-3 come before it
-PICTURE_EVERY = 2
-
 
 def one_line(err: pytest.ExceptionInfo) -> str:
     message = str(err.value)
     assert "\n" not in message, message
     return message
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # --------------------------------------------------------------------------- config, checks
@@ -186,86 +169,7 @@ def test_curves_draw_every_panel_from_a_history():
     assert image.format == "PNG" and image.width > 600
 
 
-# ----------------------------------------------------------------- one tiny tracked run
-class WatchMetricsFile(ray.train.UserCallback):
-    """In Ray Train's controller, while the run trains: after each report, the steps in
-    `<run>/metrics.jsonl` and whether a checkpoint folder exists yet."""
-
-    def __init__(self, run_dir: str, out: str) -> None:
-        self.run_dir, self.out = run_dir, out
-
-    def after_report(self, run_context, metrics, checkpoint) -> None:
-        path = Path(self.run_dir) / METRICS_FILE
-        text = path.read_text() if path.exists() else ""
-        steps = [json.loads(line)["step"] for line in text.splitlines() if line.strip()]
-        seen = {"reported": metrics[0]["step"], "lines": steps,
-                "checkpoints": len(list(Path(self.run_dir).glob("checkpoint_step*")))}
-        with open(self.out, "a") as f:
-            f.write(json.dumps(seen) + "\n")
-
-
-@pytest.fixture(scope="module")
-def mlflow_server(tmp_path_factory):
-    """A real MLflow tracking server on 127.0.0.1 with its own store; stopped at the end."""
-    pytest.importorskip("mlflow")
-    root = tmp_path_factory.mktemp("mlflow-server")
-    port = free_port()
-    uri = f"http://127.0.0.1:{port}"
-    log = open(root / "server.log", "w")
-    server = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-         "--workers", "1", "--backend-store-uri", f"sqlite:///{root}/mlflow.db",
-         "--artifacts-destination", str(root / "artifacts")],
-        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-    )  # fmt: skip
-    try:
-        deadline = time.monotonic() + 180
-        while True:
-            try:
-                with urllib.request.urlopen(f"{uri}/health", timeout=2):
-                    break
-            except OSError:
-                if server.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError((root / "server.log").read_text()[-3000:]) from None
-                time.sleep(1)
-        yield uri
-    finally:
-        os.killpg(server.pid, 15)  # the server and its uvicorn worker: its own session
-        server.wait(timeout=60)
-        log.close()
-
-
-@pytest.fixture(scope="module")
-def tracked_run(ray_local, mlflow_server, tmp_path_factory):
-    """(summary, W&B folder, controller observations) of one tiny run with every tracker."""
-    from test_train import tiny_train_config
-
-    from lavender_ray.train.launch import train
-
-    for tracker in TRACKERS:
-        pytest.importorskip(tracker)
-    tmp = tmp_path_factory.mktemp("tracked")
-    cfg = tiny_train_config(
-        tmp, make_synthetic_records(8, seed=0, image_size=48),
-        **{"train.max_steps": STEPS, "train.report_every": 1, "train.checkpoint_every": STEPS,
-           "train.attention_png_every": PICTURE_EVERY, "train.report_to": TRACKERS,
-           "train.mlflow_tracking_uri": mlflow_server, "train.run_name": "tracked"},
-    )  # fmt: skip
-    observed = tmp / "observed.jsonl"
-    watch = WatchMetricsFile(f"{tmp}/runs/tracked", str(observed))
-    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the controller runs it
-    with pytest.MonkeyPatch.context() as env:
-        env.setenv("WANDB_MODE", "offline")
-        env.setenv("WANDB_DIR", str(tmp / "wandb"))
-        env.delenv("WANDB_API_KEY", raising=False)
-        try:
-            summary = train(cfg, callbacks=[watch])
-        finally:
-            ray.cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
-    seen = [json.loads(line) for line in observed.read_text().splitlines()]
-    return summary, tmp / "wandb", seen
-
-
+# ------------------------------------------------ the shared stream run, with every tracker
 def reported(summary) -> list[dict]:
     return [json.loads(line) for line in
             (Path(summary.run_dir) / METRICS_FILE).read_text().splitlines()]  # fmt: skip
@@ -273,10 +177,10 @@ def reported(summary) -> list[dict]:
 
 @pytest.mark.slow
 @pytest.mark.timeout(600)
-def test_metrics_jsonl_grows_during_the_run_and_curves_png_is_drawn(tracked_run):
-    summary, _, seen = tracked_run
+def test_metrics_jsonl_grows_during_the_run_and_curves_png_is_drawn(stream_run):
+    summary, seen = stream_run["summary"], stream_run["seen"]
     history = reported(summary)
-    assert [h["step"] for h in history] == list(range(1, STEPS + 1))
+    assert [h["step"] for h in history] == list(range(1, summary.metrics["step"] + 1))
     assert all({"step", "records", "loss/total"} <= set(h) for h in history)
     # read while training: a report's line is written before Ray Train gets the report (the
     # workers may be steps ahead of the controller), also before the first checkpoint exists:
@@ -293,10 +197,10 @@ def test_metrics_jsonl_grows_during_the_run_and_curves_png_is_drawn(tracked_run)
 
 @pytest.mark.slow
 @pytest.mark.timeout(600)
-def test_tensorboard_holds_every_reported_metric_at_every_report_step(tracked_run):
+def test_tensorboard_holds_every_reported_metric_at_every_report_step(stream_run):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    summary, _, _ = tracked_run
+    summary = stream_run["summary"]
     events = EventAccumulator(str(Path(summary.run_dir) / "tensorboard"),
                               size_guidance={"scalars": 0, "images": 0, "tensors": 0})
     events.Reload()
@@ -305,26 +209,27 @@ def test_tensorboard_holds_every_reported_metric_at_every_report_step(tracked_ru
         logged = {e.step: e.value for e in events.Scalars(key)}
         assert logged == pytest.approx({h["step"]: h[key] for h in history}, rel=1e-6), key
     images = [tag for tag in events.Tags()["images"] if tag.startswith("attention/")]
-    assert images and {e.step for e in events.Images(images[0])} == {2, 4}
+    assert images and {e.step for e in events.Images(images[0])} == set(
+        range(PICTURE_EVERY, summary.metrics["step"] + 1, PICTURE_EVERY))
     assert "config/text_summary" in events.Tags()["tensors"]
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(600)
-def test_the_mlflow_server_holds_the_metrics_params_and_pngs(tracked_run, mlflow_server):
+def test_the_mlflow_server_holds_the_metrics_params_and_pngs(stream_run, mlflow_server):
     from mlflow import MlflowClient
 
-    summary, _, _ = tracked_run
+    summary = stream_run["summary"]
     plan = json.loads((Path(summary.run_dir) / TRACKING_FILE).read_text())
     assert plan["mlflow_uri"] == mlflow_server
     client = MlflowClient(mlflow_server)
     run = client.get_run(plan["mlflow_run_id"])
-    assert run.info.status == "FINISHED" and run.info.run_name == "tracked"
+    assert run.info.status == "FINISHED" and run.info.run_name == "zero2"
     history = reported(summary)
     for key in history[0]:
         logged = {m.step: m.value for m in client.get_metric_history(run.info.run_id, key)}
         assert logged == pytest.approx({h["step"]: h[key] for h in history}, rel=1e-6), key
-    assert run.data.params["train.max_steps"] == str(STEPS)
+    assert run.data.params["train.max_steps"] == str(summary.metrics["step"])
     assert run.data.params["train.report_to"] == json.dumps(TRACKERS)
     report = {f.path for f in client.list_artifacts(run.info.run_id, "report")}
     assert CURVES_FILE in report and attention_report_dir(PICTURE_EVERY) in report
@@ -334,9 +239,9 @@ def test_the_mlflow_server_holds_the_metrics_params_and_pngs(tracked_run, mlflow
 
 @pytest.mark.slow
 @pytest.mark.timeout(600)
-def test_the_offline_wandb_run_holds_the_metrics(tracked_run):
+def test_the_offline_wandb_run_holds_the_metrics(stream_run):
     pb = pytest.importorskip("wandb.proto.wandb_internal_pb2")
-    summary, wandb_dir, _ = tracked_run
+    summary, wandb_dir = stream_run["summary"], stream_run["wandb_dir"]
     plan = json.loads((Path(summary.run_dir) / TRACKING_FILE).read_text())
     assert plan["wandb_mode"] == "offline"
     folders = sorted(wandb_dir.glob(f"wandb/offline-run-*-{plan['wandb_id']}"))

@@ -2,8 +2,8 @@
 
 Two trainer runs cover the issue's points (each run costs about a minute here):
 
-- stream mode, ZeRO-2: every bad-input kind mixed into the records, the SD actor killed once
-  mid-stream; records in = records trained + records rejected, loss finite, words matched,
+- stream mode, ZeRO-2 (`shared_runs.stream_run`, which `test_tracking` reads too): every
+  bad-input kind mixed into the records, the SD actor killed once mid-stream; records in = records trained + records rejected, loss finite, words matched,
   checkpoint and verified adapter written;
 - ZeRO-3 with one train worker failing once: the run resumes from its last checkpoint, finishes
   the planned steps, and its adapter is non-empty and shaped like the ZeRO-2 one.
@@ -15,35 +15,15 @@ import json
 import math
 from pathlib import Path
 
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 import torch
 from safetensors import safe_open
-from test_sd_stage import OVERRIDES as SD_OVERRIDES
+from shared_runs import N_GOOD, tiny_train_config
 from test_sd_stage import records_with_every_kind
 
-from lavender_ray.config import load_config
-from lavender_ray.schema import RECORD_SCHEMA
 from lavender_ray.train.launch import train
 
 pytestmark = pytest.mark.slow  # every test here starts a TorchTrainer
-
-N_GOOD = 13  # + 5 convertible images = 18 usable records: 9 steps for each of 2 workers
-
-
-def tiny_train_config(tmp_path: Path, records: list[dict], **extra):
-    path = tmp_path / "records.parquet"
-    pq.write_table(pa.Table.from_pylist(records, schema=RECORD_SCHEMA), path)
-    overrides = {
-        **{k: v for k, v in SD_OVERRIDES.items() if k != "sd.batch_size"},
-        "sd.batch_size": 4,
-        "data.sources": [{"name": "mixed", "format": "records", "path": str(path)}],
-        "loss.word_source": "label",
-        "train.storage_path": str(tmp_path / "runs"),
-        **extra,
-    }
-    return load_config("demo", overrides)
 
 
 def adapter_shapes(export: str) -> dict[str, tuple[int, ...]]:
@@ -51,22 +31,9 @@ def adapter_shapes(export: str) -> dict[str, tuple[int, ...]]:
         return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
 
 
-@pytest.fixture(scope="module")
-def zero2_run(ray_local, tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("zero2")
-    records, expected = records_with_every_kind(N_GOOD)
-    usable = len(records) - len(expected)
-    cfg = tiny_train_config(
-        tmp, records,
-        **{"train.max_steps": usable // 2, "train.checkpoint_every": usable // 2,
-           "train.report_every": 3, "train.run_name": "zero2", "pipeline.sd_fail_at_batch": 2},
-    )
-    return train(cfg), records, expected, tmp
-
-
 @pytest.mark.timeout(600)
-def test_stream_zero2_trains_counts_every_record_and_survives_an_sd_actor_death(zero2_run):
-    summary, records, expected, tmp = zero2_run
+def test_stream_zero2_trains_counts_every_record_and_survives_an_sd_actor_death(stream_run):
+    summary, records, expected = (stream_run[k] for k in ("summary", "records", "expected"))
     metrics = summary.metrics
     assert metrics["step"] == (len(records) - len(expected)) // 2
     assert math.isfinite(metrics["loss/total"]) and math.isfinite(metrics["loss/att"])
@@ -91,7 +58,7 @@ def test_stream_zero2_trains_counts_every_record_and_survives_an_sd_actor_death(
 
 
 @pytest.mark.timeout(600)
-def test_zero3_resumes_after_a_worker_failure_with_a_full_adapter(zero2_run, tmp_path):
+def test_zero3_resumes_after_a_worker_failure_with_a_full_adapter(stream_run, tmp_path):
     records, _ = records_with_every_kind(N_GOOD)
     cfg = tiny_train_config(
         tmp_path, records,
@@ -106,4 +73,4 @@ def test_zero3_resumes_after_a_worker_failure_with_a_full_adapter(zero2_run, tmp
                (Path(summary.checkpoint) / "metrics.jsonl").read_text().splitlines()]
     assert [int(h["step"]) for h in history] == [2, 4, 6]
     assert [h["train/resumed_from"] for h in history] == [-1, 2, 2]  # resumed at step 2
-    assert adapter_shapes(summary.adapter) == adapter_shapes(zero2_run[0].adapter)
+    assert adapter_shapes(summary.adapter) == adapter_shapes(stream_run["summary"].adapter)
