@@ -1,30 +1,15 @@
-"""`lavender tune`: search-space parsing, the trials table and best preset, concurrency caps, and
-one real ASHA search on the tiny models that is interrupted and resumed.
+"""`lavender tune`: search-space parsing, the trials table and best preset, concurrency caps.
 
-The search runs in a subprocess (`python tests/test_tune.py OUT`) with its own local Ray started
-with the dashboard (Tune needs its State API; the session's `ray_local` has none). Three trials
-of one worker and 4 steps, run one at a time, grid `loss.lambda` = 0, 1000, 0.001 with
-`tune.metric=loss/total`: trial_001's alignment term dwarfs trial_000's total at the first rung,
-so ASHA stops it there. The experiment is interrupted (SIGUSR1, as Ctrl-C) right after trial_001
-ends, then resumed: trial_002 runs, trial_000 and trial_001 are left as they were.
-Trainer launches: trial_000 (4 steps), trial_001 (2 steps, then stopped), trial_002 (4 steps,
-after the resume); the two refusals checked in between start none.
+The real search (ASHA stopping a trial, Ctrl-C, the refusals, `--resume`) runs from the command
+line on a user's own files in `test_user_journey.py`.
 """
 
 from __future__ import annotations
 
-import csv
-import json
-import math
-import os
-import signal
-import sys
 import warnings
-from pathlib import Path
 
 import pytest
 from ray import tune
-from test_cluster import run_isolated
 
 from lavender_ray.cli import main
 from lavender_ray.config import ConfigError, load_config
@@ -182,141 +167,3 @@ def test_best_preset_is_a_loadable_preset_with_the_best_values(tmp_path):
     assert loaded.train.run_name.startswith("run-")  # a new run each time it is trained
     assert "run_name" not in path.read_text()
     assert path.read_text().startswith("# Best trial of `lavender tune`")
-
-
-# ------------------------------------------------------------- a real search, interrupted
-SEARCH = {
-    "data.sources": [{"name": "synthetic", "format": "synthetic", "num_samples": 8}],
-    "train.num_workers": 1,
-    "train.max_steps": 4,
-    "train.report_every": 2,
-    "train.checkpoint_every": 4,
-    "train.run_name": "search",
-    "loss.word_source": "label",  # every step matches words: the attention term is never 0
-    "tune.search_space": {"loss.lambda": "grid([0, 1000, 0.001])"},
-    "tune.num_samples": 1,  # one pass over the grid: 3 trials
-    "tune.metric": "loss/total",
-    "tune.grace_period": 1,
-    "tune.max_concurrent_trials": 1,
-    "tune.targets": "precomputed",
-}
-
-
-class InterruptOnce(tune.Callback):
-    """Send SIGUSR1 to the driver (Tune stops and saves, as on Ctrl-C) once `trial` has ended."""
-
-    def __init__(self, marker: str, trial: str) -> None:
-        self.marker, self.trial = marker, trial
-
-    def on_trial_complete(self, iteration, trials, trial, **info) -> None:
-        if str(trial) == self.trial and not os.path.exists(self.marker):
-            Path(self.marker).touch()
-            os.kill(os.getpid(), signal.SIGUSR1)
-
-
-def _rows(summary) -> dict:
-    keep = ("step", "loss/total", "training_iteration")
-    return {
-        r.name: {"status": r.status, "params": r.params, **{k: r.metrics.get(k) for k in keep}}
-        for r in summary.rows
-    }
-
-
-def _results(experiment_dir: str, names: list[str]) -> dict[str, str]:
-    return {n: Path(experiment_dir, n, "result.json").read_text() for n in names}
-
-
-def search_scenario(out: Path) -> None:
-    """Search, interrupt, check the refusals, resume; write what happened to scenario.json."""
-    import ray
-
-    from lavender_ray.tune import run_tune
-
-    try:  # run_tune starts a local Ray sized to the search (resources.connect)
-        cfg = load_config("demo", {**SEARCH, "train.storage_path": str(out / "store")})
-        first = run_tune(cfg, callbacks=[InterruptOnce(str(out / "interrupted"), "trial_001")])
-        exp = first.layout.experiment_dir
-        ended = [r.name for r in first.rows if r.status != "unfinished"]
-        before = _results(exp, ended)
-        changed = load_config("demo", {**SEARCH, "train.storage_path": str(out / "store"),
-                                       "optim.lr": 0.5})
-        refusals = {}
-        for name, (again, resume) in {
-            "fresh_over_existing": (cfg, False),
-            "resume_changed": (changed, True),
-        }.items():
-            try:
-                run_tune(again, resume=resume)
-            except ConfigError as err:
-                refusals[name] = str(err)
-        second = run_tune(cfg, resume=True)
-        scenario = {
-            "first": _rows(first), "first_interrupted": first.interrupted,
-            "second": _rows(second), "second_interrupted": second.interrupted,
-            "ended_first": ended, "unchanged": before == _results(exp, ended),
-            "refusals": refusals, "experiment": exp,
-            "best": second.best.name if second.best else None,
-            "outputs": [second.layout.table_md, second.layout.table_csv, second.layout.best_preset],
-        }
-        (out / "scenario.json").write_text(json.dumps(scenario))
-    finally:
-        ray.shutdown()
-
-
-@pytest.fixture(scope="module")
-def scenario(tmp_path_factory) -> dict:
-    out = tmp_path_factory.mktemp("tune")
-    run_isolated(Path(__file__), out, timeout_s=560)  # < pytest's 600 s
-    return json.loads((out / "scenario.json").read_text())
-
-
-@pytest.mark.slow  # a Ray Tune search of TorchTrainer trials
-def test_asha_stops_the_trial_whose_metric_is_worse_at_the_first_rung(scenario):
-    first = scenario["first"]
-    assert first["trial_000"]["status"] == "completed" and first["trial_000"]["step"] == 4
-    stopped = first["trial_001"]
-    assert stopped["params"] == {"loss.lambda": 1000.0}
-    assert stopped["status"] == "stopped early"
-    assert (stopped["step"], stopped["training_iteration"]) == (2, 1)
-    assert stopped["loss/total"] > first["trial_000"]["loss/total"]
-
-
-@pytest.mark.slow  # a Ray Tune search of TorchTrainer trials
-def test_interrupting_leaves_the_rest_unfinished_and_resuming_completes_it(scenario):
-    assert scenario["first_interrupted"]  # trial_002 unfinished or not created yet
-    assert scenario["first"].get("trial_002", {"status": "unfinished"})["status"] == "unfinished"
-    assert scenario["ended_first"] == ["trial_000", "trial_001"]
-    second = scenario["second"]
-    assert not scenario["second_interrupted"]
-    assert {n: r["status"] for n, r in second.items()} == {
-        "trial_000": "completed", "trial_001": "stopped early", "trial_002": "completed"}
-    assert scenario["unchanged"]  # finished trials were not run again: same result files
-    assert second["trial_002"]["step"] == 4
-
-
-@pytest.mark.slow  # a Ray Tune search of TorchTrainer trials
-def test_existing_experiments_are_not_overwritten_and_resume_needs_the_same_config(scenario):
-    refusals = scenario["refusals"]
-    assert "a Tune experiment exists" in refusals["fresh_over_existing"]
-    assert "--resume" in refusals["fresh_over_existing"]
-    assert "optim.lr: 0.001 -> 0.5" in refusals["resume_changed"]
-
-
-@pytest.mark.slow  # a Ray Tune search of TorchTrainer trials
-def test_the_search_writes_a_trials_table_and_a_best_preset_for_training(scenario):
-    table_md, table_csv, preset = scenario["outputs"]
-    with open(table_csv) as f:
-        rows = {r["trial"]: r for r in csv.DictReader(f)}
-    assert set(rows) == {"trial_000", "trial_001", "trial_002"}
-    assert [r["best"] for r in rows.values()].count("true") == 1
-    best = scenario["best"]
-    assert best in ("trial_000", "trial_002") and rows[best]["best"] == "true"
-    assert rows[best]["checkpoint"].endswith("checkpoint_step0000004")
-    assert f"**{best}**" in Path(table_md).read_text()
-    cfg = load_config(preset)
-    assert math.isclose(cfg.loss.lambda_, scenario["second"][best]["params"]["loss.lambda"])
-    assert cfg.train.run_name.startswith("run-") and cfg.pipeline.mode == "stream"
-
-
-if __name__ == "__main__":
-    search_scenario(Path(sys.argv[1]))

@@ -5,20 +5,24 @@ JSONL and a LLaVA JSON that refer to them by relative paths (one to a missing fi
 broken image), a VLMEvalKit TSV and a preset extending `demo`. From that folder, each as its own
 `lavender` process pinned to two cores (`taskset`) so every command starts the local Ray a
 2-core machine gets: `data inspect`, `train`, `extract`, `evaluate` without `--bench` (its probes
-from the extracted targets), a two-trial `tune`.
+from the extracted targets), and a `tune` over three trials that ASHA prunes, Ctrl-C interrupts,
+two mistaken reruns are refused and `--resume` completes.
 Each must finish, name its rejects and write what it says it wrote."""
 
 from __future__ import annotations
 
 import base64
+import csv
 import io
 import json
 import re
 from pathlib import Path
 
 import pytest
-from commands import run_lavender
+from commands import interrupt_when, run_lavender
 from PIL import Image, ImageDraw
+
+from lavender_ray.config import load_config
 
 SHAPES = [(320, 240), (240, 320), (400, 200), (200, 400), (512, 128), (300, 300), (640, 480),
           (160, 640), (333, 250), (250, 333), (500, 375), (375, 500)]
@@ -77,6 +81,15 @@ def write_user_folder(root: Path) -> None:
     (root / "mine.yaml").write_text(PRESET)
 
 
+# A 3-point grid run one trial at a time on one worker: lambda=1000's alignment term dwarfs the
+# others' total at the first rung (step 2), so ASHA stops it there.
+SEARCH = ("--preset", "mine.yaml", "--set", "train.run_name=search",
+          "--set", "train.num_workers=1", "--set", "loss.word_source=label",
+          "--set", 'tune.search_space={"loss.lambda": "grid([0, 1000, 0.001])"}',
+          "--set", "tune.num_samples=1", "--set", "tune.metric=loss/total",
+          "--set", "tune.grace_period=1", "--set", "tune.max_concurrent_trials=1")
+
+
 @pytest.fixture(scope="module")
 def user_folder(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("user")
@@ -111,9 +124,40 @@ def test_a_user_folder_inspects_trains_evaluates_and_tunes_on_two_cores(user_fol
     assert "MYBENCH" in json.dumps(results)
     assert len(list((root / "eval" / "probes").glob("*.png"))) == 2
 
-    tune = run_lavender(root, "tune", "--preset", "mine.yaml", "--set", "tune.num_samples=2",
-                    "--set", "train.run_name=search",
-                    "--set", 'tune.search_space={"optim.lr": "loguniform(1e-4, 1e-2)"}')
-    ended = re.search(r"experiment: .*\(2 of 2 trials: ([^)]*)\)", tune)
-    assert ended and "error" not in ended.group(1), tune[-3000:]
-    assert (root / "outputs" / "search" / "best.yaml").exists()
+    # tune: Ctrl-C once trial_002 starts, two refusals, --resume runs trial_002 to the end
+    search = root / "outputs" / "search"
+    interrupted = interrupt_when(root, search / "runs" / "trial_002", "tune", *SEARCH)
+    first = trials(search)
+    assert {n: r["status"] for n, r in first.items()} == {
+        "trial_000": "completed", "trial_001": "stopped early", "trial_002": "unfinished"}
+    assert "--resume" in interrupted
+    stopped = first["trial_001"]  # ASHA: lambda=1000's loss/total is worse at the first rung
+    assert (stopped["loss.lambda"], stopped["step"]) == ("1000", "2")
+    assert float(stopped["loss/total"]) > float(first["trial_000"]["loss/total"])
+    ended = {n: (search / n / "result.json").read_text() for n in ("trial_000", "trial_001")}
+
+    fresh = run_lavender(root, "tune", *SEARCH, exit_code=2, timeout_s=120)
+    assert "a Tune experiment exists" in fresh and "--resume" in fresh
+    changed = run_lavender(root, "tune", "--resume", *SEARCH, "--set", "optim.lr=0.5",
+                           exit_code=2, timeout_s=120)
+    assert "optim.lr: 0.001 -> 0.5" in changed
+
+    resumed = run_lavender(root, "tune", "--resume", *SEARCH)
+    assert re.search(r"experiment: .*\(3 of 3 trials", resumed), resumed[-3000:]
+    second = trials(search)
+    assert {n: r["status"] for n, r in second.items()} == {
+        "trial_000": "completed", "trial_001": "stopped early", "trial_002": "completed"}
+    assert {n: (search / n / "result.json").read_text() for n in ended} == ended  # not rerun
+    [best] = [n for n, r in second.items() if r["best"] == "true"]
+    assert best in ("trial_000", "trial_002")
+    assert second[best]["checkpoint"].endswith("checkpoint_step0000004")
+    assert f"**{best}**" in (search / "trials.md").read_text()
+    preset = load_config(str(search / "best.yaml"))
+    assert preset.loss.lambda_ == float(second[best]["loss.lambda"])
+    assert preset.train.run_name.startswith("run-") and preset.pipeline.mode == "stream"
+
+
+def trials(experiment: Path) -> dict[str, dict[str, str]]:
+    """The rows of `<experiment>/trials.csv` by trial name."""
+    with open(experiment / "trials.csv") as f:
+        return {row["trial"]: row for row in csv.DictReader(f)}

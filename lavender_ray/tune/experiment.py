@@ -212,12 +212,12 @@ def run_tune(
     space = parse_search_space(cfg.tune.search_space, cfg.to_dict())
     reports = check_tune_config(cfg)
     layout = layout_of(cfg)
+    check_experiment(cfg, layout, resume)  # before Ray starts: a refusal costs no start-up
     connect(cfg, "tune", address)
     nodes = cluster_nodes()
     check_storage(cfg, nodes)
     check_placement(cfg, nodes)
     require_state_api()
-    check_experiment(cfg, layout, resume)
     if not resume:
         write_text(layout.config, cfg.to_yaml())
 
