@@ -13,7 +13,7 @@ os.environ.setdefault("DS_ACCELERATOR", "cpu")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 torch.set_num_threads(1)
 
-from shared_runs import mlflow_server, stream_run  # noqa: E402, F401  (session fixtures; after the env above)
+from shared_runs import mlflow_server, mllama_folder, stream_run  # noqa: E402, F401  (session fixtures; after the env above)
 
 
 @pytest.fixture(scope="session")

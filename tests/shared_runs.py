@@ -33,6 +33,7 @@ from lavender_ray.config import load_config
 from lavender_ray.runs import METRICS_FILE
 from lavender_ray.schema import RECORD_SCHEMA
 from lavender_ray.train.launch import train
+from lavender_ray.vlm.registry import build_tiny
 
 TRACKERS = ["tensorboard", "mlflow", "wandb"]
 PICTURE_EVERY = 2
@@ -74,6 +75,17 @@ class WatchMetricsFile(ray.train.UserCallback):
                 "checkpoints": len(list(Path(self.run_dir).glob("checkpoint_step*")))}
         with open(self.out, "a") as f:
             f.write(json.dumps(seen) + "\n")
+
+
+@pytest.fixture(scope="session")
+def mllama_folder(tmp_path_factory) -> Path:
+    """The tiny Mllama and its processor saved as a local folder: `vlm.model_id=<it>` loads
+    through the real `from_pretrained` path (under ZeRO-3: inside `deepspeed.zero.Init`)."""
+    folder = tmp_path_factory.mktemp("tiny-mllama")
+    model, processor = build_tiny("tiny/mllama", seed=0)
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return folder
 
 
 @pytest.fixture(scope="session")

@@ -5,7 +5,8 @@ Two trainer runs cover the issue's points (each run costs about a minute here):
 - stream mode, ZeRO-2 (`shared_runs.stream_run`, which `test_tracking` reads too): every
   bad-input kind mixed into the records, the SD actor killed once mid-stream; records in = records trained + records rejected, loss finite, words matched,
   checkpoint and verified adapter written;
-- ZeRO-3 with one train worker failing once: the run resumes from its last checkpoint, finishes
+- ZeRO-3, the model loaded from a local folder (`from_pretrained` inside `deepspeed.zero.Init`),
+  with one train worker failing once: the run resumes from its last checkpoint, finishes
   the planned steps, and its adapter is non-empty and shaped like the ZeRO-2 one.
 """
 
@@ -58,12 +59,13 @@ def test_stream_zero2_trains_counts_every_record_and_survives_an_sd_actor_death(
 
 
 @pytest.mark.timeout(600)
-def test_zero3_resumes_after_a_worker_failure_with_a_full_adapter(stream_run, tmp_path):
+def test_zero3_resumes_after_a_worker_failure_with_a_full_adapter(stream_run, mllama_folder,
+                                                                  tmp_path):
     records, _ = records_with_every_kind(N_GOOD)
     cfg = tiny_train_config(
         tmp_path, records,
-        **{"train.zero_stage": 3, "train.max_steps": 6, "train.checkpoint_every": 2,
-           "train.report_every": 2, "train.fail_at_step": 3, "train.run_name": "zero3"},
+        **{"train.zero_stage": 3, "vlm.model_id": str(mllama_folder), "train.max_steps": 6,
+           "train.checkpoint_every": 2, "train.report_every": 2, "train.fail_at_step": 3, "train.run_name": "zero3"},
     )
     summary = train(cfg)
     run = Path(summary.run_dir)

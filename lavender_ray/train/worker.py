@@ -78,6 +78,28 @@ def maybe_inject_fault(cfg: LavenderConfig, step: int, rank: int) -> None:
     raise InjectedFault(f"train.fail_at_step={step}: injected worker failure")
 
 
+# transformers keeps only a weak reference to the `HfDeepSpeedConfig` that turns ZeRO-3 on for it
+# (`is_deepspeed_zero3_enabled`); this worker process holds it for as long as it trains.
+_zero3_for_transformers: list[Any] = []
+
+
+def enable_zero3_loading(ds_config: dict[str, Any]) -> None:
+    """Under ZeRO-3, make transformers build models inside `deepspeed.zero.Init`: from here on,
+    `from_pretrained` allocates on each rank only its partition of every weight and loads the
+    checkpoint into the partitions shard by shard, instead of every rank materialising the whole
+    model in host memory before `deepspeed.initialize` partitions it (an 11B model is 22 GB in
+    bf16 per rank, 176 GB of host memory at once on an 8-GPU node). Must come before the model
+    is built and after the process group exists: DeepSpeed's communication layer is attached to
+    it first (Ray Train's torch group; `torchrun`'s environment elsewhere), or DeepSpeed sizes
+    the batch for a world of one. The tiny models (`tiny/<family>`) are built by their constructors, not
+    `from_pretrained`: they are partitioned by `deepspeed.initialize`, as under ZeRO-1/2."""
+    import deepspeed
+    from transformers.integrations import HfDeepSpeedConfig
+
+    deepspeed.init_distributed()
+    _zero3_for_transformers[:] = [HfDeepSpeedConfig(ds_config)]
+
+
 def build_engine(cfg: LavenderConfig, world: int) -> tuple[Any, LavenderModule, Any, torch.dtype]:
     """(DeepSpeed engine, the module it wraps, its LR scheduler, the dtype of its inputs)."""
     # DeepSpeed probes the accelerators and builds its ops when imported: only train workers
@@ -85,6 +107,9 @@ def build_engine(cfg: LavenderConfig, world: int) -> tuple[Any, LavenderModule, 
     import deepspeed
 
     precision = resolve_precision(cfg.train.precision, Device.current())
+    ds_config = deepspeed_config(cfg, world, precision)
+    if cfg.train.zero_stage == 3:
+        enable_zero3_loading(ds_config)
     torch.manual_seed(cfg.train.seed)
     adapter = build_adapter(cfg.vlm, cfg.lora, cfg.sd.output_size)
     aligner = build_aligner(cfg.aligner, adapter.num_heads)
@@ -97,7 +122,7 @@ def build_engine(cfg: LavenderConfig, world: int) -> tuple[Any, LavenderModule, 
         model=module,
         optimizer=optimizer,
         lr_scheduler=scheduler,
-        config=deepspeed_config(cfg, world, precision),
+        config=ds_config,
     )
     return engine, module, scheduler, TORCH_DTYPES[precision]
 
