@@ -46,10 +46,14 @@ def test_current_device_counts_emulated_bf16_as_none(monkeypatch):
 
 def test_deepspeed_config_batch_arithmetic_and_zero3():
     cfg = load_config("demo", ["train.micro_batch_size=2", "train.grad_accum_steps=3",
-                               "train.zero_stage=3"])
+                               "train.zero_stage=3", "train.zero3_live_parameters=30000000"])
     ds = deepspeed_config(cfg, world_size=4, precision="bf16")
     assert ds["train_batch_size"] == 2 * 3 * 4
-    assert ds["zero_optimization"] == {"stage": 3, "stage3_gather_16bit_weights_on_model_save": True}
+    assert ds["zero_optimization"] == {
+        "stage": 3, "stage3_gather_16bit_weights_on_model_save": True,
+        "stage3_max_live_parameters": 30_000_000, "stage3_max_reuse_distance": 30_000_000,
+        "stage3_prefetch_bucket_size": 30_000_000,  # never more than the live window
+    }
     assert ds["bf16"]["enabled"] and not ds["fp16"]["enabled"]
     ds2 = deepspeed_config(load_config("demo"), world_size=2, precision="fp16")
     assert ds2["zero_optimization"] == {"stage": 2} and ds2["fp16"]["enabled"]

@@ -287,6 +287,16 @@ class TrainConfig(Section):
     cpus_per_worker: float = Field(default=1.0, gt=0)
     accelerator: str | None = Field(default=None, description="e.g. A100; null = any")
     zero_stage: Literal[0, 1, 2, 3] = 2
+    zero3_live_parameters: int = Field(
+        default=1_000_000_000, gt=0,
+        description="ZeRO-3: the most parameters a rank keeps gathered (whole) at once "
+        "(DeepSpeed's stage3_max_live_parameters and stage3_max_reuse_distance); lower it "
+        "when a rank runs out of memory",
+    )
+    zero3_prefetch_parameters: int = Field(
+        default=50_000_000, gt=0,
+        description="ZeRO-3: parameters gathered ahead of use (stage3_prefetch_bucket_size)",
+    )
     precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
     micro_batch_size: int = Field(default=1, gt=0)
     grad_accum_steps: int = Field(default=1, gt=0)

@@ -22,6 +22,10 @@ def deepspeed_config(cfg: LavenderConfig, world_size: int, precision: Precision)
     if t.zero_stage == 3:
         # Export gathers full 16-bit weights so a saved adapter is never empty (trl#4416).
         zero["stage3_gather_16bit_weights_on_model_save"] = True
+        zero["stage3_max_live_parameters"] = t.zero3_live_parameters
+        zero["stage3_max_reuse_distance"] = t.zero3_live_parameters
+        zero["stage3_prefetch_bucket_size"] = min(t.zero3_prefetch_parameters,
+                                                  t.zero3_live_parameters)
     return {
         "train_micro_batch_size_per_gpu": t.micro_batch_size,
         "gradient_accumulation_steps": t.grad_accum_steps,

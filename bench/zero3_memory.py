@@ -1,0 +1,161 @@
+"""Peak host memory of each rank, ZeRO-2 vs ZeRO-3: two ranks on CPU build the engine as a Ray
+Train worker does (`train.worker.build_engine`) from a model folder loaded by the real
+`from_pretrained` path, then train two micro-batches.
+
+    python bench/zero3_memory.py                       # ~340M-parameter Mllama, fp32
+    python bench/zero3_memory.py --text-width 4096     # ~600M
+
+The model is the tiny Mllama (tokenizer, processor, vision tower, 4 text layers) with its
+language model widened to `--text-width` (hidden size; MLP twice that), saved with
+`save_pretrained` in 200 MB shards (the Hub ships 5 GB shards; a rank under ZeRO-3 holds at most
+one shard at a time while loading). ZeRO-3 keeps up to `train.zero3_live_parameters` parameters
+gathered at once; the default here is the share of this model that DeepSpeed's default (1e9) is
+of an 11B model, else a model this small would simply stay gathered whole. Each rank prints its resident memory before the model is
+built (Python, torch, transformers, DeepSpeed: the same for both stages), after the build
+(`built`), its peak resident memory up to then (`peak built`) and after two micro-batches
+(`peak`, `ru_maxrss`), and the peaks of anonymous and file-backed resident memory sampled every
+10 ms (`/proc/self/status`): transformers maps the checkpoint files (safetensors, mmap), and
+those pages count in the resident memory of the ranks that touch them although the kernel can
+drop them (under ZeRO-3, transformers 5.24 maps every shard on rank 0 while it loads; under
+ZeRO-2 fp32 weights may stay file-backed). The last line gives ZeRO-3 / ZeRO-2 for the larger
+rank of each. Goal: ZeRO-3 <= 0.6x of ZeRO-2. `MALLOC_MMAP_THRESHOLD_=65536` in the environment
+returns freed gathered weights to the system at once (glibc otherwise keeps some of them).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+RANK_SCRIPT = r"""
+import json, os, re, resource, sys, threading, time
+import numpy as np
+import psutil
+
+peaks = {"RssAnon": 0, "RssFile": 0}
+
+
+def sample():  # the peaks of anonymous and file-backed resident memory, every 10 ms
+    while True:
+        with open("/proc/self/status") as f:
+            for line in f:
+                key = line.split(":")[0]
+                if key in peaks:
+                    peaks[key] = max(peaks[key], int(line.split()[1]) * 1024)
+        time.sleep(0.01)
+
+
+threading.Thread(target=sample, daemon=True).start()
+import torch
+import lavender_ray.train.worker as worker
+from lavender_ray.config import load_config
+from lavender_ray.data.synthetic import make_synthetic_records
+from lavender_ray.sd.target import SDTarget
+from lavender_ray.train.reporting import Reporter, TrainState
+from lavender_ray.train.step import collate_records
+
+torch.set_num_threads(1)
+rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+folder, stage, live = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+cfg = load_config("demo", [f"vlm.model_id={folder}", f"train.zero_stage={stage}",
+                           "loss.word_source=label", "train.precision=fp32",
+                           f"train.zero3_live_parameters={live}"])
+import deepspeed  # noqa: F401  (imported before the baseline, as build_engine would)
+
+baseline = psutil.Process().memory_info().rss
+time.sleep(0.05)
+anon_baseline = peaks["RssAnon"]
+engine, module, scheduler, dtype = worker.build_engine(cfg, world)
+built = psutil.Process().memory_info().rss
+peak_built = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+reporter = Reporter(cfg, engine, module, scheduler, rank, TrainState())
+for seed in range(2):
+    record = make_synthetic_records(1, seed=seed * world + rank, image_size=48)[0]
+    words = list(dict.fromkeys(re.findall(r"[^\W_]+", record["target_text"].lower())))
+    maps = np.random.default_rng(seed).random((len(words), 32, 32), dtype=np.float32)
+    record |= SDTarget(words, [(-1, -1)] * len(words), maps, 0, "x").to_row()
+    batch = collate_records([record], module.adapter, 32)
+    assert worker.train_micro_batch(engine, reporter, batch, dtype, 10)
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+params = sum(getattr(p, "ds_numel", p.numel()) for p in module.parameters())
+print("RESULT", json.dumps({"rank": rank, "baseline": baseline, "built": built, "peak": peak,
+                            "peak_built": peak_built, "params": params,
+                            "anon_baseline": anon_baseline, "anon_peak": peaks["RssAnon"],
+                            "file_peak": peaks["RssFile"]}))
+"""
+
+
+def save_model(folder: Path, text_width: int) -> int:
+    """The widened tiny Mllama + processor in `folder`; returns its parameter count."""
+    from lavender_ray.vlm.registry import build_tiny
+
+    model, processor = build_tiny("tiny/mllama", seed=0, text_width=text_width)
+    model.save_pretrained(folder, max_shard_size="200MB")
+    processor.save_pretrained(folder)
+    return sum(p.numel() for p in model.parameters())
+
+
+def run_stage(folder: Path, stage: int, live: int, work: Path) -> list[dict]:
+    script = work / "rank.py"
+    script.write_text(RANK_SCRIPT)
+    args = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+            "--master_port", str(29680 + stage), str(script), str(folder), str(stage), str(live)]
+    run = subprocess.run(args, env={**os.environ, "DS_ACCELERATOR": "cpu"}, cwd=work,
+                         capture_output=True, text=True, timeout=1800)
+    lines = [line for line in run.stdout.splitlines() if line.startswith("RESULT ")]
+    if run.returncode != 0 or len(lines) != 2:
+        errors = [line for line in run.stderr.splitlines() if "Warning" not in line
+                  and "return func" not in line]
+        raise SystemExit(f"ZeRO-{stage} ranks failed (exit {run.returncode}):\n{run.stdout[-2000:]}"
+                         + "\n".join(errors[-40:]))
+    return sorted((json.loads(line[len("RESULT "):]) for line in lines), key=lambda r: r["rank"])
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--text-width", type=int, default=3072,
+                        help="hidden size of the language model (default 3072: ~340M params)")
+    parser.add_argument("--live-parameters", type=int, default=None,
+                        help="train.zero3_live_parameters (default: the model's parameters / 11,"
+                             " the share DeepSpeed's default of 1e9 is of an 11B model)")
+    args = parser.parse_args(argv)
+    gib = 2**30
+    with tempfile.TemporaryDirectory(prefix="zero3-mem-") as tmp:
+        folder = Path(tmp) / "model"
+        params = save_model(folder, args.text_width)
+        print(f"model: tiny Mllama, text width {args.text_width}: {params / 1e6:.0f}M parameters "
+              f"({params * 4 / gib:.2f} GiB fp32), 2 ranks, CPU", flush=True)
+        # DeepSpeed's default window (1e9 parameters gathered at once) is 9% of an 11B model;
+        # the same share of this one, or ZeRO-3 keeps a model this small gathered whole
+        live = args.live_parameters or round(params * 1e9 / 11e9)
+        print(f"train.zero3_live_parameters={live}", flush=True)
+        results = {stage: run_stage(folder, stage, live, Path(tmp)) for stage in (2, 3)}
+    print(f"{'GiB':<8}{'rank':>5}{'before':>8}{'built':>7}{'peak built':>11}{'peak':>6}"
+          f"{'peak-before':>12}{'anon peak':>10}{'anon-before':>12}{'file peak':>10}")
+    for stage, ranks in results.items():
+        for r in ranks:
+            print(f"ZeRO-{stage:<3}{r['rank']:>5}{r['baseline'] / gib:>8.2f}{r['built'] / gib:>7.2f}"
+                  f"{r['peak_built'] / gib:>11.2f}{r['peak'] / gib:>6.2f}"
+                  f"{(r['peak'] - r['baseline']) / gib:>12.2f}{r['anon_peak'] / gib:>10.2f}"
+                  f"{(r['anon_peak'] - r['anon_baseline']) / gib:>12.2f}"
+                  f"{r['file_peak'] / gib:>10.2f}")
+    peak = {s: max(r["peak"] for r in ranks) for s, ranks in results.items()}
+    share = {s: max(r["peak"] - r["baseline"] for r in ranks) for s, ranks in results.items()}
+    anon = {s: max(r["anon_peak"] for r in ranks) for s, ranks in results.items()}
+    anon_share = {s: max(r["anon_peak"] - r["anon_baseline"] for r in ranks)
+                  for s, ranks in results.items()}
+    print(f"ZeRO-3 / ZeRO-2, the larger rank: peak RSS {peak[3] / peak[2]:.2f}x (model's share "
+          f"{share[3] / share[2]:.2f}x); peak anonymous memory {anon[3] / anon[2]:.2f}x (model's "
+          f"share {anon_share[3] / anon_share[2]:.2f}x)  (goal <= 0.6x)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
