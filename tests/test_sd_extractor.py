@@ -198,7 +198,8 @@ def test_text_without_words_in_the_window_gives_no_words(ddim: SDExtractor, imag
 
 def test_config_hash_tracks_what_changes_the_maps() -> None:
     base = sd_config()
-    same = [base.model_copy(update={"batch_size": 1})]
+    same = [base.model_copy(update=u) for u in ({"batch_size": 1}, {"channels_last": True},
+                                                   {"compile": True})]
     different = [
         base.model_copy(update=u)
         for u in (
@@ -227,3 +228,23 @@ def test_bad_image_size_and_resolution_are_reported() -> None:
         SDExtractor(sd_config(attention_resolutions=[32]), device="cpu")
     with pytest.raises(ValueError, match="sd.image_size"):
         SDExtractor(sd_config(image_size=30), device="cpu")
+
+
+@pytest.mark.parametrize(
+    "option",
+    ["channels_last",
+     pytest.param("compile", marks=[pytest.mark.slow, pytest.mark.timeout(600)])],  # inductor
+)
+def test_the_speed_options_give_the_eager_maps_and_keep_recording(option, images) -> None:
+    """`sd.channels_last` and `sd.compile` change how the UNet runs, not what the capture
+    records: the same calls per module and the maps of the eager path, in both modes."""
+    for cfg in (sd_config(dtype="fp32"), small_null_text_config(dtype="fp32")):
+        eager, fast = SDExtractor(cfg), SDExtractor(cfg.model_copy(update={option: True}))
+        if option == "compile":
+            assert any(getattr(m, "_compiled_call_impl", None) for m in fast.unet.modules())
+        ids = [fast.tokenize(t).input_ids for t in TEXTS[:2]]
+        stores = [AttentionStore(cfg.output_size) for _ in range(2)]
+        traces = [x.trace(images[:2], ids, store=s) for x, s in zip((eager, fast), stores)]
+        assert stores[1].calls_per_module == stores[0].calls_per_module
+        assert torch.allclose(traces[1].token_maps, traces[0].token_maps, atol=1e-4)
+        assert fast.config_hash == eager.config_hash  # cached targets stay valid

@@ -165,6 +165,16 @@ class SDConfig(Section):
     )
     batch_size: int = Field(default=8, gt=0)
     seed: int = 0
+    channels_last: bool = Field(
+        default=False,
+        description="UNet in the channels-last memory format (faster convolutions on recent GPUs)",
+    )
+    compile: bool = Field(
+        default=False,
+        description="torch.compile the UNet's ResNet blocks, feed-forward layers and "
+        "self-attention (regions: the cross-attention modules stay eager, so the capture "
+        "records as written); the first batch of each actor pays the compilation",
+    )
 
     @model_validator(mode="before")
     @classmethod

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import torch
 from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+from diffusers.models.attention import FeedForward
+from diffusers.models.resnet import ResnetBlock2D
 from transformers import CLIPTextModel, CLIPTokenizer
 
 from lavender_ray.config import SDConfig, config_hash
@@ -29,11 +31,16 @@ def default_device_type() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+SPEED_OPTIONS = {"batch_size", "channels_last", "compile"}  # change how fast, not the maps
+
+
 def sd_config_hash(sd: SDConfig, device_type: str) -> str:
     """Hash of everything that changes the maps: the `sd` section with the dtype resolved for
-    `device_type`, without `batch_size` (extraction is per sample, batching changes nothing)."""
+    `device_type`, without the speed options (extraction is per sample: batching changes
+    nothing; the memory format and compilation change the arithmetic's order, not the maps
+    beyond rounding)."""
     resolved = sd.model_copy(update={"dtype": resolve_dtype(sd.dtype, device_type)})
-    return config_hash(resolved, exclude={"batch_size"})
+    return config_hash(resolved, exclude=SPEED_OPTIONS)
 
 
 def load_components(sd: SDConfig, device: torch.device) -> SDComponents:
@@ -48,7 +55,24 @@ def load_components(sd: SDConfig, device: torch.device) -> SDComponents:
         if module.dtype != dtype:  # offline stacks are built in fp32
             cast_floats(module, dtype)
         module.to(device).eval().requires_grad_(False)
+    if sd.channels_last:
+        parts.unet.to(memory_format=torch.channels_last)
+    if sd.compile:
+        compile_regions(parts.unet)
     return parts
+
+
+def compile_regions(unet: UNet2DConditionModel) -> list[str]:
+    """`torch.compile` each ResNet block, feed-forward layer and self-attention (`attn1`) of
+    `unet` in place; the cross-attention modules (`attn2`) stay eager, so the processors the
+    capture installs on them run as written and swapping them recompiles nothing. Returns the
+    names of the compiled modules."""
+    compiled = []
+    for name, module in unet.named_modules():
+        if isinstance(module, ResnetBlock2D | FeedForward) or name.endswith(".attn1"):
+            module.compile()
+            compiled.append(name)
+    return compiled
 
 
 def cast_floats(module: torch.nn.Module, dtype: torch.dtype) -> None:
