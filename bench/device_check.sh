@@ -6,7 +6,9 @@
 #                                   in other versions (its python3 3.12 has torch, pyarrow, PIL)
 #   bench/device_check.sh           there: install .whl/ into /tmp/site, then run
 #                                   train_step.py --real-size (Llama-3.2-11B-Vision, random
-#                                   weights, LoRA, bf16) and sd_extract.py --real-size (SD 1.4)
+#                                   weights, LoRA, bf16), sd_extract.py --real-size (SD 1.4:
+#                                   ddim and null-text images/s, compile + channels_last on/off,
+#                                   fp16 vs fp32 null-text maps)
 #
 # With the `device` tool: run(command="bash bench/device_check.sh", carry=[".whl"],
 # timeout_s=600). Each benchmark has its own time limit so one hang cannot eat the call; their
@@ -50,6 +52,6 @@ nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | tee "$out/gpu.t
 status=0
 timeout 300 python3 bench/train_step.py --real-size --steps 5 --warmup 2 2>&1 \
   | grep -v Warning | tee "$out/train_step.txt" || status=1
-timeout 240 python3 bench/sd_extract.py --real-size 2>&1 \
+timeout 300 python3 bench/sd_extract.py --real-size 2>&1 \
   | grep -v Warning | tee "$out/sd_extract.txt" || status=1
 exit $status

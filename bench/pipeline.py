@@ -10,6 +10,13 @@ Prints trainer samples/s for both feeds and their ratio (goal >= 0.9 once the SD
 for the trainer), the time each trainer spent blocked on data, and the SD pool size the
 measurements call for: ceil(trainer samples/s x SD seconds per sample per actor).
 
+The trainer hides the stream when it is slower than the SD pool (the tiny one on a CPU is), so a
+fourth measurement takes it out: consumers that only iterate the trainer's batches
+(`train.num_workers` shares of `streaming_split`, as Ray Train splits the stream; no model) read
+`--delivery-samples` records from the live stream with a fixed pool of `pipeline.sd_pool_max`
+actors. Delivered records/s (first batch to last: the actors' start-up left out) over what the
+pool produces alone (pool size x one actor's rate, measured in process): goal >= 0.9.
+
     python bench/pipeline.py                       # tiny models, CPU (defaults: demo preset)
     python bench/pipeline.py --preset P --set ...  # any preset, e.g. on a GPU cluster
 """
@@ -45,6 +52,34 @@ def sd_seconds_per_sample(cfg: LavenderConfig, n: int) -> float:
     return (time.perf_counter() - start) / n
 
 
+def delivered_rate(cfg: LavenderConfig, rejects_dir: str) -> float:
+    """Records/s the live stream delivers to `train.num_workers` consumers that only iterate
+    their share's batches, from the first batch to the last."""
+    import threading
+
+    from lavender_ray.pipeline.dataset import build_train_dataset
+
+    shares = build_train_dataset(cfg, rejects_dir).streaming_split(cfg.train.num_workers,
+                                                                   equal=True)
+    arrivals: list[tuple[float, int]] = []
+
+    def consume(share) -> None:
+        for batch in share.iter_batches(batch_size=cfg.train.micro_batch_size,
+                                        batch_format="pyarrow"):
+            arrivals.append((time.perf_counter(), batch.num_rows))
+
+    threads = [threading.Thread(target=consume, args=(s,)) for s in shares]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    arrivals.sort()
+    if len(arrivals) < 2:
+        raise SystemExit("too few batches to measure delivery: raise --delivery-samples")
+    records = sum(rows for _, rows in arrivals[1:])
+    return records / (arrivals[-1][0] - arrivals[0][0])
+
+
 def trainer_rate(checkpoint: str, cfg: LavenderConfig) -> tuple[float, float]:
     """(samples/s, seconds blocked on data per report interval) from a run's metrics history,
     leaving out the first interval (start-up)."""
@@ -63,6 +98,8 @@ def main() -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     add_config_arguments(parser)
     parser.add_argument("--samples", type=int, default=64, help="records per run (even)")
+    parser.add_argument("--delivery-samples", type=int, default=256,
+                        help="records the batch-only consumers read from the live stream")
     args = parser.parse_args()
 
     from lavender_ray.pipeline.extract import extract_to_cache
@@ -87,12 +124,21 @@ def main() -> None:
     live = trainer_rate(train(live_cfg).checkpoint, live_cfg)
 
     pool = cfg.pipeline.sd_pool_max
+    source = (f"data.sources=[{{name: synthetic, format: synthetic, "
+              f"num_samples: {args.delivery_samples}}}]")
+    delivery_cfg = load_config(args.preset, base + args.overrides + [
+        source, f"pipeline.sd_pool_min={pool}"])
+    delivered = delivered_rate(delivery_cfg, f"{root}/delivery-rejects")
+    produced = pool / sd_cost
     print(f"\nSD per sample, one actor:          {sd_cost * 1000:.1f} ms")
     print(f"trainer, pre-materialised targets: {pre[0]:.2f} samples/s "
           f"(blocked on data {pre[1]:.2f} s per {cfg.train.report_every} steps)")
     print(f"trainer, live SD stream ({pool} actor{'s' * (pool > 1)}): {live[0]:.2f} samples/s "
           f"(blocked on data {live[1]:.2f} s per {cfg.train.report_every} steps)")
     print(f"ratio live / pre-materialised:     {live[0] / pre[0]:.2f}x  (goal >= 0.9x)")
+    print(f"batches only, no model ({cfg.train.num_workers} consumers): {delivered:.1f} records/s "
+          f"delivered; the SD pool alone makes {produced:.1f} ({pool} x {1 / sd_cost:.1f}/s): "
+          f"{delivered / produced:.2f}x  (goal >= 0.9x)")
     needed = math.ceil(pre[0] * sd_cost)
     print(f"recommended SD pool for this trainer: pipeline.sd_pool_min={needed} "
           f"(= ceil({pre[0]:.2f} samples/s x {sd_cost:.3f} s/sample))")

@@ -12,13 +12,26 @@ Tiny stack (default, CPU is fine)::
 Real size (`--real-size`, meant for a GPU): the SD-1.4 UNet / VAE / text encoder architectures
 from their configs with random weights (`random/sd14`: the FLOPs of the real model) at 512 px,
 batch `sd.batch_size`, images/s in `ddim` mode (goal >= 10 on an H100) and `null_text` mode
-(goal >= 1). `--smoke` shrinks everything (64 px, 1 step, 2 images) to check the path runs.
+(goal >= 1); `ddim` again with `sd.channels_last` + `sd.compile` (the first, compiling batch is
+left out of the timing: `compile_warmup_s`); and the null-text maps of the same images in the
+GPU dtype (fp16) against fp32: the largest difference of a map value (maps are min-max
+normalised to [0, 1]) and the mean per-word correlation. `--smoke` shrinks everything (64 px,
+1 step, 2 images) to check the path runs.
+
+From a folder (`--from-folder`, CPU is fine: a few minutes on 2 cores): the SD-1.4 architecture
+with random weights saved as a diffusers repository and loaded through the real loading path
+(`sd.model_id=<folder>`, `from_pretrained`), extraction of 2 images at 512 px in both modes
+(`--steps` DDIM steps, default 2; null-text with 2 inner steps): the attn2 modules captured, the
+words and map shapes, and the extraction time over a bare loop of the same UNet calls (same
+batch sizes, the same backward passes for the null-text optimisation; goal <= 1.10x: capture,
+aggregation, VAE and text encoding cost little next to the UNet).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import tempfile
 import time
 from collections.abc import Callable
 
@@ -97,16 +110,98 @@ def tiny_benchmark(sd: SDConfig, n: int, repeats: int) -> dict[str, float]:
 
 def real_size_benchmark(sd: SDConfig, smoke: bool, repeats: int) -> dict[str, float]:
     results = {}
-    for mode in ("ddim", "null_text"):
-        settings = {**REAL_SIZE, **(SMOKE if smoke else {}), "inversion": mode}
+    batch = 1 if smoke else sd.batch_size
+    runs = {"ddim": {}, "null_text": {}, "ddim_compiled": {"channels_last": True, "compile": True}}
+    for name, options in runs.items():
+        mode = name.removesuffix("_compiled")
+        settings = {**REAL_SIZE, **(SMOKE if smoke else {}), "inversion": mode, **options}
         extractor = SDExtractor(sd.model_copy(update=settings))
-        batch = 1 if smoke else sd.batch_size
-        results[f"{mode}_images_per_s"] = images_per_second(extractor, 2 * batch, batch, repeats)
+        if options:
+            start = time.perf_counter()
+            images_per_second(extractor, batch, batch, 1)  # compiles
+            results["compile_warmup_s"] = time.perf_counter() - start
+        results[f"{name}_images_per_s"] = images_per_second(extractor, 2 * batch, batch, repeats)
         del extractor
         if torch.cuda.is_available():
-            results[f"{mode}_peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
+            results[f"{name}_peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
+            torch.cuda.reset_peak_memory_stats()
             torch.cuda.empty_cache()
+    results.update(dtype_agreement(sd.model_copy(update={**REAL_SIZE, **(SMOKE if smoke else {}),
+                                                          "inversion": "null_text"})))
     return results
+
+
+def from_folder_benchmark(steps: int) -> dict[str, object]:
+    """SD-1.4 with random weights saved as a folder, loaded back, extracted at 512 px."""
+    from lavender_ray.sd.tiny import RANDOM_SD14_ID, build_offline_sd
+
+    results: dict[str, object] = {}
+    with tempfile.TemporaryDirectory(prefix="sd14-") as folder:
+        build_offline_sd(RANDOM_SD14_ID).save_pretrained(folder)
+        for mode in ("ddim", "null_text"):
+            settings = {**REAL_SIZE, "model_id": folder, "inversion": mode, "ddim_steps": steps,
+                        "null_text_inner_steps": 2, "dtype": "fp32", "batch_size": 2}
+            extractor = SDExtractor(load_config("demo", {f"sd.{k}": v for k, v in
+                                                         settings.items()}).sd)
+            results[f"{mode}_captured"] = sorted({".".join(n.split(".")[:2])
+                                                  for n in extractor.capture_names})
+            results[f"{mode}_captured_modules"] = len(extractor.capture_names)
+            results.update({f"{mode}_{k}": v for k, v in unet_overhead(extractor).items()})
+            del extractor
+    return results
+
+
+def unet_overhead(extractor: SDExtractor) -> dict[str, object]:
+    """Extraction of 2 images vs a bare loop of the UNet calls it made (batch sizes and
+    backward passes alike)."""
+    images, texts = sample_batch(2)
+    calls: list[tuple[int, bool]] = []
+    forward = extractor.unet.forward
+
+    def counted(sample: torch.Tensor, *args: object, **kwargs: object) -> object:
+        calls.append((sample.shape[0], torch.is_grad_enabled()))
+        return forward(sample, *args, **kwargs)
+
+    extractor.unet.forward = counted
+    start = time.perf_counter()
+    targets = extractor.extract(images, texts)
+    extract_s = time.perf_counter() - start
+    del extractor.unet.forward  # the class's forward again
+    side = extractor.sd.image_size // 8
+    latents = torch.randn(2, 4, side, side)
+    context = extractor._null_embedding.expand(2, -1, -1).float()
+    t = extractor.scheduler.timesteps[0]
+    start = time.perf_counter()
+    for batch, grad in calls:
+        if grad:  # a null-text inner step: backward to the embeddings
+            embedding = context[:batch].clone().requires_grad_(True)
+            out = extractor.unet(latents[:batch], t, encoder_hidden_states=embedding).sample
+            out.square().mean().backward()
+        else:
+            with torch.no_grad():
+                extractor.unet(latents[:batch], t, encoder_hidden_states=context[:batch])
+    bare_s = time.perf_counter() - start
+    return {"unet_calls": len(calls), "backward_calls": sum(g for _, g in calls),
+            "words": [t.words for t in targets], "map_shapes": [list(t.maps.shape) for t in targets],
+            "extract_s": extract_s, "bare_unet_s": bare_s, "over_bare_unet": extract_s / bare_s}
+
+
+def dtype_agreement(sd: SDConfig, n: int = 2) -> dict[str, float]:
+    """Null-text maps of `n` images in the device's dtype (fp16 on a GPU, `auto`) vs fp32."""
+    images, texts = sample_batch(n)
+    targets = {}
+    for dtype in ("auto", "fp32"):
+        extractor = SDExtractor(sd.model_copy(update={"dtype": dtype}))
+        targets[dtype] = extractor.extract(images, texts)
+        del extractor
+    worst, correlations = 0.0, []
+    for low, full in zip(targets["auto"], targets["fp32"]):
+        a, b = torch.from_numpy(low.maps).double(), torch.from_numpy(full.maps).double()
+        worst = max(worst, float((a - b).abs().max()))
+        for x, y in zip(a.flatten(1), b.flatten(1)):
+            correlations.append(float(torch.corrcoef(torch.stack([x, y]))[0, 1]))
+    return {"maps_auto_vs_fp32_max_abs": worst,
+            "maps_auto_vs_fp32_mean_corr": sum(correlations) / max(1, len(correlations))}
 
 
 def main() -> None:
@@ -117,6 +212,9 @@ def main() -> None:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--real-size", action="store_true", help="SD-1.4 architecture, 512 px")
     parser.add_argument("--smoke", action="store_true", help="with --real-size: tiny settings")
+    parser.add_argument("--from-folder", action="store_true",
+                        help="SD-1.4 saved as a folder, loaded by sd.model_id, 512 px (CPU is fine)")
+    parser.add_argument("--steps", type=int, default=2, help="with --from-folder: DDIM steps")
     parser.add_argument("--images", type=int, default=16, help="tiny: images per measurement")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
@@ -127,11 +225,14 @@ def main() -> None:
     device = "cuda" if torch.cuda.is_available() else "cpu"
     header = {"device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
               "threads": torch.get_num_threads()}
-    if args.real_size:
+    if args.from_folder:
+        results = from_folder_benchmark(args.steps)
+    elif args.real_size:
         results = real_size_benchmark(sd, args.smoke, args.repeats)
     else:
         results = tiny_benchmark(sd, args.images, args.repeats)
-    print(json.dumps({**header, **{k: round(v, 3) for k, v in results.items()}}, indent=2))
+    rounded = {k: round(v, 3) if isinstance(v, float) else v for k, v in results.items()}
+    print(json.dumps({**header, **rounded}, indent=2))
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from diffusers import UNet2DConditionModel
 from diffusers.models.attention_processor import Attention, AttnProcessor2_0
 
 from lavender_ray.sd.capture import (
@@ -135,3 +136,18 @@ def test_unavailable_resolution_is_an_error_listing_the_available_ones(unet) -> 
 def test_empty_store_says_nothing_was_captured() -> None:
     with pytest.raises(RuntimeError, match="no cross-attention was captured"):
         AttentionStore(32).token_maps()
+
+
+def test_sd14_captures_the_ten_attn2_modules_at_16_and_32_at_512px() -> None:
+    """SD-1.4's UNet (its config, on the meta device: no weights) at 512 px: a 64 latent, attn2
+    maps of 64, 32, 16 and 8; [16, 32] selects the 2 + 2 down-block and 3 + 3 up-block ones."""
+    from lavender_ray.sd.tiny import SD14_UNET
+
+    with torch.device("meta"):
+        sd14 = UNet2DConditionModel(**SD14_UNET)
+    sides = attn2_map_sides(sd14, 64)
+    assert sorted(set(sides.values())) == [8, 16, 32, 64]
+    names = select_modules(sides, [16, 32])
+    blocks = sorted({".".join(n.split(".")[:2]) for n in names})
+    assert blocks == ["down_blocks.1", "down_blocks.2", "up_blocks.1", "up_blocks.2"]
+    assert len(names) == 10 and all(n.endswith("attn2.processor") for n in names)

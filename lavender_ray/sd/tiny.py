@@ -9,6 +9,9 @@
   configs with random weights (FLOPs equal the real model's; for benchmarks), with the tiny
   tokenizer (its ids are valid inputs of the larger vocabulary).
 
+`build_offline_sd(id).save_pretrained(folder)` writes either as a diffusers repository folder, so
+`sd.model_id=<folder>` exercises the real `from_pretrained` loading path offline.
+
 Real model ids never come here: `lavender_ray.sd.components` loads them with `from_pretrained`.
 """
 
@@ -145,6 +148,13 @@ class SDComponents:
     text_encoder: CLIPTextModel
     tokenizer: CLIPTokenizer
     scheduler: DDIMScheduler
+
+    def save_pretrained(self, folder: str) -> None:
+        """The diffusers repository layout (`unet/`, `vae/`, `text_encoder/`, `tokenizer/`,
+        `scheduler/`) that `sd.model_id=<folder>` loads through `from_pretrained`, as a Hub
+        repository or a downloaded one loads."""
+        for part in ("unet", "vae", "text_encoder", "tokenizer", "scheduler"):
+            getattr(self, part).save_pretrained(f"{folder}/{part}")
 
 
 def tokenizer_corpus(seed: int = 0, n_sentences: int = 4000) -> list[str]:
