@@ -5,7 +5,9 @@ Tiny stack (default, CPU is fine)::
     python bench/sd_extract.py                      # demo preset's sd section
     python bench/sd_extract.py --set sd.image_size=16 --set sd.attention_resolutions=[4,8]
 
-    batching:  images/s at batch size 1 vs 8 (goal >= 3x)
+    batching:  images/s at batch size 1 vs 8 (goal >= 3x); with t(b) = overhead + b x compute
+               per batch, the fixed overhead per batch, the compute per image, and the most
+               batching can give here (batch -> infinity: (overhead + compute) / compute)
     capture:   time with the capture processors recording vs the same schedule without them
                (goal <= 1.15x)
 
@@ -100,11 +102,18 @@ def tiny_benchmark(sd: SDConfig, n: int, repeats: int) -> dict[str, float]:
     single = images_per_second(extractor, n, 1, repeats)
     batched = images_per_second(extractor, n, 8, repeats)
     without = images_per_second(extractor, n, 8, repeats, capture=False)
+    # per batch: t(b) = overhead + b * compute (the same work per call, then per image)
+    per_image_1, per_image_8 = 1 / single, 1 / batched
+    overhead = (per_image_1 - per_image_8) * 8 / 7
+    compute = per_image_1 - overhead
     return {
         "images_per_s_batch1": single,
         "images_per_s_batch8": batched,
         "batch8_over_batch1": batched / single,
         "capture_overhead": without / batched,
+        "per_batch_overhead_ms": overhead * 1000,
+        "per_image_compute_ms": compute * 1000,
+        "batching_limit": per_image_1 / compute,  # batch -> infinity
     }
 
 
@@ -114,7 +123,8 @@ def real_size_benchmark(sd: SDConfig, smoke: bool, repeats: int) -> dict[str, fl
     runs = {"ddim": {}, "null_text": {}, "ddim_compiled": {"channels_last": True, "compile": True}}
     for name, options in runs.items():
         mode = name.removesuffix("_compiled")
-        settings = {**REAL_SIZE, **(SMOKE if smoke else {}), "inversion": mode, **options}
+        settings = {**REAL_SIZE, **(SMOKE if smoke else {}), "inversion": mode, **options,
+                    "guidance_scale": 1.0 if mode == "ddim" else REAL_SIZE["guidance_scale"]}
         extractor = SDExtractor(sd.model_copy(update=settings))
         if options:
             start = time.perf_counter()
@@ -140,7 +150,8 @@ def from_folder_benchmark(steps: int) -> dict[str, object]:
         build_offline_sd(RANDOM_SD14_ID).save_pretrained(folder)
         for mode in ("ddim", "null_text"):
             settings = {**REAL_SIZE, "model_id": folder, "inversion": mode, "ddim_steps": steps,
-                        "null_text_inner_steps": 2, "dtype": "fp32", "batch_size": 2}
+                        "null_text_inner_steps": 2, "dtype": "fp32", "batch_size": 2,
+                        "guidance_scale": None}  # the mode's own: 1 (ddim) or 7.5
             extractor = SDExtractor(load_config("demo", {f"sd.{k}": v for k, v in
                                                          settings.items()}).sd)
             results[f"{mode}_captured"] = sorted({".".join(n.split(".")[:2])

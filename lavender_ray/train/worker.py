@@ -85,14 +85,15 @@ _zero3_for_transformers: list[Any] = []
 
 def enable_zero3_loading(ds_config: dict[str, Any]) -> None:
     """Under ZeRO-3, make transformers build models inside `deepspeed.zero.Init`: from here on,
-    `from_pretrained` allocates on each rank only its partition of every weight and loads the
-    checkpoint into the partitions shard by shard, instead of every rank materialising the whole
-    model in host memory before `deepspeed.initialize` partitions it (an 11B model is 22 GB in
-    bf16 per rank, 176 GB of host memory at once on an 8-GPU node). Must come before the model
-    is built and after the process group exists: DeepSpeed's communication layer is attached to
-    it first (Ray Train's torch group; `torchrun`'s environment elsewhere), or DeepSpeed sizes
-    the batch for a world of one. The tiny models (`tiny/<family>`) are built by their constructors, not
-    `from_pretrained`: they are partitioned by `deepspeed.initialize`, as under ZeRO-1/2."""
+    `from_pretrained` allocates on each rank only its partition of every weight, and rank 0
+    reads the (memory-mapped) checkpoint and scatters it layer by layer into the partitions,
+    instead of every rank materialising the whole model in host memory before
+    `deepspeed.initialize` partitions it (an 11B model is 22 GB in bf16 per rank, 176 GB of host
+    memory at once on an 8-GPU node). Must come before the model is built and after the process
+    group exists: DeepSpeed's communication layer is attached to it first (Ray Train's torch
+    group; `torchrun`'s environment elsewhere), or DeepSpeed sizes the batch for a world of one.
+    The tiny models (`tiny/<family>`) are built by their constructors, not `from_pretrained`:
+    `deepspeed.initialize` partitions them, as it does under ZeRO-1/2."""
     import deepspeed
     from transformers.integrations import HfDeepSpeedConfig
 
