@@ -7,6 +7,8 @@ same model, same batch.
     python bench/train_step.py --real-size             # Llama-3.2-11B-Vision layout, random
                                                        # weights, LoRA, bf16, one CUDA GPU
     python bench/train_step.py --real-size --cpu-dry-run   # same code path, reduced widths, CPU
+    python bench/train_step.py --real-widths-folder    # 11B-Vision widths, reduced depth, saved
+                                                       # and loaded by vlm.model_id; 1/2/4 tiles
 
 Lavender step: forward with attention capture + words + Aligner + loss, backward, AdamW step,
 timed in both `aligner.word_pooling` orders: `aligner_then_pool` (the authors': the Aligner
@@ -30,6 +32,7 @@ no real words.
 from __future__ import annotations
 
 import argparse
+import io
 import re
 import statistics
 import sys
@@ -40,6 +43,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -241,10 +245,13 @@ def report(label: str, result: dict[str, float]) -> None:
 
 
 # ----------------------------------------------------------------------------- real size
-def llama32_11b_vision_config(tokenizer, cpu_dry_run: bool = False):
+def llama32_11b_vision_config(tokenizer, cpu_dry_run: bool = False, shallow: bool = False):
     """The published Llama-3.2-11B-Vision(-Instruct) architecture; special-token ids from
     `tokenizer`. `cpu_dry_run` keeps every count (layers, cross-attention layers, tiles, 560 px,
-    patches, vocabulary) and shrinks the widths so the same code path runs on a CPU."""
+    patches, vocabulary) and shrinks the widths so the same code path runs on a CPU; `shallow`
+    keeps every width (hidden sizes, heads, MLPs, vocabulary, 560 px tiles of 1601 tokens, up to
+    4 tiles) and cuts the depth: vision 5 + 1 global layers, text 5 layers with one
+    cross-attention layer (index 3, the first of the real model's)."""
     from transformers import MllamaConfig
 
     image_token = tokenizer.convert_tokens_to_ids("<|image|>")
@@ -265,6 +272,10 @@ def llama32_11b_vision_config(tokenizer, cpu_dry_run: bool = False):
         "bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id,
         "pad_token_id": tokenizer.pad_token_id,
     }  # fmt: skip
+    if shallow:
+        vision.update(num_hidden_layers=5, num_global_layers=1,
+                      intermediate_layers_indices=[0, 1, 2, 3, 4])  # 6 x 1280 = 7680 out
+        text.update(num_hidden_layers=5, cross_attention_layers=[3])
     if cpu_dry_run:
         vision.update(
             hidden_size=32, intermediate_size=64, attention_heads=2, vision_output_dim=32 * 6
@@ -293,6 +304,67 @@ def real_size_adapter(cfg: LavenderConfig, device: torch.device, dtype: torch.dt
     with torch.device(device):
         model = MllamaForConditionalGeneration._from_config(config, dtype=dtype)
     return adapter_around(cfg, model, processor)
+
+
+def real_widths_from_folder(preset: str, overrides: list[str]) -> None:
+    """Llama-3.2-11B-Vision's widths at reduced depth (`llama32_11b_vision_config(shallow=True)`),
+    random weights saved with `save_pretrained` and loaded through `vlm.model_id=<folder>` (the
+    real loading path), then one Lavender step with LoRA on 1-, 2- and 4-tile images: the
+    tiles and tokens the processor made, the loss, the step time and the peak resident memory."""
+    import resource
+    import tempfile
+
+    from transformers import (
+        MllamaForConditionalGeneration,
+        MllamaImageProcessorPil,
+        MllamaProcessor,
+    )
+
+    from lavender_ray.vlm.mllama.tiny import MLLAMA_TEMPLATE, tiny_mllama
+    from lavender_ray.vlm.registry import build_adapter
+
+    tokenizer = tiny_mllama()[1].tokenizer
+    config = llama32_11b_vision_config(tokenizer, shallow=True)
+    vision = config.vision_config
+    tile_tokens = (vision.image_size // vision.patch_size) ** 2 + 1  # + the class token
+    image_processor = MllamaImageProcessorPil(size={"height": 560, "width": 560}, max_image_tiles=4)
+    processor = MllamaProcessor(image_processor, tokenizer, chat_template=MLLAMA_TEMPLATE)
+    with tempfile.TemporaryDirectory(prefix="mllama-11b-widths-") as folder:
+        start = time.perf_counter()
+        model = MllamaForConditionalGeneration._from_config(config)
+        params = sum(p.numel() for p in model.parameters())
+        model.save_pretrained(folder)
+        processor.save_pretrained(folder)
+        del model
+        cfg = bench_config(preset, [f"vlm.model_id={folder}", "vlm.family=mllama",
+                                    "vlm.max_length=8192", *overrides], family=None)
+        adapter = build_adapter(cfg.vlm, cfg.lora, cfg.sd.output_size)  # from_pretrained
+        print(f"saved and loaded in {time.perf_counter() - start:.0f} s: {params / 1e9:.2f} B "
+              f"parameters, {adapter.num_layers} captured layer(s) x {adapter.num_heads} heads, "
+              f"LoRA r={cfg.lora.r}, {cfg.vlm.dtype} weights, CPU", flush=True)
+        module = LavenderModule(adapter, build_aligner(cfg.aligner, adapter.num_heads), cfg.loss,
+                                cfg.sd.output_size)
+        module.train()
+        optimizer = build_optimizer(module, cfg.optim)
+        for width, height in ((560, 560), (1120, 560), (1120, 1120)):
+            record = make_synthetic_records(1, seed=width + height, image_size=width)[0]
+            image = Image.open(io.BytesIO(record["image"])).convert("RGB").resize((width, height))
+            buffer = io.BytesIO()
+            image.save(buffer, format="PNG")
+            record = with_synthetic_targets(dict(record, image=buffer.getvalue()),
+                                            cfg.sd.output_size, seed=0)
+            batch = collate_records([record], adapter, cfg.sd.output_size)
+            tiles = int(batch.inputs["cross_attention_mask"].sum(dim=-1).amax())
+            tokens = batch.inputs["input_ids"].shape[1]
+            start = time.perf_counter()
+            out = module(batch, step=0, total_steps=1)
+            optimizer_step(out.total, optimizer, module, cfg.optim.grad_clip)
+            seconds = time.perf_counter() - start
+            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+            print(f"{width}x{height}: {tiles} tile(s) of {tile_tokens} vision tokens, {tokens} text tokens, "
+                  f"loss/total {out.total.item():.3f} (att {out.metrics['loss/att']:.4f}, "
+                  f"{out.metrics['align/matched_words']:.0f} words), step {seconds:.1f} s, "
+                  f"peak RSS so far {peak:.1f} GiB", flush=True)
 
 
 def adapter_around(cfg: LavenderConfig, model, processor) -> VLMAdapter:
@@ -374,9 +446,17 @@ def main(argv: list[str] | None = None) -> int:
         "--cpu-dry-run", action="store_true", help="with --real-size: CPU, small widths"
     )
     parser.add_argument("--image-size", type=int, default=None, help="default 64 tiny, 1120 real")
+    parser.add_argument(
+        "--real-widths-folder", action="store_true",
+        help="Llama-3.2-11B-Vision widths, reduced depth, from a saved folder: one step at 1/2/4 "
+             "tiles (CPU)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
+    if args.real_widths_folder:
+        real_widths_from_folder(args.preset, args.overrides)
+        return 0
     if args.real_size:
         cfg = bench_config(args.preset, ["vlm.max_length=4096", *args.overrides], family=None)
         if cfg.vlm.family != "mllama":
