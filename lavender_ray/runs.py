@@ -67,6 +67,11 @@ def run_dir_of(cfg: LavenderConfig) -> str:
     return f"{absolute(cfg.train.storage_path).rstrip('/')}/{cfg.train.run_name}"
 
 
+def metrics_path(run_dir: str) -> str:
+    """The run's live metrics log: one JSON object per report, appended by rank 0."""
+    return f"{run_dir}/{METRICS_FILE}"
+
+
 def checkpoint_name(step: int) -> str:
     """The folder name of the checkpoint taken after `step` optimizer steps."""
     return f"checkpoint_step{step:07d}"

@@ -173,17 +173,15 @@ def test_tailing_a_growing_jsonl_returns_complete_lines_only(tmp_path, as_uri):
     assert [r["step"] for r in tail.read_new()] == [1]
 
 
-def test_the_train_display_follows_the_metrics_log_and_falls_back_to_checkpoints(tmp_path):
+def test_the_train_display_follows_the_metrics_log(tmp_path):
     shown, out = plain(total=6)
     follower = TrainFollower(str(tmp_path), 6, shown)
-    checkpoint = tmp_path / "checkpoint_step0000002"
-    checkpoint.mkdir()
-    (checkpoint / "metrics.jsonl").write_text(report(1, 8) + report(2, 16))
-    follower.poll()  # no live log yet: the newest checkpoint's history
-    assert "train: 2/6 steps (33%)  loss 6.8  16 samples/s  ETA 0:00:02" in out.getvalue()
+    follower.poll()  # no log yet: nothing to show
+    assert out.getvalue() == ""
     (tmp_path / "metrics.jsonl").write_text(report(1, 8) + report(2, 16) + report(3, 24)[:5])
     follower.poll()
-    assert len(lines(out)) == 2  # steps 1-2 shown already, step 3 half-written
+    assert "train: 2/6 steps (33%)  loss 6.8  16 samples/s  ETA 0:00:02" in out.getvalue()
+    assert len(lines(out)) == 2  # steps 1 and 2; step 3 is half-written
     with open(tmp_path / "metrics.jsonl", "a") as f:
         f.write(report(3, 24)[5:])
     follower.poll()

@@ -3,11 +3,11 @@
     with follow_training(run_dir, cfg.train.max_steps):     # around `TorchTrainer.fit()`
         trainer.fit()
 
-A driver thread tails `<run>/metrics.jsonl` (`run_metrics_path`; rank 0 appends one JSON object
-per report) and moves the command's progress display (`console.progress`): steps of
+A driver thread tails `<run>/metrics.jsonl` (`runs.metrics_path`; rank 0 appends one JSON object
+per report, before Ray Train gets the report, and a resumed run's rank 0 rewrites it from the
+restored history first) and moves the command's progress display (`console.progress`): steps of
 `train.max_steps`, the last loss, samples/s and the ETA, from the reported step time
-(`train_status`). Until that file exists, the newest checkpoint's metrics history stands in (a
-report granularity of `train.checkpoint_every`). Outside a command (no console, e.g. a Tune
+(`train_status`). Outside a command (no console, e.g. a Tune
 trial's driver) nothing is followed.
 """
 
@@ -17,18 +17,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-import pyarrow.fs as pafs
-
 from lavender_ray import console
-from lavender_ray.runs import METRICS_FILE, checkpoint_name
-from lavender_ray.storage import filesystem_and_path, read_text
+from lavender_ray.runs import metrics_path
 
 POLL_S = 2.0
-
-
-def run_metrics_path(run_dir: str) -> str:
-    """The run's live metrics log: one JSON object per report, appended by rank 0."""
-    return f"{run_dir}/{METRICS_FILE}"
 
 
 def train_status(
@@ -52,31 +44,16 @@ def train_status(
     return fields, eta
 
 
-def newest_checkpoint_history(run_dir: str) -> list[dict[str, Any]]:
-    """The metrics history in the newest `checkpoint_step*/` of the run (empty: none yet)."""
-    fs, inner = filesystem_and_path(run_dir)
-    if fs.get_file_info(inner).type != pafs.FileType.Directory:
-        return []
-    prefix = checkpoint_name(0).rstrip("0")
-    names = sorted(info.base_name for info in fs.get_file_info(pafs.FileSelector(inner))
-                   if info.base_name.startswith(prefix))
-    text = read_text(f"{run_dir}/{names[-1]}/{METRICS_FILE}") if names else None
-    return console.JsonlTail.parse(text.encode()) if text else []
-
-
 class TrainFollower:
     """Moves `shown` to each new report of the run in `run_dir` (see the module docstring)."""
 
     def __init__(self, run_dir: str, max_steps: int, shown: console.Progress) -> None:
         self.run_dir, self.max_steps, self.shown = run_dir, max_steps, shown
-        self.tail = console.JsonlTail(run_metrics_path(run_dir))
+        self.tail = console.JsonlTail(metrics_path(run_dir))
         self.last: dict[str, Any] | None = None
 
     def poll(self) -> None:
-        records = self.tail.read_new()
-        if not records and self.tail.offset == 0:
-            records = newest_checkpoint_history(self.run_dir)
-        for record in records:
+        for record in self.tail.read_new():
             if "step" not in record or (self.last and record["step"] <= self.last["step"]):
                 continue
             fields, eta = train_status(record, self.last, self.max_steps)

@@ -67,11 +67,11 @@ from lavender_ray.config import ConfigError, LavenderConfig
 from lavender_ray.pictures import ProbeSample, render_probe
 from lavender_ray.runs import (
     CURVES_FILE,
-    METRICS_FILE,
     MLFLOW_DIR,
     TENSORBOARD_DIR,
     TRACKING_FILE,
     attention_report_dir,
+    metrics_path,
     run_dir_of,
 )
 from lavender_ray.storage import (
@@ -329,7 +329,7 @@ def finish_tracking(
 def write_curves(cfg: LavenderConfig, run_dir: str) -> bytes | None:
     """Draw `<run>/report/curves.png` from `<run>/metrics.jsonl`; the PNG, or None when nothing
     was reported or matplotlib is missing (said in a warning)."""
-    history = read_history(read_text(f"{run_dir}/{METRICS_FILE}") or "")
+    history = read_history(read_text(metrics_path(run_dir)) or "")
     if not history:
         return None
     try:
@@ -380,7 +380,7 @@ class RunTracker:
         then each tracker of `train.report_to` joined (`tracking.json`, from the driver)."""
         run_dir = run_dir_of(cfg)
         lines = "".join(metric_line(m) for m in state.history)
-        write_text(f"{run_dir}/{METRICS_FILE}", lines)
+        write_text(metrics_path(run_dir), lines)
         if not cfg.train.report_to:
             return cls(run_dir, [])
         saved = read_text(f"{run_dir}/{TRACKING_FILE}")
@@ -396,7 +396,7 @@ class RunTracker:
 
     def report(self, metrics: dict[str, float]) -> None:
         """One report: a line of `metrics.jsonl`, then every tracker, at `metrics["step"]`."""
-        append_text(f"{self.run_dir}/{METRICS_FILE}", metric_line(metrics))
+        append_text(metrics_path(self.run_dir), metric_line(metrics))
         step = int(metrics["step"])
         for sink in self.sinks:
             sink.metrics(step, metrics)
