@@ -35,8 +35,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 RANK_SCRIPT = r"""
-import json, os, re, resource, sys, threading, time
-import numpy as np
+import json, os, resource, sys, threading, time
 import psutil
 
 peaks = {"RssAnon": 0, "RssFile": 0}
@@ -57,7 +56,7 @@ import torch
 import lavender_ray.train.worker as worker
 from lavender_ray.config import load_config
 from lavender_ray.data.synthetic import make_synthetic_records
-from lavender_ray.sd.target import SDTarget
+from lavender_ray.sd.target import stand_in_target
 from lavender_ray.train.reporting import Reporter, TrainState
 from lavender_ray.train.step import collate_records
 
@@ -78,9 +77,7 @@ peak_built = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 reporter = Reporter(cfg, engine, module, scheduler, rank, TrainState())
 for seed in range(2):
     record = make_synthetic_records(1, seed=seed * world + rank, image_size=48)[0]
-    words = list(dict.fromkeys(re.findall(r"[^\W_]+", record["target_text"].lower())))
-    maps = np.random.default_rng(seed).random((len(words), 32, 32), dtype=np.float32)
-    record |= SDTarget(words, [(-1, -1)] * len(words), maps, 0, "x").to_row()
+    record |= stand_in_target(record["target_text"], seed=seed).to_row()
     batch = collate_records([record], module.adapter, 32)
     assert worker.train_micro_batch(engine, reporter, batch, dtype, 10)
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024

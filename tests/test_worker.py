@@ -5,16 +5,13 @@ TorchTrainer run whose loss diverges."""
 
 from __future__ import annotations
 
-import json
 import math
-import os
-import subprocess
-import sys
 from types import SimpleNamespace
 
 import pytest
 import ray.train
 import torch
+from ranks import run_two_ranks
 from test_sd_stage import OVERRIDES as SD_OVERRIDES
 
 from lavender_ray.config import load_config
@@ -240,13 +237,12 @@ def test_no_matched_word_in_the_first_reports_warns_once_that_the_run_is_plain_s
 
 
 SKIP_SCRIPT = r"""
-import json, math, os, re, sys
-import numpy as np
+import json, math, os, sys
 import torch, deepspeed
 from lavender_ray.align import build_aligner
 from lavender_ray.config import load_config
 from lavender_ray.data.synthetic import make_synthetic_records
-from lavender_ray.sd.target import SDTarget
+from lavender_ray.sd.target import stand_in_target
 from lavender_ray.train.precision import deepspeed_config
 from lavender_ray.train.reporting import Reporter, TrainState
 from lavender_ray.train.step import LavenderModule, build_optimizer, collate_records
@@ -258,9 +254,7 @@ cfg = load_config("demo", ["loss.word_source=label", "lora.dropout=0", "train.gr
                            f"train.zero_stage={sys.argv[1]}", "train.on_nonfinite=skip"])
 records = []
 for record in make_synthetic_records(2, seed=rank, image_size=48):
-    words = list(dict.fromkeys(re.findall(r"[^\W_]+", record["target_text"].lower())))
-    maps = np.random.default_rng(0).random((len(words), 32, 32), dtype=np.float32)
-    records.append(record | SDTarget(words, [(-1, -1)] * len(words), maps, 0, "x").to_row())
+    records.append(record | stand_in_target(record["target_text"]).to_row())
 
 
 def run(with_nan):
@@ -303,16 +297,7 @@ print("RESULT", json.dumps({
 def test_a_skipped_micro_batch_leaves_no_trace_under_deepspeed(stage, tmp_path):
     """Two ranks under ZeRO, gradient accumulation 2: a micro-batch whose loss is NaN on one
     rank only is left out on both, and the weights end exactly as in a run without it."""
-    script = tmp_path / "skip.py"
-    script.write_text(SKIP_SCRIPT)
-    args = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-            "--master_port", str(29660 + stage), str(script), str(stage)]
-    run = subprocess.run(args, env={**os.environ, "DS_ACCELERATOR": "cpu"}, cwd=tmp_path,
-                         capture_output=True, text=True, timeout=280)
-    lines = [line for line in run.stdout.splitlines() if line.startswith("RESULT ")]
-    assert run.returncode == 0 and len(lines) == 2, run.stderr[-3000:]
-    for line in lines:  # one per rank
-        result = json.loads(line[len("RESULT "):])
+    for result in run_two_ranks(SKIP_SCRIPT, tmp_path, 29660 + stage, str(stage)):
         assert result["trained"] == [True, False, True]
         assert result["step"] == result["engine_steps"] == 1 and result["skipped"] == 1
         assert result["same_as_without_it"] and result["finite"] and result["updated"]

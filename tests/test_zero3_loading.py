@@ -7,24 +7,17 @@ build holds every weight whole on every rank. The end-to-end run (Ray Train, exp
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
+from ranks import run_two_ranks
 
 pytestmark = pytest.mark.slow  # two DeepSpeed ranks in subprocesses
 
 SCRIPT = r"""
-import json, os, re, sys
-import numpy as np
-import torch
+import json, os, sys
 import lavender_ray.train.worker as worker
 from lavender_ray.config import load_config
 from lavender_ray.data.synthetic import make_synthetic_records
-from lavender_ray.sd.target import SDTarget
+from lavender_ray.sd.target import stand_in_target
 from lavender_ray.train.reporting import Reporter, TrainState
 from lavender_ray.train.step import collate_records
 
@@ -49,9 +42,7 @@ def watched(*args, **kwargs):  # the adapter as built, before deepspeed.initiali
 worker.build_adapter = watched
 engine, module, scheduler, dtype = worker.build_engine(cfg, world)
 record = make_synthetic_records(1, seed=rank, image_size=48)[0]
-words = list(dict.fromkeys(re.findall(r"[^\W_]+", record["target_text"].lower())))
-maps = np.random.default_rng(0).random((len(words), 32, 32), dtype=np.float32)
-record |= SDTarget(words, [(-1, -1)] * len(words), maps, 0, "x").to_row()
+record |= stand_in_target(record["target_text"]).to_row()
 reporter = Reporter(cfg, engine, module, scheduler, rank, TrainState())
 trained = worker.train_micro_batch(engine, reporter, collate_records([record], module.adapter, 32),
                                    dtype, 10)
@@ -60,21 +51,9 @@ print("RESULT", json.dumps({**seen, "partitioned": sum(seen["partitioned"]),
 """
 
 
-def run_ranks(mllama_folder: Path, stage: int, tmp_path: Path) -> list[dict]:
-    script = tmp_path / "zero3_loading.py"
-    script.write_text(SCRIPT)
-    args = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-            "--master_port", str(29670 + stage), str(script), str(mllama_folder), str(stage)]
-    run = subprocess.run(args, env={**os.environ, "DS_ACCELERATOR": "cpu"}, cwd=tmp_path,
-                         capture_output=True, text=True, timeout=280)
-    lines = [line for line in run.stdout.splitlines() if line.startswith("RESULT ")]
-    assert run.returncode == 0 and len(lines) == 2, run.stderr[-3000:]
-    return [json.loads(line[len("RESULT "):]) for line in lines]
-
-
 @pytest.mark.timeout(300)
 def test_zero3_builds_every_base_weight_partitioned_and_trains(mllama_folder, tmp_path):
-    for rank in run_ranks(mllama_folder, 3, tmp_path):
+    for rank in run_two_ranks(SCRIPT, tmp_path, 29673, str(mllama_folder), "3"):
         assert rank["partitioned"] == rank["base_tensors"] > 0
         assert rank["held"] <= rank["full"] / 2 + rank["base_tensors"]  # half, each padded
         assert rank["lora"] > 0 and rank["trained"]
@@ -82,6 +61,6 @@ def test_zero3_builds_every_base_weight_partitioned_and_trains(mllama_folder, tm
 
 @pytest.mark.timeout(300)
 def test_zero2_builds_every_base_weight_whole(mllama_folder, tmp_path):
-    for rank in run_ranks(mllama_folder, 2, tmp_path):
+    for rank in run_two_ranks(SCRIPT, tmp_path, 29672, str(mllama_folder), "2"):
         assert rank["partitioned"] == 0 and rank["held"] == rank["full"]
         assert rank["lora"] > 0 and rank["trained"]

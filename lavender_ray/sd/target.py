@@ -12,6 +12,9 @@ import numpy as np
 import pyarrow as pa
 
 from lavender_ray.schema import TARGET_FIELDS, decode_maps, encode_maps
+from lavender_ray.sd.prompt import find_words
+
+STAND_IN_HASH = "stand-in"
 
 
 @dataclass(frozen=True)
@@ -62,6 +65,15 @@ class SDTarget:
             words_cut=int(row["sd_words_cut"]),
             config_hash=str(row["sd_config_hash"]),
         )
+
+
+def stand_in_target(text: str, size: int = 32, seed: int = 0) -> SDTarget:
+    """A target for `text` without running SD: its words (`prompt.find_words`, in order of first
+    occurrence) with seeded random maps in [0, 1). For tests and benchmarks that need the target
+    columns, not meaningful maps."""
+    words = list(dict.fromkeys(o.key for o in find_words(text)))
+    maps = np.random.default_rng(seed).random((len(words), size, size), dtype=np.float32)
+    return SDTarget(words, [(-1, -1)] * len(words), maps, 0, STAND_IN_HASH)
 
 
 def target_columns(targets: list[SDTarget]) -> dict[str, pa.Array]:
