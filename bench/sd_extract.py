@@ -120,11 +120,12 @@ def tiny_benchmark(sd: SDConfig, n: int, repeats: int) -> dict[str, float]:
 def real_size_benchmark(sd: SDConfig, smoke: bool, repeats: int) -> dict[str, float]:
     results = {}
     batch = 1 if smoke else sd.batch_size
+    base = {**REAL_SIZE, **(SMOKE if smoke else {})}
     runs = {"ddim": {}, "null_text": {}, "ddim_compiled": {"channels_last": True, "compile": True}}
     for name, options in runs.items():
         mode = name.removesuffix("_compiled")
-        settings = {**REAL_SIZE, **(SMOKE if smoke else {}), "inversion": mode, **options,
-                    "guidance_scale": 1.0 if mode == "ddim" else REAL_SIZE["guidance_scale"]}
+        settings = {**base, "inversion": mode, **options,
+                    "guidance_scale": 1.0 if mode == "ddim" else base["guidance_scale"]}
         extractor = SDExtractor(sd.model_copy(update=settings))
         if options:
             start = time.perf_counter()
@@ -136,8 +137,7 @@ def real_size_benchmark(sd: SDConfig, smoke: bool, repeats: int) -> dict[str, fl
             results[f"{name}_peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
             torch.cuda.reset_peak_memory_stats()
             torch.cuda.empty_cache()
-    results.update(dtype_agreement(sd.model_copy(update={**REAL_SIZE, **(SMOKE if smoke else {}),
-                                                          "inversion": "null_text"})))
+    results.update(dtype_agreement(sd.model_copy(update={**base, "inversion": "null_text"})))
     return results
 
 

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import re
 import statistics
 import sys
 import time
@@ -52,6 +51,7 @@ from lavender_ray.config import LavenderConfig, load_config  # noqa: E402
 from lavender_ray.data.synthetic import make_synthetic_records  # noqa: E402
 from lavender_ray.families import registered_families  # noqa: E402
 from lavender_ray.schema import encode_maps  # noqa: E402
+from lavender_ray.sd.prompt import find_words  # noqa: E402
 from lavender_ray.train.step import (  # noqa: E402
     LavenderModule,
     TrainBatch,
@@ -73,7 +73,7 @@ ORDERS = ("aligner_then_pool", "pool_then_aligner")  # aligner.word_pooling, the
 # ----------------------------------------------------------------------------- data
 def with_synthetic_targets(record: dict, size: int, seed: int) -> dict:
     """`record` + SD target columns: one Gaussian blob per word of its target text."""
-    keys = list(dict.fromkeys(w.lower() for w in re.findall(r"[^\W_]+", record["target_text"])))
+    keys = list(dict.fromkeys(o.key for o in find_words(record["target_text"])))
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[0:size, 0:size]
     centres = rng.uniform(0.2 * size, 0.8 * size, size=(len(keys), 2))
@@ -286,21 +286,24 @@ def llama32_11b_vision_config(tokenizer, cpu_dry_run: bool = False, shallow: boo
     return MllamaConfig(vision_config=vision, text_config=text, image_token_index=image_token)
 
 
-def real_size_adapter(cfg: LavenderConfig, device: torch.device, dtype: torch.dtype) -> VLMAdapter:
-    """Llama-3.2-11B-Vision with random weights on `device`, LoRA from `cfg.lora`, capture on."""
-    from transformers import (
-        MllamaForConditionalGeneration,
-        MllamaImageProcessorPil,
-        MllamaProcessor,
-    )
+def real_size_processor():
+    """Llama-3.2-11B-Vision's image processor (560 px tiles, up to 4) with the tiny Mllama
+    tokenizer (its ids are valid ids of the 128k vocabulary) and chat template."""
+    from transformers import MllamaImageProcessorPil, MllamaProcessor
 
     from lavender_ray.vlm.mllama.tiny import MLLAMA_TEMPLATE, tiny_mllama
 
-    _, tiny_processor = tiny_mllama()
-    tokenizer = tiny_processor.tokenizer
-    config = llama32_11b_vision_config(tokenizer, cpu_dry_run=device.type == "cpu")
     image_processor = MllamaImageProcessorPil(size={"height": 560, "width": 560}, max_image_tiles=4)
-    processor = MllamaProcessor(image_processor, tokenizer, chat_template=MLLAMA_TEMPLATE)
+    return MllamaProcessor(image_processor, tiny_mllama()[1].tokenizer,
+                           chat_template=MLLAMA_TEMPLATE)
+
+
+def real_size_adapter(cfg: LavenderConfig, device: torch.device, dtype: torch.dtype) -> VLMAdapter:
+    """Llama-3.2-11B-Vision with random weights on `device`, LoRA from `cfg.lora`, capture on."""
+    from transformers import MllamaForConditionalGeneration
+
+    processor = real_size_processor()
+    config = llama32_11b_vision_config(processor.tokenizer, cpu_dry_run=device.type == "cpu")
     with torch.device(device):
         model = MllamaForConditionalGeneration._from_config(config, dtype=dtype)
     return adapter_around(cfg, model, processor)
@@ -314,21 +317,14 @@ def real_widths_from_folder(preset: str, overrides: list[str]) -> None:
     import resource
     import tempfile
 
-    from transformers import (
-        MllamaForConditionalGeneration,
-        MllamaImageProcessorPil,
-        MllamaProcessor,
-    )
+    from transformers import MllamaForConditionalGeneration
 
-    from lavender_ray.vlm.mllama.tiny import MLLAMA_TEMPLATE, tiny_mllama
     from lavender_ray.vlm.registry import build_adapter
 
-    tokenizer = tiny_mllama()[1].tokenizer
-    config = llama32_11b_vision_config(tokenizer, shallow=True)
+    processor = real_size_processor()
+    config = llama32_11b_vision_config(processor.tokenizer, shallow=True)
     vision = config.vision_config
     tile_tokens = (vision.image_size // vision.patch_size) ** 2 + 1  # + the class token
-    image_processor = MllamaImageProcessorPil(size={"height": 560, "width": 560}, max_image_tiles=4)
-    processor = MllamaProcessor(image_processor, tokenizer, chat_template=MLLAMA_TEMPLATE)
     with tempfile.TemporaryDirectory(prefix="mllama-11b-widths-") as folder:
         start = time.perf_counter()
         model = MllamaForConditionalGeneration._from_config(config)
