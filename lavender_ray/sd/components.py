@@ -62,17 +62,13 @@ def load_components(sd: SDConfig, device: torch.device) -> SDComponents:
     return parts
 
 
-def compile_regions(unet: UNet2DConditionModel) -> list[str]:
+def compile_regions(unet: UNet2DConditionModel) -> None:
     """`torch.compile` each ResNet block, feed-forward layer and self-attention (`attn1`) of
     `unet` in place; the cross-attention modules (`attn2`) stay eager, so the processors the
-    capture installs on them run as written and swapping them recompiles nothing. Returns the
-    names of the compiled modules."""
-    compiled = []
+    capture installs on them run as written and swapping them recompiles nothing."""
     for name, module in unet.named_modules():
         if isinstance(module, ResnetBlock2D | FeedForward) or name.endswith(".attn1"):
             module.compile()
-            compiled.append(name)
-    return compiled
 
 
 def cast_floats(module: torch.nn.Module, dtype: torch.dtype) -> None:

@@ -7,8 +7,8 @@ A driver thread tails `<run>/metrics.jsonl` (`runs.metrics_path`; rank 0 appends
 per report, before Ray Train gets the report, and a resumed run's rank 0 rewrites it from the
 restored history first) and moves the command's progress display (`console.progress`): steps of
 `train.max_steps`, the last loss, samples/s and the ETA, from the reported step time
-(`train_status`). Outside a command (no console, e.g. a Tune
-trial's driver) nothing is followed.
+(`train_status`). Outside a command (no console, e.g. a Tune trial's driver) nothing is
+followed.
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ class TrainFollower:
     """Moves `shown` to each new report of the run in `run_dir` (see the module docstring)."""
 
     def __init__(self, run_dir: str, max_steps: int, shown: console.Progress) -> None:
-        self.run_dir, self.max_steps, self.shown = run_dir, max_steps, shown
+        self.max_steps, self.shown = max_steps, shown
         self.tail = console.JsonlTail(metrics_path(run_dir))
         self.last: dict[str, Any] | None = None
 
