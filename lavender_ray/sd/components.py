@@ -32,6 +32,7 @@ def default_device_type() -> str:
 
 
 SPEED_OPTIONS = {"batch_size", "channels_last", "compile"}  # change how fast, not the maps
+COMPILE_VARIANTS = 64  # compiled variants per block class (`compile_regions`)
 
 
 def sd_config_hash(sd: SDConfig, device_type: str) -> str:
@@ -65,7 +66,14 @@ def load_components(sd: SDConfig, device: torch.device) -> SDComponents:
 def compile_regions(unet: UNet2DConditionModel) -> None:
     """`torch.compile` each ResNet block, feed-forward layer and self-attention (`attn1`) of
     `unet` in place; the cross-attention modules (`attn2`) stay eager, so the processors the
-    capture installs on them run as written and swapping them recompiles nothing."""
+    capture installs on them run as written and swapping them recompiles nothing.
+
+    Every instance of a block class shares one `forward`, and torch compiles one variant per
+    input shape (channels x resolution x batch: SD-1.4's ResNet blocks alone have more than
+    torch's default 8), so the per-function limit is raised to `COMPILE_VARIANTS`; past the
+    default, the later blocks would silently run eager."""
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit,
+                                               COMPILE_VARIANTS)
     for name, module in unet.named_modules():
         if isinstance(module, ResnetBlock2D | FeedForward) or name.endswith(".attn1"):
             module.compile()
