@@ -237,7 +237,7 @@ def test_no_matched_word_in_the_first_reports_warns_once_that_the_run_is_plain_s
 
 
 SKIP_SCRIPT = r"""
-import json, math, os, sys
+import math, os, sys
 import torch, deepspeed
 from lavender_ray.align import build_aligner
 from lavender_ray.config import load_config
@@ -281,13 +281,13 @@ def run(with_nan):
 (trained, skipped_run, reporter, engine), (_, clean_run, _, _) = run(True), run(False)
 torch.manual_seed(0)
 untrained = [p for p in build_adapter(cfg.vlm, cfg.lora, 32).model.parameters() if p.requires_grad]
-print("RESULT", json.dumps({
+report({
     "trained": trained, "step": reporter.step, "skipped": reporter.state.skipped,
     "engine_steps": engine.global_steps,
     "same_as_without_it": all(torch.equal(a, b) for a, b in zip(skipped_run, clean_run)),
     "finite": all(bool(torch.isfinite(v).all()) for v in skipped_run),
     "updated": any(not torch.equal(a, b) for a, b in zip(skipped_run, untrained)),
-}))
+})
 """
 
 

@@ -13,7 +13,7 @@ from ranks import run_two_ranks
 pytestmark = pytest.mark.slow  # two DeepSpeed ranks in subprocesses
 
 SCRIPT = r"""
-import json, os, sys
+import os, sys
 import lavender_ray.train.worker as worker
 from lavender_ray.config import load_config
 from lavender_ray.data.synthetic import make_synthetic_records
@@ -46,8 +46,8 @@ record |= stand_in_target(record["target_text"]).to_row()
 reporter = Reporter(cfg, engine, module, scheduler, rank, TrainState())
 trained = worker.train_micro_batch(engine, reporter, collate_records([record], module.adapter, 32),
                                    dtype, 10)
-print("RESULT", json.dumps({**seen, "partitioned": sum(seen["partitioned"]),
-                            "base_tensors": len(seen["partitioned"]), "trained": trained}))
+report({**seen, "partitioned": sum(seen["partitioned"]),
+        "base_tensors": len(seen["partitioned"]), "trained": trained})
 """
 
 
