@@ -19,6 +19,7 @@ Shapes::
 
 from __future__ import annotations
 
+import copy
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from typing import Any, ClassVar, Literal
@@ -26,7 +27,7 @@ from typing import Any, ClassVar, Literal
 import torch
 from PIL import Image
 from torch import nn
-from transformers import AutoConfig, AutoProcessor, PreTrainedModel
+from transformers import AutoConfig, AutoProcessor, PretrainedConfig, PreTrainedModel
 
 from lavender_ray.config import VLMConfig
 from lavender_ray.tensors import axis_weights, resize_maps
@@ -138,6 +139,20 @@ class CapturingAdapter(ABC):
         return adapter.vlm_inputs
 
     # ------------------------------------------------------------------ family hooks
+    @classmethod
+    def shallow_config(cls, config: PretrainedConfig, depth: int) -> PretrainedConfig:
+        """A copy of `config` with `depth` layers of each layer kind (the memory plan measures
+        shallow copies and scales by depth). Default: `depth` layers in every sub-config."""
+        shallow = copy.deepcopy(config)
+        for sub in [shallow, *(getattr(shallow, n, None) for n in shallow.sub_configs)]:
+            for key in ("num_hidden_layers", "depth"):
+                if isinstance(getattr(sub, key, None), int):
+                    setattr(sub, key, depth)
+            kinds = getattr(sub, "layer_types", None)  # per-layer attention kinds, if listed
+            if isinstance(kinds, list) and kinds:
+                sub.layer_types = [kinds[i % len(kinds)] for i in range(depth)]
+        return shallow
+
     @classmethod
     def load_processor(cls, model_id: str, **kwargs: Any) -> Any:
         """The processor of a real checkpoint (`kwargs`: revision, trust_remote_code)."""

@@ -18,9 +18,11 @@ Shapes::
 
 from __future__ import annotations
 
+import copy
+
 import torch
 from torch import nn
-from transformers import MllamaForConditionalGeneration, PreTrainedModel
+from transformers import MllamaForConditionalGeneration, PretrainedConfig, PreTrainedModel
 
 from lavender_ray.vlm.adapter import FRAME_SIZES, CapturingAdapter
 from lavender_ray.vlm.base import KeyLayout
@@ -50,6 +52,19 @@ class MllamaAdapter(CapturingAdapter):
         self.tile_size, self.patch_size = _side(vision.image_size), _side(vision.patch_size)
         self.patches_per_side = self.tile_size // self.patch_size
         self.supported_aspect_ratios = [list(r) for r in vision.supported_aspect_ratios]
+
+    @classmethod
+    def shallow_config(cls, config: PretrainedConfig, depth: int) -> PretrainedConfig:
+        """`depth` self-attention and `depth` cross-attention text layers (alternating), `depth`
+        local and `depth` global vision layers, the same number of intermediate vision outputs."""
+        shallow = copy.deepcopy(config)
+        text, vision = shallow.text_config, shallow.vision_config
+        text.num_hidden_layers = 2 * depth
+        text.cross_attention_layers = list(range(1, 2 * depth, 2))
+        vision.num_hidden_layers = vision.num_global_layers = depth
+        vision.intermediate_layers_indices = [
+            i % depth for i in range(len(vision.intermediate_layers_indices))]
+        return shallow
 
     @staticmethod
     def attention_modules(model: PreTrainedModel) -> dict[int, nn.Module]:
