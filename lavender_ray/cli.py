@@ -14,6 +14,7 @@ from lavender_ray.config import ConfigError
 COMMANDS: dict[str, str] = {
     "config": "config",
     "demo": "demo",
+    "plan": "plan",
     "train": "train",
     "extract": "extract",
     "show-targets": "show_targets",

@@ -4,6 +4,7 @@ several modules read (`shared_runs`)."""
 from __future__ import annotations
 
 import os
+import tempfile
 
 import pytest
 import torch
@@ -11,6 +12,8 @@ import torch
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# the plan's measurements: measured afresh in every test session, never from ~/.cache
+os.environ["LAVENDER_PLAN_CACHE"] = tempfile.mkdtemp(prefix="lavender-plan-")
 torch.set_num_threads(1)
 
 from shared_runs import mlflow_server, mllama_folder, stream_run  # noqa: E402, F401  (session fixtures; after the env above)

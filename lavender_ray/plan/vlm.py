@@ -1,0 +1,371 @@
+"""The train worker's side of the plan: parameter counts and the activations of one micro-batch.
+
+Counts are exact: the preset's model is built from its config on the `meta` device (no memory,
+no weights) and LoRA applied as training applies it.
+
+Activations are measured, not guessed: autograd's saved tensors (`plan.saved.SavedTensors`) of
+one Lavender forward (VLM, captured maps, Aligner, loss) on the worst-case micro-batch of the
+preset (`vlm.max_length` tokens, a 1120 x 1120 px image: Mllama's 4 tiles, the most image tokens
+the other families make of it, every answer word matched to an SD map), run on CPU by a copy of
+the model whose widths (hidden sizes, MLP sizes, head dims) are cut by a factor f, at full depth
+and with the real token counts. Every saved tensor is either proportional to the widths
+(hidden states, MLP activations, queries/keys/values) or independent of them (attention
+probabilities, logits, LoRA's rank-r activations, the maps): the bytes are a + b/f, so two
+measurements (f and f/2) give the full-width figure a + b. `bench/plan_activations.py` and
+`tests/test_plan.py` compare that extrapolation with a direct measurement.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import hashlib
+import io
+import json
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+from transformers import AutoConfig, PretrainedConfig
+from transformers.initialization import no_init_weights
+
+from lavender_ray.align import build_aligner
+from lavender_ray.config import ConfigError, LavenderConfig, LoraConfig
+from lavender_ray.plan.saved import OUTSIDE, SavedTensors, layer_counts, layers_by_kind
+from lavender_ray.sd.target import stand_in_target
+from lavender_ray.tensors import TORCH_DTYPES
+from lavender_ray.train.step import LavenderModule, collate_records
+from lavender_ray.vlm.adapter import CapturingAdapter
+from lavender_ray.vlm.lora import apply_finetuning
+from lavender_ray.vlm.mllama.released import released_architecture
+from lavender_ray.vlm.registry import adapter_class
+from lavender_ray.vlm.tiny import TINY_PREFIX
+
+# Width keys scaled in a config and in each of its sub-configs; head counts are kept, so head
+# dims scale with the widths.
+WIDTH_KEYS = ("hidden_size", "intermediate_size", "embed_dim", "vision_output_dim",
+              "projection_dim", "out_hidden_size", "head_dim")  # fmt: skip
+HEAD_KEYS = ("num_attention_heads", "attention_heads", "num_heads", "num_key_value_heads")
+TEXT_LAYERS = "in language_model"  # the layer kinds of the text model (`plan.saved` names)
+# Layers of each kind in the two shallow copies: the step from one to two layers is one more
+# layer (the first one differs: its input needs no gradient), the rest is the same at any depth.
+# (Two and three would also separate a last layer that differed; none measured did, and the
+# third layer of each kind took the 11B measurement past 24 GiB.)
+DEPTHS = (1, 2)
+MAX_FACTOR = 16
+CACHE_FORMAT = 1  # change when what a measurement gives changes: older cache files are not read
+MIN_HEAD_DIM = 8  # narrower heads leave the linear regime: CPU attention kernels change
+WORST_IMAGE_SIDE = 1120
+MAX_SD_WORDS = 60  # SD's 77-token prompt holds about this many words
+ANSWER_WORDS = (
+    "red green blue yellow purple orange circle square triangle star left right above below top "
+    "bottom center small large dark light round flat tree house street water sky grass table "
+    "chair dog cat car person people sitting standing holding looking wearing playing behind "
+    "front near under over inside outside between corner side upper lower bright pale gray "
+    "white black brown pink gold silver cube ball box line dot ring heart diamond oval picture"
+).split()
+
+
+@dataclass(frozen=True)
+class VLMEstimate:
+    """The train worker's model: parameters, one worst-case micro-batch's saved activations
+    (batch 1, full width and depth, per layer kind) and its training FLOPs."""
+
+    base_params: int  # frozen
+    trainable_params: int  # LoRA (or every weight with lora.mode=full) + the Aligner
+    activations: dict[str, float]  # bytes
+    tokens: int  # text tokens of the worst-case micro-batch
+    image_tokens: int  # the most tokens one layer of the vision tower processes
+    flops_per_sample: float
+    widths: tuple[int, ...]  # the width divisors measured (1: full width)
+    dtype_bytes: int  # element size the activations were measured in
+    source: str
+
+    def activation_bytes(self) -> float:
+        return sum(self.activations.values())
+
+    @property
+    def measured(self) -> bool:
+        return bool(self.activations)
+
+
+def architecture(cfg: LavenderConfig) -> tuple[PretrainedConfig, Any, str]:
+    """(model config, processor, where they came from) of `vlm.model_id`, without weights: the
+    tiny builders, a local folder or the Hub (config and processor files only), or the
+    published architecture of the paper's model when the Hub cannot be reached."""
+    vlm = cfg.vlm
+    cls = adapter_class(vlm.family)
+    if vlm.model_id.startswith(TINY_PREFIX):
+        model, processor = cls.build_tiny(vlm.seed)
+        return model.config, processor, "tiny builder"
+    local = Path(vlm.model_id).is_dir()
+    try:
+        config = AutoConfig.from_pretrained(vlm.model_id, revision=vlm.revision,
+                                            trust_remote_code=vlm.trust_remote_code,
+                                            local_files_only=not local and _released(vlm.model_id))
+        processor = cls.load_processor(vlm.model_id, revision=vlm.revision,
+                                       trust_remote_code=vlm.trust_remote_code)
+        return config, processor, "local folder" if local else "Hub config"
+    except (OSError, ValueError) as err:
+        released = released_architecture(vlm.model_id)
+        if released is not None:
+            return released[0], released[1], "published architecture (Hub not reached)"
+        raise ConfigError(
+            f"vlm.model_id={vlm.model_id!r}: cannot read its config.json and processor files to "
+            f"plan ({err}); give a local folder with them, or a Hub id this machine can reach"
+        ) from err
+
+
+def _released(model_id: str) -> bool:
+    return released_architecture(model_id) is not None
+
+
+def meta_model(cfg: LavenderConfig, config: PretrainedConfig, lora: LoraConfig) -> torch.nn.Module:
+    """The family's model built from `config` on the meta device, fine-tuning applied."""
+    cls = adapter_class(cfg.vlm.family)
+    with torch.device("meta"):
+        model = cls.model_class._from_config(config, dtype=_dtype(cfg))
+        return apply_finetuning(model, lora, seed=cfg.vlm.seed)
+
+
+def _dtype(cfg: LavenderConfig) -> torch.dtype:
+    """The dtype the trainer computes in on a GPU: bf16 unless fp16/fp32 is asked for."""
+    precision = cfg.train.precision if cfg.train.precision in ("fp16", "fp32") else "bf16"
+    return TORCH_DTYPES[precision]
+
+
+def _captured_layers(cfg: LavenderConfig, config: PretrainedConfig) -> list[int]:
+    if cfg.vlm.attention_layers is not None:
+        return list(cfg.vlm.attention_layers)
+    text = config.get_text_config()
+    return list(getattr(text, "cross_attention_layers", None) or range(text.num_hidden_layers))
+
+
+# ------------------------------------------------------------------------ activations
+def scaled_config(config: PretrainedConfig, factor: int) -> PretrainedConfig:
+    """`config` with every width divided by `factor` (head counts kept: head dims shrink)."""
+    return _rescaled(config, lambda width: width // factor)
+
+
+def _rescaled(config: PretrainedConfig, scale: Callable[[int], int]) -> PretrainedConfig:
+    """A copy of `config` with `scale` applied to every width and to multimodal RoPE's
+    sections of the head dim (Qwen2-VL's `mrope_section`)."""
+    scaled = copy.deepcopy(config)
+    for sub in _configs(scaled):
+        for key in WIDTH_KEYS:
+            value = getattr(sub, key, None)
+            if isinstance(value, int) and value > 0:
+                setattr(sub, key, scale(value))
+        rope = getattr(sub, "rope_parameters", None)
+        if isinstance(rope, dict) and rope.get("mrope_section"):
+            rope["mrope_section"] = [scale(s) for s in rope["mrope_section"]]
+    return scaled
+
+
+def widened_config(config: PretrainedConfig, factor: int) -> PretrainedConfig:
+    """`config` with every width multiplied by `factor` (for tests of the narrowing)."""
+    return _rescaled(config, lambda width: width * factor)
+
+
+def _configs(config: PretrainedConfig) -> list[PretrainedConfig]:
+    subs = [getattr(config, name, None) for name in getattr(config, "sub_configs", {})]
+    return [config, *(s for s in subs if isinstance(s, PretrainedConfig))]
+
+
+def width_factor(config: PretrainedConfig) -> int:
+    """The largest power of two <= MAX_FACTOR dividing every width and head dim, leaving head
+    dims of at least MIN_HEAD_DIM; 1 when only the full width qualifies."""
+    factor = MAX_FACTOR
+    while factor > 1 and not all(_divides(sub, factor) for sub in _configs(config)):
+        factor //= 2
+    return factor if factor >= 2 else 1
+
+
+def _divides(sub: PretrainedConfig, factor: int) -> bool:
+    widths = [getattr(sub, k) for k in WIDTH_KEYS if isinstance(getattr(sub, k, None), int)]
+    heads = [getattr(sub, k) for k in HEAD_KEYS if isinstance(getattr(sub, k, None), int)]
+    hidden = getattr(sub, "hidden_size", None)
+    head_dims = [hidden // h for h in heads if isinstance(hidden, int) and h and hidden % h == 0]
+    rope = getattr(sub, "rope_parameters", None)
+    sections = rope.get("mrope_section") or [] if isinstance(rope, dict) else []
+    return all(w % factor == 0 for w in [*widths, *sections]) and all(
+        d % factor == 0 and d // factor >= MIN_HEAD_DIM for d in head_dims)
+
+
+def worst_case_record(max_length: int, tokenizer: Any) -> dict[str, Any]:
+    """A record whose chat fills `max_length` tokens (the adapter cuts it there), on a
+    1120 x 1120 px image; its SD target text is the first MAX_SD_WORDS answer words."""
+    buffer = io.BytesIO()
+    Image.new("RGB", (WORST_IMAGE_SIDE, WORST_IMAGE_SIDE), (120, 90, 200)).save(buffer, "PNG")
+    lengths = {w: len(tokenizer(" " + w, add_special_tokens=False)["input_ids"])
+               for w in ANSWER_WORDS}
+    words, tokens = [], 0
+    while tokens < max_length:  # just past it: the answer is cut, never the tokenizer's limit
+        words.append(ANSWER_WORDS[len(words) % len(ANSWER_WORDS)])
+        tokens += lengths[words[-1]]
+    messages = [{"role": "user", "content": "Describe the image."},
+                {"role": "assistant", "content": " ".join(words)}]
+    return {"id": "worst-case", "image": buffer.getvalue(), "messages": json.dumps(messages),
+            "target_text": " ".join(words[:MAX_SD_WORDS])}
+
+
+def measure_saved(cfg: LavenderConfig, config: PretrainedConfig, processor: Any,
+                  dtype: torch.dtype) -> Measurement:
+    """Saved bytes (per layer kind) of one Lavender forward of the worst-case record by a model of
+    `config` on CPU (constant weights), LoRA and capture as in training."""
+    cls = adapter_class(cfg.vlm.family)
+    with no_init_weights():  # sizes do not depend on the values: skip the random draws
+        model = cls.model_class._from_config(config, dtype=dtype)
+    with torch.no_grad():
+        for param in model.parameters():
+            param.fill_(0.02)
+    if cfg.vlm.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    # the default captured layers: a shallow copy lacks the full model's layer indices
+    adapter: CapturingAdapter = cls(model, processor, attention_layers=None,
+                                    map_size=cfg.sd.output_size, max_length=cfg.vlm.max_length,
+                                    model_id=cfg.vlm.model_id)
+    adapter.model = apply_finetuning(adapter.base_model, cfg.lora, seed=cfg.vlm.seed)
+    aligner = build_aligner(cfg.aligner, adapter.num_heads).to(dtype)
+    loss = cfg.loss.model_copy(update={"word_source": "label"})  # every answer word matched
+    module = LavenderModule(adapter, aligner, loss, cfg.sd.output_size).train()
+    tokenizer = getattr(processor, "tokenizer", processor)
+    record = worst_case_record(cfg.vlm.max_length, tokenizer)
+    record |= stand_in_target(record["target_text"], cfg.sd.output_size).to_row()
+    batch = collate_records([record], adapter, cfg.sd.output_size)
+    batch.inputs = {k: v.to(dtype) if torch.is_floating_point(v) else v
+                    for k, v in batch.inputs.items()}
+    with SavedTensors(module) as saved:
+        module(batch, 0, 10)
+    # the maps, the Aligner and the loss grow with the captured layers: count them as such
+    layers = layer_counts(module) | {OUTSIDE: len(adapter.layers)}
+    return Measurement(saved.by_kind(), layers, int(batch.inputs["input_ids"].shape[1]),
+                       dict(saved.tokens))
+
+
+@dataclass(frozen=True)
+class Measurement:
+    by_kind: dict[str, int]  # saved bytes
+    layers: dict[str, int]  # layers of each kind
+    tokens: int  # text tokens of the micro-batch
+    layer_tokens: dict[str, int]  # tokens one layer of each kind processes
+
+
+def full_depth(shallow: Measurement, deeper: Measurement, layers: dict[str, int]) -> dict[str, float]:
+    """Saved bytes per kind at the full depth `layers` from two depths of the same width: the
+    bytes of a kind grow by the same amount per layer (the first layer's extra is the offset).
+    Outside the layers, the bytes grow with the number of captured layers (their maps)."""
+    out = {}
+    for kind in shallow.by_kind.keys() | deeper.by_kind.keys():
+        a, b = shallow.by_kind.get(kind, 0), deeper.by_kind.get(kind, 0)
+        n_a, n_b = shallow.layers.get(kind, 0), deeper.layers.get(kind, 0)
+        if n_b == n_a:  # not a repeated layer (the Aligner's own lists)
+            out[kind] = float(a)
+            continue
+        per_layer = (b - a) / (n_b - n_a)
+        out[kind] = a + per_layer * (layers.get(kind, n_a) - n_a)
+    return out
+
+
+def full_width(narrow: dict[str, float], wider: dict[str, float], factor: int) -> dict[str, float]:
+    """Bytes at full width from widths 1/factor and 2/factor: every saved tensor is either
+    proportional to the widths or independent of them, so bytes = a + b * width."""
+    out = {}
+    for kind in narrow.keys() | wider.keys():
+        a, b = narrow.get(kind, 0.0), wider.get(kind, 0.0)
+        out[kind] = max(2 * a - b + factor * (b - a), 0.0)
+    return out
+
+
+def estimate_vlm(cfg: LavenderConfig, measure: bool = True) -> VLMEstimate:
+    """Parameters, activations and FLOPs of the preset's train worker (see the module doc):
+    activations from four measurements, one and two layers of each kind at widths 1/f and 2/f
+    (at full width when f = 1), scaled to the full depth and width. `measure=False`: the
+    parameters only (well under a second at 11B), no activations, no FLOPs."""
+    config, processor, source = architecture(cfg)
+    cache = cache_file(cfg, config)  # before building: building sets fields of the config
+    dtype = _dtype(cfg)
+    full = meta_model(cfg, config, cfg.lora)
+    layers = layer_counts(full)
+    layers[OUTSIDE] = len(_captured_layers(cfg, config))
+    heads = config.get_text_config().num_attention_heads * max(layers[OUTSIDE], 1)
+    aligner = sum(p.numel() for p in build_aligner(cfg.aligner, heads).parameters())
+    estimate = VLMEstimate(
+        base_params=sum(p.numel() for p in full.parameters() if not p.requires_grad),
+        trainable_params=sum(p.numel() for p in full.parameters() if p.requires_grad) + aligner,
+        activations={}, tokens=0, image_tokens=0, flops_per_sample=0.0, widths=(),
+        dtype_bytes=dtype.itemsize, source=source,
+    )
+    if not measure:
+        return estimate
+    if cache.exists():
+        return dataclasses.replace(estimate, **_from_json(json.loads(cache.read_text())))
+    measured = _measure(cfg, config, processor, full, layers)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    partial = cache.with_suffix(".part")
+    partial.write_text(json.dumps(measured))
+    partial.replace(cache)
+    return dataclasses.replace(estimate, **_from_json(measured))
+
+
+def cache_file(cfg: LavenderConfig, config: PretrainedConfig) -> Path:
+    """Where the measurement of this architecture and these settings is kept: under
+    $LAVENDER_PLAN_CACHE, else ~/.cache/lavender_ray/plan (`lavender train` after `lavender plan`
+    measures nothing again). The key is everything the measurement depends on."""
+    key = json.dumps({
+        "format": CACHE_FORMAT, "architecture": config.to_dict(),
+        "vlm": cfg.vlm.model_dump(include={"family", "attention_layers", "max_length",
+                                           "gradient_checkpointing"}),
+        "lora": cfg.lora.model_dump(), "aligner": cfg.aligner.model_dump(),
+        "loss": cfg.loss.model_dump(), "map_size": cfg.sd.output_size, "dtype": str(_dtype(cfg)),
+    }, sort_keys=True, default=str)
+    root = Path(os.environ.get("LAVENDER_PLAN_CACHE") or Path.home() / ".cache/lavender_ray/plan")
+    return root / f"{hashlib.sha256(key.encode()).hexdigest()[:20]}.json"
+
+
+def _from_json(measured: dict[str, Any]) -> dict[str, Any]:
+    return measured | {"widths": tuple(measured["widths"])}
+
+
+def _measure(cfg: LavenderConfig, config: PretrainedConfig, processor: Any,
+             full: torch.nn.Module, layers: dict[str, int]) -> dict[str, Any]:
+    """The measured fields of `VLMEstimate`, JSON-ready."""
+    dtype = _dtype(cfg)
+    cls = adapter_class(cfg.vlm.family)
+    factor = width_factor(config)
+    widths = (factor, factor // 2) if factor > 1 else (1,)
+    at_width, measured = [], None
+    for f in widths:
+        narrowed = scaled_config(config, f) if f > 1 else config
+        one, measured = (measure_saved(cfg, cls.shallow_config(narrowed, d), processor, dtype)
+                         for d in DEPTHS)
+        at_width.append(full_depth(one, measured, layers))
+    assert measured is not None
+    vision = [t for kind, t in measured.layer_tokens.items() if not kind.endswith(TEXT_LAYERS)]
+    return {
+        "activations": full_width(*at_width, factor) if factor > 1 else at_width[0],
+        "tokens": measured.tokens,
+        "image_tokens": max(vision, default=0),
+        "flops_per_sample": train_flops(full, measured),
+        "widths": list(widths),
+    }
+
+
+def train_flops(full: torch.nn.Module, measured: Measurement) -> float:
+    """Training FLOPs of one worst-case sample: 2 per parameter and token through each layer
+    (the tokens each layer kind processed in the measurement) and through the LM head, twice
+    (the backward computes input gradients only: the base is frozen, LoRA's weight gradients
+    are negligible). Attention-score FLOPs are left out, so the rate this gives is an upper
+    bound, and the SD pool sized from it errs on the side of feeding the trainer."""
+    forward = 0.0
+    for layer, kind in layers_by_kind(full):
+        tokens = measured.layer_tokens.get(kind, 0)
+        forward += 2.0 * sum(p.numel() for p in layer.parameters()) * tokens
+    head = full.get_output_embeddings()
+    if head is not None:
+        forward += 2.0 * head.weight.numel() * measured.tokens
+    return 2.0 * forward
