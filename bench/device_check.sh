@@ -8,7 +8,10 @@
 #                                   train_step.py --real-size (Llama-3.2-11B-Vision, random
 #                                   weights, LoRA, bf16), sd_extract.py --real-size (SD 1.4:
 #                                   ddim and null-text images/s, compile + channels_last on/off,
-#                                   fp16 vs fp32 null-text maps)
+#                                   fp16 vs fp32 null-text maps), and `lavender plan` of the
+#                                   paper's preset on an H100-class card, whose train-worker
+#                                   memory to set beside train_step's measured peak (the bench's
+#                                   batch is not the plan's worst case: compare per token)
 #
 # With the `device` tool: run(command="bash bench/device_check.sh", carry=[".whl"],
 # timeout_s=600). Each benchmark has its own time limit so one hang cannot eat the call; their
@@ -54,4 +57,7 @@ timeout 300 python3 bench/train_step.py --real-size --steps 5 --warmup 2 2>&1 \
   | grep -v Warning | tee "$out/train_step.txt" || status=1
 timeout 300 python3 bench/sd_extract.py --real-size 2>&1 \
   | grep -v Warning | tee "$out/sd_extract.txt" || status=1
+LAVENDER_PLAN_CACHE=/tmp/plan-cache timeout 300 python3 -m lavender_ray.cli plan \
+  --preset llama32_11b_lora --set train.accelerator=H100 2>&1 \
+  | grep -v Warning | tee "$out/plan.txt" || status=1
 exit $status
