@@ -6,13 +6,15 @@ no weights) and LoRA applied as training applies it.
 Activations are measured, not guessed: autograd's saved tensors (`plan.saved.SavedTensors`) of
 one Lavender forward (VLM, captured maps, Aligner, loss) on the worst-case micro-batch of the
 preset (`vlm.max_length` tokens, a 1120 x 1120 px image: Mllama's 4 tiles, the most image tokens
-the other families make of it, every answer word matched to an SD map), run on CPU by a copy of
-the model whose widths (hidden sizes, MLP sizes, head dims) are cut by a factor f, at full depth
-and with the real token counts. Every saved tensor is either proportional to the widths
-(hidden states, MLP activations, queries/keys/values) or independent of them (attention
-probabilities, logits, LoRA's rank-r activations, the maps): the bytes are a + b/f, so two
-measurements (f and f/2) give the full-width figure a + b. `bench/plan_activations.py` and
-`tests/test_plan.py` compare that extrapolation with a direct measurement.
+the other families make of it, every answer word matched to an SD map), run on CPU with the real
+token counts by copies of the model with one and two layers of each kind
+(`CapturingAdapter.shallow_config`) whose widths (hidden sizes, MLP sizes, head dims) are cut by
+f and f/2. Each extra layer of a kind adds the same bytes (`full_depth`); every saved tensor is
+either proportional to the widths (hidden states, MLP activations, queries/keys/values) or
+independent of them (attention probabilities, logits, LoRA's rank-r activations, the maps), so
+the bytes are a + b/f and two widths give the full-width figure a + b (`full_width`).
+`bench/plan_activations.py` and `tests/test_plan.py` compare the result with a direct
+measurement of the whole model.
 """
 
 from __future__ import annotations
@@ -53,8 +55,8 @@ HEAD_KEYS = ("num_attention_heads", "attention_heads", "num_heads", "num_key_val
 TEXT_LAYERS = "in language_model"  # the layer kinds of the text model (`plan.saved` names)
 # Layers of each kind in the two shallow copies: the step from one to two layers is one more
 # layer (the first one differs: its input needs no gradient), the rest is the same at any depth.
-# (Two and three would also separate a last layer that differed; none measured did, and the
-# third layer of each kind took the 11B measurement past 24 GiB.)
+# (Two and three would also separate a last layer that differed; in the families measured none
+# did, and a third layer of each kind costs a fifth more time at 11B.)
 DEPTHS = (1, 2)
 MAX_FACTOR = 16
 CACHE_FORMAT = 1  # change when what a measurement gives changes: older cache files are not read
