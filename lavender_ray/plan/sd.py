@@ -89,7 +89,7 @@ def sd_configs(sd: SDConfig) -> tuple[dict[str, Any], dict[str, Any], CLIPTextCo
     except (OSError, ValueError) as err:
         if sd.model_id in SD1_IDS:
             return (dict(SD14_UNET), dict(SD14_VAE), _text_config(SD14_TEXT, SD14_VOCAB),
-                    "published SD-1.4 architecture (Hub not reached)")
+                    "published SD-1.4 architecture")
         raise ConfigError(
             f"sd.model_id={sd.model_id!r}: cannot read its unet/vae/text_encoder configs to plan "
             f"({err}); give a local diffusers folder, or a Hub id this machine can reach"

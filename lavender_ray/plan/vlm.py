@@ -43,7 +43,6 @@ from lavender_ray.tensors import TORCH_DTYPES
 from lavender_ray.train.step import LavenderModule, collate_records
 from lavender_ray.vlm.adapter import CapturingAdapter
 from lavender_ray.vlm.lora import apply_finetuning
-from lavender_ray.vlm.mllama.released import released_architecture
 from lavender_ray.vlm.registry import adapter_class
 from lavender_ray.vlm.tiny import TINY_PREFIX
 
@@ -97,33 +96,31 @@ class VLMEstimate:
 
 def architecture(cfg: LavenderConfig) -> tuple[PretrainedConfig, Any, str]:
     """(model config, processor, where they came from) of `vlm.model_id`, without weights: the
-    tiny builders, a local folder or the Hub (config and processor files only), or the
-    published architecture of the paper's model when the Hub cannot be reached."""
+    tiny builders, a local folder or the Hub (config and processor files only). A released
+    model its family knows (`released_architecture`: the paper's Llama-3.2-11B-Vision) comes
+    from the local Hub cache, else from its published architecture, without asking the Hub."""
     vlm = cfg.vlm
     cls = adapter_class(vlm.family)
     if vlm.model_id.startswith(TINY_PREFIX):
         model, processor = cls.build_tiny(vlm.seed)
         return model.config, processor, "tiny builder"
     local = Path(vlm.model_id).is_dir()
+    released = None if local else cls.released_architecture(vlm.model_id)
     try:
         config = AutoConfig.from_pretrained(vlm.model_id, revision=vlm.revision,
                                             trust_remote_code=vlm.trust_remote_code,
-                                            local_files_only=not local and _released(vlm.model_id))
+                                            local_files_only=released is not None)
         processor = cls.load_processor(vlm.model_id, revision=vlm.revision,
-                                       trust_remote_code=vlm.trust_remote_code)
+                                       trust_remote_code=vlm.trust_remote_code,
+                                       local_files_only=released is not None)
         return config, processor, "local folder" if local else "Hub config"
     except (OSError, ValueError) as err:
-        released = released_architecture(vlm.model_id)
-        if released is not None:
-            return released[0], released[1], "published architecture (Hub not reached)"
+        if released is not None:  # the Hub's files are not in the local cache
+            return released[0], released[1], "published architecture"
         raise ConfigError(
             f"vlm.model_id={vlm.model_id!r}: cannot read its config.json and processor files to "
             f"plan ({err}); give a local folder with them, or a Hub id this machine can reach"
         ) from err
-
-
-def _released(model_id: str) -> bool:
-    return released_architecture(model_id) is not None
 
 
 def meta_model(cfg: LavenderConfig, config: PretrainedConfig, lora: LoraConfig) -> torch.nn.Module:

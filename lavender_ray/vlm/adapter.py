@@ -154,6 +154,12 @@ class CapturingAdapter(ABC):
         return shallow
 
     @classmethod
+    def released_architecture(cls, model_id: str) -> tuple[PretrainedConfig, Any] | None:
+        """(config, processor) of a released checkpoint this family knows without the Hub (its
+        published architecture; for the memory plan offline), else None."""
+        return None
+
+    @classmethod
     def load_processor(cls, model_id: str, **kwargs: Any) -> Any:
         """The processor of a real checkpoint (`kwargs`: revision, trust_remote_code)."""
         return AutoProcessor.from_pretrained(model_id, **kwargs)

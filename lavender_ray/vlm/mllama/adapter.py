@@ -19,6 +19,7 @@ Shapes::
 from __future__ import annotations
 
 import copy
+from typing import Any
 
 import torch
 from torch import nn
@@ -27,6 +28,7 @@ from transformers import MllamaForConditionalGeneration, PretrainedConfig, PreTr
 from lavender_ray.vlm.adapter import FRAME_SIZES, CapturingAdapter
 from lavender_ray.vlm.base import KeyLayout
 from lavender_ray.vlm.mllama.geometry import canvas_pixels, image_box, mllama_canvas, tile_grid
+from lavender_ray.vlm.mllama.released import released_architecture
 from lavender_ray.vlm.mllama.tiny import tiny_mllama
 
 
@@ -65,6 +67,10 @@ class MllamaAdapter(CapturingAdapter):
         vision.intermediate_layers_indices = [
             i % depth for i in range(len(vision.intermediate_layers_indices))]
         return shallow
+
+    @classmethod
+    def released_architecture(cls, model_id: str) -> tuple[PretrainedConfig, Any] | None:
+        return released_architecture(model_id)
 
     @staticmethod
     def attention_modules(model: PreTrainedModel) -> dict[int, nn.Module]:
