@@ -35,6 +35,7 @@ from lavender_ray.plan.vlm import VLMEstimate, estimate_vlm
 TRAIN_EFFICIENCY = 0.35
 SD_EFFICIENCY = 0.30
 SLACK = 0.10
+OVERHEAD_BOUND = 1000.0  # samples or images per second: beyond it, FLOPs say nothing
 DEEPSPEED_BUCKET = 5e8  # elements: DeepSpeed's default reduce and all-gather bucket sizes
 
 
@@ -116,6 +117,10 @@ class Plan:
                 lines.append(f"  pipeline.sd_pool_max={p.sd_pool_max} is below what {where} "
                              "need: the trainer would wait for SD targets (and samples shorter "
                              "than the worst case train faster and need more)")
+        if any(f.rate > OVERHEAD_BOUND for f in self.train + self.sd_actor):
+            lines += ["", f"Rates above {OVERHEAD_BOUND:g}/s: these models are too small for "
+                          "their FLOPs to bound their speed (per-step overheads do), so neither "
+                          "those rates nor the pool sizes apply to them."]
         lines += ["", f"Rates assume {TRAIN_EFFICIENCY:.0%} (training) and {SD_EFFICIENCY:.0%} "
                       f"(SD) of each GPU's dense peak; memory adds {SLACK:.0%} allocator slack "
                       f"and {CUDA_RESERVED_GIB:g} GiB of CUDA context per GPU."]
@@ -168,9 +173,7 @@ def build_plan(cfg: LavenderConfig, progress: Callable[[str], None] | None = Non
     if train_gpus:
         vlm = estimate_vlm(cfg, measure=False)
         if any(train_fit(cfg, vlm, gpu).fits() for gpu in train_gpus):
-            if progress is not None:
-                progress("measuring the worst-case micro-batch on narrowed copies of the model")
-            vlm = estimate_vlm(cfg)
+            vlm = estimate_vlm(cfg, progress=progress)
         # else: the weights and optimizer alone fit no GPU type; activations cannot help
     sd = estimate_sd(cfg.sd) if sd_gpus else None
     plan = Plan(cfg, vlm, sd)

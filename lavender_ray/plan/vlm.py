@@ -280,11 +280,13 @@ def full_width(narrow: dict[str, float], wider: dict[str, float], factor: int) -
     return out
 
 
-def estimate_vlm(cfg: LavenderConfig, measure: bool = True) -> VLMEstimate:
+def estimate_vlm(cfg: LavenderConfig, measure: bool = True,
+                 progress: Callable[[str], None] | None = None) -> VLMEstimate:
     """Parameters, activations and FLOPs of the preset's train worker (see the module doc):
     activations from four measurements, one and two layers of each kind at widths 1/f and 2/f
     (at full width when f = 1), scaled to the full depth and width. `measure=False`: the
-    parameters only (well under a second at 11B), no activations, no FLOPs."""
+    parameters only (well under a second at 11B), no activations, no FLOPs. `progress` hears
+    before a measurement (none when the cache has it)."""
     config, processor, source = architecture(cfg)
     cache = cache_file(cfg, config)  # before building: building sets fields of the config
     dtype = _dtype(cfg)
@@ -303,6 +305,9 @@ def estimate_vlm(cfg: LavenderConfig, measure: bool = True) -> VLMEstimate:
         return estimate
     if cache.exists():
         return dataclasses.replace(estimate, **_from_json(json.loads(cache.read_text())))
+    if progress is not None:
+        progress("measuring the worst-case micro-batch on narrowed copies of the model "
+                 "(cached for the next plan)")
     measured = _measure(cfg, config, processor, full, layers)
     cache.parent.mkdir(parents=True, exist_ok=True)
     partial = cache.with_suffix(".part")
