@@ -9,7 +9,7 @@
 #                                   weights, LoRA, bf16), sd_extract.py --real-size (SD 1.4:
 #                                   ddim and null-text images/s, compile + channels_last on/off,
 #                                   fp16 vs fp32 null-text maps), and `lavender plan` of the
-#                                   paper's preset on an H100-class card, whose train-worker
+#                                   paper's preset on an H200, whose train-worker
 #                                   memory to set beside train_step's measured peak (the bench's
 #                                   batch is not the plan's worst case: compare per token)
 #
@@ -58,6 +58,6 @@ timeout 300 python3 bench/train_step.py --real-size --steps 5 --warmup 2 2>&1 \
 timeout 300 python3 bench/sd_extract.py --real-size 2>&1 \
   | grep -v Warning | tee "$out/sd_extract.txt" || status=1
 LAVENDER_PLAN_CACHE=/tmp/plan-cache timeout 300 python3 -m lavender_ray.cli plan \
-  --preset llama32_11b_lora --set train.accelerator=H100 2>&1 \
+  --preset llama32_11b_lora --set train.accelerator=H200 2>&1 \
   | grep -v Warning | tee "$out/plan.txt" || status=1
 exit $status

@@ -172,3 +172,19 @@ def test_a_second_plan_reads_the_measurement_from_the_cache(monkeypatch, tmp_pat
     changed = load_config("demo", ["train.use_gpu=true", "vlm.max_length=64"])
     with pytest.raises(AssertionError, match="measured again"):
         estimate_vlm(changed)  # another micro-batch: another key
+
+
+def test_gpu_types_by_ray_name_and_an_unknown_one_is_refused():
+    assert [g.name for g in gpus_for("A100")] == ["A100-40GB", "A100-80GB"]
+    assert [g.name for g in gpus_for("V100")] == ["V100-16GB", "V100-32GB"]
+    assert [g.name for g in gpus_for("H200")] == ["H200-141GB"]
+    assert "H200-141GB" not in [g.name for g in gpus_for(None)]
+    with pytest.raises(ValueError, match="'B300'.*knows A100, A100-40G"):
+        gpus_for("B300")
+
+
+def test_a_gpu_type_without_figures_is_left_unplanned_not_refused():
+    cfg = load_config("demo", ["train.use_gpu=true", "train.accelerator=B300"])
+    plan = build_plan(cfg)
+    assert plan.problems() == [] and plan.train == []
+    assert "train workers not planned" in plan.summary() and "'B300'" in plan.describe()

@@ -42,5 +42,6 @@ def run(args: argparse.Namespace) -> int:
     plan = build_plan(cfg, progress=lambda line: print(line + "...", flush=True))
     print(plan.describe())
     plan.check()  # a ConfigError: the reasons, exit 2
-    print("\nplan: every GPU stage fits on at least one of the GPU types it may run on")
+    left_out = " (stages without figures for their GPU type are named above)" if plan.notes else ""
+    print(f"\nplan: every GPU stage fits on at least one of the GPU types it may run on{left_out}")
     return 0

@@ -62,6 +62,7 @@ class Plan:
     sd: SDEstimate | None
     train: list[Fit] = field(default_factory=list)
     sd_actor: list[Fit] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # stages left unplanned, and why
 
     def pool_size(self, train_fit: Fit, sd_fit: Fit) -> int:
         """SD actors that produce what `train.num_workers` workers consume."""
@@ -121,6 +122,7 @@ class Plan:
             lines += ["", f"Rates above {OVERHEAD_BOUND:g}/s: these models are too small for "
                           "their FLOPs to bound their speed (per-step overheads do), so neither "
                           "those rates nor the pool sizes apply to them."]
+        lines += ["", *self.notes] if self.notes else []
         lines += ["", f"Rates assume {TRAIN_EFFICIENCY:.0%} (training) and {SD_EFFICIENCY:.0%} "
                       f"(SD) of each GPU's dense peak; memory adds {SLACK:.0%} allocator slack "
                       f"and {CUDA_RESERVED_GIB:g} GiB of CUDA context per GPU."]
@@ -134,7 +136,7 @@ class Plan:
             if fitting:
                 lines.append(f"plan: a {stage} fits on {', '.join(fitting)} "
                              "(`lavender plan` for the details)")
-        return "\n".join(lines)
+        return "\n".join(lines + [f"plan: {note}" for note in self.notes])
 
     def problems(self) -> list[str]:
         """Why the preset cannot run as planned (empty when it can)."""
@@ -163,12 +165,18 @@ def build_plan(cfg: LavenderConfig, progress: Callable[[str], None] | None = Non
     hears before the slow step. A train worker whose weights and optimizer alone fit no GPU
     type is refused without measuring its activations."""
     t, p = cfg.train, cfg.pipeline
-    try:
-        train_gpus = gpus_for(t.accelerator) if t.use_gpu else []
-        sd_on_gpu = p.mode != "precomputed" and p.sd_num_gpus > 0
-        sd_gpus = gpus_for(p.sd_accelerator) if sd_on_gpu else []
-    except ValueError as err:
-        raise ConfigError(str(err)) from err
+    notes = []
+
+    def gpus(accelerator: str | None, stage: str) -> list[GPU]:
+        try:
+            return gpus_for(accelerator)
+        except ValueError as err:  # a GPU type Ray knows and this table does not: not planned
+            notes.append(f"{stage} not planned: {err}")
+            return []
+
+    train_gpus = gpus(t.accelerator, "train workers") if t.use_gpu else []
+    sd_on_gpu = p.mode != "precomputed" and p.sd_num_gpus > 0
+    sd_gpus = gpus(p.sd_accelerator, "SD actors") if sd_on_gpu else []
     vlm = None
     if train_gpus:
         vlm = estimate_vlm(cfg, measure=False)
@@ -176,7 +184,7 @@ def build_plan(cfg: LavenderConfig, progress: Callable[[str], None] | None = Non
             vlm = estimate_vlm(cfg, progress=progress)
         # else: the weights and optimizer alone fit no GPU type; activations cannot help
     sd = estimate_sd(cfg.sd) if sd_gpus else None
-    plan = Plan(cfg, vlm, sd)
+    plan = Plan(cfg, vlm, sd, notes=notes)
     plan.train = [train_fit(cfg, vlm, gpu) for gpu in train_gpus] if vlm else []
     plan.sd_actor = [sd_fit(cfg, sd, gpu) for gpu in sd_gpus] if sd else []
     return plan

@@ -26,6 +26,7 @@ class GPU:
         return (self.tflops_16 if dtype_bytes <= 2 else self.tflops_32) * 1e12
 
 
+# The types a plan shows when the preset names none.
 GPUS = (
     GPU("V100-16GB", "V100", 16, 125, 15.7, bf16=False),
     GPU("V100-32GB", "V100", 32, 125, 15.7, bf16=False),
@@ -33,6 +34,8 @@ GPUS = (
     GPU("A100-80GB", "A100-80G", 80, 312, 19.5, bf16=True),
     GPU("H100-80GB", "H100", 80, 989, 67, bf16=True),
 )
+# Planned only when named (`train.accelerator=H200`).
+NAMED_ONLY = (GPU("H200-141GB", "H200", 141, 989, 67, bf16=True),)
 
 
 def gpus_for(accelerator: str | None) -> list[GPU]:
@@ -42,9 +45,9 @@ def gpus_for(accelerator: str | None) -> list[GPU]:
         return list(GPUS)
     if accelerator == "A100":
         return [g for g in GPUS if g.ray_type.startswith("A100")]
-    matching = [g for g in GPUS if g.ray_type == accelerator]
+    matching = [g for g in GPUS + NAMED_ONLY if g.ray_type == accelerator]
     if not matching:
-        known = sorted({g.ray_type for g in GPUS} | {"A100"})
+        known = sorted({g.ray_type for g in GPUS + NAMED_ONLY} | {"A100"})
         raise ValueError(f"no memory figures for accelerator type {accelerator!r}; the plan "
                          f"knows {', '.join(known)}")
     return matching
