@@ -25,6 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from lavender_ray.config import ConfigError, LavenderConfig
+from lavender_ray.placement import Device, resolve_precision
 from lavender_ray.plan.gpus import CUDA_RESERVED_GIB, GIB, GPU, gpus_for
 from lavender_ray.plan.sd import SDEstimate, estimate_sd
 from lavender_ray.plan.vlm import VLMEstimate, estimate_vlm
@@ -179,10 +180,10 @@ def build_plan(cfg: LavenderConfig, progress: Callable[[str], None] | None = Non
     sd_gpus = gpus(p.sd_accelerator, "SD actors") if sd_on_gpu else []
     vlm = None
     if train_gpus:
-        vlm = estimate_vlm(cfg, measure=False)
-        if any(train_fit(cfg, vlm, gpu).fits() for gpu in train_gpus):
-            vlm = estimate_vlm(cfg, progress=progress)
-        # else: the weights and optimizer alone fit no GPU type; activations cannot help
+        # when the weights and the optimizer alone fit no GPU type, activations cannot help
+        vlm = estimate_vlm(
+            cfg, measure=lambda sizes: any(train_fit(cfg, sizes, g).fits() for g in train_gpus),
+            progress=progress)
     sd = estimate_sd(cfg.sd) if sd_gpus else None
     plan = Plan(cfg, vlm, sd, notes=notes)
     plan.train = [train_fit(cfg, vlm, gpu) for gpu in train_gpus] if vlm else []
@@ -192,8 +193,10 @@ def build_plan(cfg: LavenderConfig, progress: Callable[[str], None] | None = Non
 
 def train_fit(cfg: LavenderConfig, vlm: VLMEstimate, gpu: GPU) -> Fit:
     t = cfg.train
-    precision = t.precision if t.precision != "auto" else ("bf16" if gpu.bf16 else "fp16")
-    note = "" if precision != "bf16" or gpu.bf16 else "no bf16 on this GPU"
+    try:
+        precision, note = resolve_precision(t.precision, Device("cuda", gpu.name, gpu.bf16)), ""
+    except ConfigError:  # bf16 asked for on a GPU without it
+        precision, note = t.precision, "no bf16 on this GPU"
     b = 4 if precision == "fp32" else 2
     n, trained, world, stage = vlm.base_params, vlm.trainable_params, t.num_workers, t.zero_stage
     lines = [(f"base weights ({_count(n)} x {b} B" + (f" / {world} ranks)" if stage == 3 else ")"),

@@ -33,11 +33,8 @@ from lavender_ray.sd.tiny import (
     SD14_TEXT,
     SD14_UNET,
     SD14_VAE,
-    TINY_SD_ID,
-    TINY_TEXT,
-    TINY_UNET,
-    TINY_VAE,
     TOKENIZER_VOCAB_SIZE,
+    offline_configs,
 )
 
 MAX_TOKENS = 77
@@ -75,10 +72,9 @@ def unet_evaluations(sd: SDConfig) -> float:
 def sd_configs(sd: SDConfig) -> tuple[dict[str, Any], dict[str, Any], CLIPTextConfig, str]:
     """(UNet config, VAE config, text encoder config, where they came from) for `sd.model_id`."""
     if sd.model_id in OFFLINE_SD_IDS:
-        tiny = sd.model_id == TINY_SD_ID
-        unet, vae, text = (TINY_UNET, TINY_VAE, TINY_TEXT) if tiny else (SD14_UNET, SD14_VAE,
-                                                                         SD14_TEXT)
-        return dict(unet), dict(vae), _text_config(text, TOKENIZER_VOCAB_SIZE), "offline builder"
+        unet, vae, text = offline_configs(sd.model_id)
+        vocab = text.get("vocab_size", TOKENIZER_VOCAB_SIZE)  # as `build_offline_sd` builds it
+        return dict(unet), dict(vae), _text_config(text, vocab), "offline builder"
     local = Path(sd.model_id).is_dir()
     kwargs = {"revision": sd.revision, "local_files_only": not local and sd.model_id in SD1_IDS}
     try:

@@ -36,12 +36,12 @@ from transformers import AutoConfig, PretrainedConfig
 from transformers.initialization import no_init_weights
 
 from lavender_ray.align import build_aligner
-from lavender_ray.config import ConfigError, LavenderConfig, LoraConfig
+from lavender_ray.config import ConfigError, LavenderConfig
 from lavender_ray.plan.saved import OUTSIDE, SavedTensors, layer_counts, layers_by_kind
 from lavender_ray.sd.target import stand_in_target
 from lavender_ray.tensors import TORCH_DTYPES
 from lavender_ray.train.step import LavenderModule, collate_records
-from lavender_ray.vlm.adapter import CapturingAdapter
+from lavender_ray.vlm.adapter import CapturingAdapter, select_layers
 from lavender_ray.vlm.lora import apply_finetuning
 from lavender_ray.vlm.registry import adapter_class
 from lavender_ray.vlm.tiny import TINY_PREFIX
@@ -123,25 +123,20 @@ def architecture(cfg: LavenderConfig) -> tuple[PretrainedConfig, Any, str]:
         ) from err
 
 
-def meta_model(cfg: LavenderConfig, config: PretrainedConfig, lora: LoraConfig) -> torch.nn.Module:
-    """The family's model built from `config` on the meta device, fine-tuning applied."""
+def meta_model(cfg: LavenderConfig, config: PretrainedConfig) -> tuple[torch.nn.Module, list[int]]:
+    """The family's model built from `config` on the meta device, fine-tuning applied, and the
+    layers it captures (`vlm.attention_layers` checked as the adapter checks them)."""
     cls = adapter_class(cfg.vlm.family)
     with torch.device("meta"):
         model = cls.model_class._from_config(config, dtype=_dtype(cfg))
-        return apply_finetuning(model, lora, seed=cfg.vlm.seed)
+        captured = select_layers(cfg.vlm.attention_layers, sorted(cls.attention_modules(model)))
+        return apply_finetuning(model, cfg.lora, seed=cfg.vlm.seed), captured
 
 
 def _dtype(cfg: LavenderConfig) -> torch.dtype:
     """The dtype the trainer computes in on a GPU: bf16 unless fp16/fp32 is asked for."""
     precision = cfg.train.precision if cfg.train.precision in ("fp16", "fp32") else "bf16"
     return TORCH_DTYPES[precision]
-
-
-def _captured_layers(cfg: LavenderConfig, config: PretrainedConfig) -> list[int]:
-    if cfg.vlm.attention_layers is not None:
-        return list(cfg.vlm.attention_layers)
-    text = config.get_text_config()
-    return list(getattr(text, "cross_attention_layers", None) or range(text.num_hidden_layers))
 
 
 # ------------------------------------------------------------------------ activations
@@ -280,20 +275,22 @@ def full_width(narrow: dict[str, float], wider: dict[str, float], factor: int) -
     return out
 
 
-def estimate_vlm(cfg: LavenderConfig, measure: bool = True,
+def estimate_vlm(cfg: LavenderConfig,
+                 measure: Callable[[VLMEstimate], bool] = lambda _: True,
                  progress: Callable[[str], None] | None = None) -> VLMEstimate:
     """Parameters, activations and FLOPs of the preset's train worker (see the module doc):
     activations from four measurements, one and two layers of each kind at widths 1/f and 2/f
-    (at full width when f = 1), scaled to the full depth and width. `measure=False`: the
-    parameters only (well under a second at 11B), no activations, no FLOPs. `progress` hears
-    before a measurement (none when the cache has it)."""
+    (at full width when f = 1), scaled to the full depth and width. `measure` sees the estimate
+    of the parameters alone (well under a second at 11B) and says whether the activations and
+    FLOPs are worth measuring; `progress` hears before a measurement (none when the cache has
+    it)."""
     config, processor, source = architecture(cfg)
     cache = cache_file(cfg, config)  # before building: building sets fields of the config
     dtype = _dtype(cfg)
-    full = meta_model(cfg, config, cfg.lora)
+    full, captured = meta_model(cfg, config)
     layers = layer_counts(full)
-    layers[OUTSIDE] = len(_captured_layers(cfg, config))
-    heads = config.get_text_config().num_attention_heads * max(layers[OUTSIDE], 1)
+    layers[OUTSIDE] = len(captured)
+    heads = config.get_text_config().num_attention_heads  # as `build_adapter` gives the Aligner
     aligner = sum(p.numel() for p in build_aligner(cfg.aligner, heads).parameters())
     estimate = VLMEstimate(
         base_params=sum(p.numel() for p in full.parameters() if not p.requires_grad),
@@ -301,7 +298,7 @@ def estimate_vlm(cfg: LavenderConfig, measure: bool = True,
         activations={}, tokens=0, image_tokens=0, flops_per_sample=0.0, widths=(),
         dtype_bytes=dtype.itemsize, source=source,
     )
-    if not measure:
+    if not measure(estimate):
         return estimate
     if cache.exists():
         return dataclasses.replace(estimate, **_from_json(json.loads(cache.read_text())))

@@ -247,17 +247,21 @@ def text_config(tokenizer: CLIPTokenizer, sizes: dict[str, Any]) -> CLIPTextConf
     )
 
 
+def offline_configs(model_id: str) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """(UNet config, VAE config, text encoder sizes) of `tiny/sd` or `random/sd14`."""
+    if model_id not in OFFLINE_SD_IDS:
+        raise ValueError(f"offline SD model id {model_id!r} unknown; allowed: {OFFLINE_SD_IDS}")
+    if model_id == TINY_SD_ID:
+        return TINY_UNET, TINY_VAE, TINY_TEXT
+    return SD14_UNET, SD14_VAE, SD14_TEXT
+
+
 def build_offline_sd(model_id: str, seed: int = 0) -> SDComponents:
     """`tiny/sd` or `random/sd14` with seeded random weights, on CPU in fp32 (eval mode).
 
     Always built on CPU: CUDA draws from another generator, so the same seed would give other
     weights on a GPU actor, and cached targets (keyed by model id + seed) would not match."""
-    if model_id not in OFFLINE_SD_IDS:
-        raise ValueError(f"offline SD model id {model_id!r} unknown; allowed: {OFFLINE_SD_IDS}")
-    tiny = model_id == TINY_SD_ID
-    unet_cfg, vae_cfg, text_sizes = (
-        (TINY_UNET, TINY_VAE, TINY_TEXT) if tiny else (SD14_UNET, SD14_VAE, SD14_TEXT)
-    )
+    unet_cfg, vae_cfg, text_sizes = offline_configs(model_id)
     tokenizer = build_tiny_tokenizer()
     torch.manual_seed(seed)
     unet = UNet2DConditionModel(**unet_cfg)
