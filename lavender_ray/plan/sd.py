@@ -28,23 +28,19 @@ from transformers import CLIPTextConfig, CLIPTextModel
 
 from lavender_ray.config import ConfigError, SDConfig
 from lavender_ray.plan.saved import SavedTensors
+from lavender_ray.sd.components import resolve_dtype
 from lavender_ray.sd.tiny import (
+    MAX_TOKENS,
     OFFLINE_SD_IDS,
-    SD14_TEXT,
-    SD14_UNET,
-    SD14_VAE,
+    RANDOM_SD14_ID,
     TOKENIZER_VOCAB_SIZE,
     offline_configs,
 )
+from lavender_ray.tensors import TORCH_DTYPES
 
-MAX_TOKENS = 77
-SD14_VOCAB = 49408
 # SD 1.x repositories whose architecture is SD-1.4's (used when the Hub cannot be reached)
 SD1_IDS = ("CompVis/stable-diffusion-v1-4", "CompVis/stable-diffusion-v1-2",
            "stable-diffusion-v1-5/stable-diffusion-v1-5", "runwayml/stable-diffusion-v1-5")
-# `sd.dtype` on a GPU actor ("auto": fp16, as `sd.components` loads it there)
-GPU_DTYPES = {"auto": torch.float16, "fp16": torch.float16, "bf16": torch.bfloat16,
-              "fp32": torch.float32, "fp64": torch.float64}
 
 
 @dataclass(frozen=True)
@@ -72,9 +68,7 @@ def unet_evaluations(sd: SDConfig) -> float:
 def sd_configs(sd: SDConfig) -> tuple[dict[str, Any], dict[str, Any], CLIPTextConfig, str]:
     """(UNet config, VAE config, text encoder config, where they came from) for `sd.model_id`."""
     if sd.model_id in OFFLINE_SD_IDS:
-        unet, vae, text = offline_configs(sd.model_id)
-        vocab = text.get("vocab_size", TOKENIZER_VOCAB_SIZE)  # as `build_offline_sd` builds it
-        return dict(unet), dict(vae), _text_config(text, vocab), "offline builder"
+        return (*_offline(sd.model_id), "offline builder")
     local = Path(sd.model_id).is_dir()
     kwargs = {"revision": sd.revision, "local_files_only": not local and sd.model_id in SD1_IDS}
     try:
@@ -83,19 +77,23 @@ def sd_configs(sd: SDConfig) -> tuple[dict[str, Any], dict[str, Any], CLIPTextCo
         text = CLIPTextConfig.from_pretrained(sd.model_id, subfolder="text_encoder", **kwargs)
         return unet, vae, text, "local folder" if local else "Hub config"
     except (OSError, ValueError) as err:
-        if sd.model_id in SD1_IDS:
-            return (dict(SD14_UNET), dict(SD14_VAE), _text_config(SD14_TEXT, SD14_VOCAB),
-                    "published SD-1.4 architecture")
+        if sd.model_id in SD1_IDS:  # random/sd14 is SD-1.4's published architecture
+            return (*_offline(RANDOM_SD14_ID), "published SD-1.4 architecture")
         raise ConfigError(
             f"sd.model_id={sd.model_id!r}: cannot read its unet/vae/text_encoder configs to plan "
             f"({err}); give a local diffusers folder, or a Hub id this machine can reach"
         ) from err
 
 
-def _text_config(sizes: dict[str, Any], vocab: int) -> CLIPTextConfig:
-    sizes = {**sizes, "vocab_size": vocab, "max_position_embeddings": MAX_TOKENS,
-             "pad_token_id": 1, "bos_token_id": vocab - 2, "eos_token_id": vocab - 1}
-    return CLIPTextConfig(**sizes)
+def _offline(model_id: str) -> tuple[dict[str, Any], dict[str, Any], CLIPTextConfig]:
+    """The configs `build_offline_sd(model_id)` builds from (its text encoder's vocabulary: the
+    tiny tokenizer's unless the sizes name one)."""
+    unet, vae, sizes = offline_configs(model_id)
+    vocab = sizes.get("vocab_size", TOKENIZER_VOCAB_SIZE)
+    text = CLIPTextConfig(**{**sizes, "vocab_size": vocab, "max_position_embeddings": MAX_TOKENS,
+                             "pad_token_id": 1, "bos_token_id": vocab - 2,
+                             "eos_token_id": vocab - 1})
+    return dict(unet), dict(vae), text
 
 
 class LargestOutput(TorchDispatchMode):
@@ -126,7 +124,7 @@ def _fused_attention(query, key, value, attn_mask=None, dropout_p=0.0, is_causal
 
 def estimate_sd(sd: SDConfig) -> SDEstimate:
     unet_cfg, vae_cfg, text_cfg, source = sd_configs(sd)
-    dtype = GPU_DTYPES[sd.dtype]
+    dtype = TORCH_DTYPES[resolve_dtype(sd.dtype, "cuda")]  # as an SD actor on a GPU loads it
     verbosity = diffusers_logging.get_verbosity()
     diffusers_logging.set_verbosity_error()  # not its warning about casting with `to()`
     try:
