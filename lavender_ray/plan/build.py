@@ -106,14 +106,12 @@ class Plan:
             lines += _placement_hint(self.sd_actor, "SD actors", "pipeline.sd_accelerator")
         elif self.cfg.pipeline.mode != "precomputed":
             lines += ["", "SD actor: on CPU (pipeline.sd_num_gpus=0): no GPU memory to plan"]
-        pools = _pool_table(self) if self.cfg.pipeline.mode == "stream" else []
+        pools, sizes = _pool_table(self) if self.cfg.pipeline.mode == "stream" else ([], [])
         if pools:
             p = self.cfg.pipeline
             lines += ["", f"SD actors that keep {self.cfg.train.num_workers} train workers fed "
                           f"(pipeline.sd_pool_min={p.sd_pool_min}, sd_pool_max={p.sd_pool_max}):",
                       *pools]
-            sizes = [self.pool_size(tr, sd) for tr in self.train if tr.fits()
-                     for sd in self.sd_actor if sd.fits()]
             if max(sizes) > p.sd_pool_max:
                 where = "every pairing" if min(sizes) > p.sd_pool_max else "some pairings"
                 lines.append(f"  pipeline.sd_pool_max={p.sd_pool_max} is below what {where} "
@@ -263,17 +261,18 @@ def _placement_hint(fits: list[Fit], stage: str, key: str) -> list[str]:
             f"{' or '.join(names)} so that Ray places them there"]
 
 
-def _pool_table(plan: Plan) -> list[str]:
-    """SD actors needed, trainer GPU types as rows, SD GPU types as columns (fitting ones)."""
+def _pool_table(plan: Plan) -> tuple[list[str], list[int]]:
+    """SD actors needed, trainer GPU types as rows, SD GPU types as columns (fitting ones): the
+    table's lines and its sizes (none: no fitting pair)."""
     trains = [f for f in plan.train if f.fits()]
     sds = [f for f in plan.sd_actor if f.fits()]
     if not trains or not sds:
-        return []
+        return [], []
+    rows = [[plan.pool_size(tr, sd) for sd in sds] for tr in trains]
     out = ["  trainer on \\ SD on".ljust(24) + "".join(f.gpu.name.rjust(11) for f in sds)]
-    for tr in trains:
-        out.append(f"  {tr.gpu.name}".ljust(24)
-                   + "".join(str(plan.pool_size(tr, sd)).rjust(11) for sd in sds))
-    return out
+    out += [f"  {tr.gpu.name}".ljust(24) + "".join(str(n).rjust(11) for n in row)
+            for tr, row in zip(trains, rows)]
+    return out, [n for row in rows for n in row]
 
 
 def _gib(nbytes: float) -> str:

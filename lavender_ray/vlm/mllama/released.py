@@ -1,6 +1,7 @@
 """The released Llama-3.2-11B-Vision(-Instruct) architecture, from its published config.json,
 for work that needs its shapes but not its weights: the memory plan (`lavender_ray.plan`) when
-the Hub cannot be reached, and the real-size benchmarks (random weights, nothing downloaded)."""
+the local Hub cache lacks the model's files, and the real-size benchmarks (random weights,
+nothing downloaded)."""
 
 from __future__ import annotations
 
