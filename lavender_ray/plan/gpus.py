@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from lavender_ray.placement import GPU_BF16
+
 GIB = 2**30
 # What a CUDA process holds before any tensor: the context, cuBLAS/cuDNN workspaces, NCCL.
 CUDA_RESERVED_GIB = 1.0
@@ -17,7 +19,10 @@ class GPU:
     memory_gib: float
     tflops_16: float  # dense fp16/bf16 tensor-core peak
     tflops_32: float  # dense fp32 peak (no TF32)
-    bf16: bool
+
+    @property
+    def bf16(self) -> bool:
+        return GPU_BF16[self.ray_type]  # placement's table, the one placement checks with
 
     def usable_bytes(self) -> float:
         return (self.memory_gib - CUDA_RESERVED_GIB) * GIB
@@ -28,14 +33,14 @@ class GPU:
 
 # The types a plan shows when the preset names none.
 GPUS = (
-    GPU("V100-16GB", "V100", 16, 125, 15.7, bf16=False),
-    GPU("V100-32GB", "V100", 32, 125, 15.7, bf16=False),
-    GPU("A100-40GB", "A100-40G", 40, 312, 19.5, bf16=True),
-    GPU("A100-80GB", "A100-80G", 80, 312, 19.5, bf16=True),
-    GPU("H100-80GB", "H100", 80, 989, 67, bf16=True),
+    GPU("V100-16GB", "V100", 16, 125, 15.7),
+    GPU("V100-32GB", "V100", 32, 125, 15.7),
+    GPU("A100-40GB", "A100-40G", 40, 312, 19.5),
+    GPU("A100-80GB", "A100-80G", 80, 312, 19.5),
+    GPU("H100-80GB", "H100", 80, 989, 67),
 )
 # Planned only when named (`train.accelerator=H200`).
-NAMED_ONLY = (GPU("H200-141GB", "H200", 141, 989, 67, bf16=True),)
+NAMED_ONLY = (GPU("H200-141GB", "H200", 141, 989, 67),)
 
 
 def gpus_for(accelerator: str | None) -> list[GPU]:
