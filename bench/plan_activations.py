@@ -15,6 +15,7 @@ kind. About 10 minutes and 12 GiB of RAM on 2 cores at --max-length 1024.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 import time
@@ -25,13 +26,12 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from lavender_ray.config import load_config  # noqa: E402
+from lavender_ray.plan.gpus import GIB  # noqa: E402
 from lavender_ray.plan.vlm import architecture, estimate_vlm, measure_saved  # noqa: E402
 from lavender_ray.vlm.mllama.released import (  # noqa: E402
     llama32_11b_vision_config,
     real_size_processor,
 )
-
-GIB = 2**30
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -39,6 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-length", type=int, default=1024, help="vlm.max_length")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as folder:
+        os.environ["LAVENDER_PLAN_CACHE"] = f"{folder}/plan-cache"  # measure, never read a cache
         processor = real_size_processor()
         llama32_11b_vision_config(processor.tokenizer, shallow=True).save_pretrained(folder)
         processor.save_pretrained(folder)
