@@ -17,6 +17,7 @@ from lavender_ray.plan import build_plan
 from lavender_ray.plan.build import Plan, sd_fit, train_fit
 from lavender_ray.plan.gpus import GIB, gpus_for
 from lavender_ray.plan.saved import SavedTensors
+from lavender_ray.plan.scaling import widened_config
 from lavender_ray.plan.sd import estimate_sd, sd_configs
 from lavender_ray.plan.vlm import (
     VLMEstimate,
@@ -24,7 +25,6 @@ from lavender_ray.plan.vlm import (
     cache_file,
     estimate_vlm,
     measure_saved,
-    widened_config,
 )
 from lavender_ray.sd.tiny import build_offline_sd
 from lavender_ray.vlm.registry import adapter_class

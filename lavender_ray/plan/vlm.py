@@ -8,18 +8,13 @@ one Lavender forward (VLM, captured maps, Aligner, loss) on the worst-case micro
 preset (`vlm.max_length` tokens, a 1120 x 1120 px image: Mllama's 4 tiles, the most image tokens
 the other families make of it, every answer word matched to an SD map), run on CPU with the real
 token counts by copies of the model with one and two layers of each kind
-(`CapturingAdapter.shallow_config`) whose widths (hidden sizes, MLP sizes, head dims) are cut by
-f and f/2. Each extra layer of a kind adds the same bytes (`full_depth`); every saved tensor is
-either proportional to the widths (hidden states, MLP activations, queries/keys/values) or
-independent of them (attention probabilities, logits, LoRA's rank-r activations, the maps), so
-the bytes are a + b/f and two widths give the full-width figure a + b (`full_width`).
-`bench/plan_activations.py` and `tests/test_plan.py` compare the result with a direct
-measurement of the whole model.
+(`CapturingAdapter.shallow_config`) whose widths are cut by f and f/2, and scaled to the full
+depth and width (`plan.scaling`). `bench/plan_activations.py` and `tests/test_plan.py` compare
+the result with a direct measurement of the whole model.
 """
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import hashlib
 import io
@@ -38,6 +33,13 @@ from transformers.initialization import no_init_weights
 from lavender_ray.align import build_aligner
 from lavender_ray.config import ConfigError, LavenderConfig
 from lavender_ray.plan.saved import OUTSIDE, SavedTensors, layer_counts, layers_by_kind
+from lavender_ray.plan.scaling import (
+    Measurement,
+    full_depth,
+    full_width,
+    scaled_config,
+    width_factor,
+)
 from lavender_ray.sd.target import stand_in_target
 from lavender_ray.tensors import TORCH_DTYPES
 from lavender_ray.train.step import LavenderModule, collate_records
@@ -46,20 +48,13 @@ from lavender_ray.vlm.lora import apply_finetuning
 from lavender_ray.vlm.registry import adapter_class
 from lavender_ray.vlm.tiny import TINY_PREFIX
 
-# Width keys scaled in a config and in each of its sub-configs; head counts are kept, so head
-# dims scale with the widths.
-WIDTH_KEYS = ("hidden_size", "intermediate_size", "embed_dim", "vision_output_dim",
-              "projection_dim", "out_hidden_size", "head_dim")  # fmt: skip
-HEAD_KEYS = ("num_attention_heads", "attention_heads", "num_heads", "num_key_value_heads")
 TEXT_LAYERS = "in language_model"  # the layer kinds of the text model (`plan.saved` names)
 # Layers of each kind in the two shallow copies: the step from one to two layers is one more
 # layer (the first one differs: its input needs no gradient), the rest is the same at any depth.
 # (Two and three would also separate a last layer that differed; in the families measured none
 # did, and a third layer of each kind costs a fifth more time at 11B.)
 DEPTHS = (1, 2)
-MAX_FACTOR = 16
 CACHE_FORMAT = 1  # change when what a measurement gives changes: older cache files are not read
-MIN_HEAD_DIM = 8  # narrower heads leave the linear regime: CPU attention kernels change
 WORST_IMAGE_SIDE = 1120
 MAX_SD_WORDS = 60  # SD's 77-token prompt holds about this many words
 ANSWER_WORDS = (
@@ -139,57 +134,6 @@ def _dtype(cfg: LavenderConfig) -> torch.dtype:
     return TORCH_DTYPES[precision]
 
 
-# ------------------------------------------------------------------------ activations
-def scaled_config(config: PretrainedConfig, factor: int) -> PretrainedConfig:
-    """`config` with every width divided by `factor` (head counts kept: head dims shrink)."""
-    return _rescaled(config, lambda width: width // factor)
-
-
-def _rescaled(config: PretrainedConfig, scale: Callable[[int], int]) -> PretrainedConfig:
-    """A copy of `config` with `scale` applied to every width and to multimodal RoPE's
-    sections of the head dim (Qwen2-VL's `mrope_section`)."""
-    scaled = copy.deepcopy(config)
-    for sub in _configs(scaled):
-        for key in WIDTH_KEYS:
-            value = getattr(sub, key, None)
-            if isinstance(value, int) and value > 0:
-                setattr(sub, key, scale(value))
-        rope = getattr(sub, "rope_parameters", None)
-        if isinstance(rope, dict) and rope.get("mrope_section"):
-            rope["mrope_section"] = [scale(s) for s in rope["mrope_section"]]
-    return scaled
-
-
-def widened_config(config: PretrainedConfig, factor: int) -> PretrainedConfig:
-    """`config` with every width multiplied by `factor` (for tests of the narrowing)."""
-    return _rescaled(config, lambda width: width * factor)
-
-
-def _configs(config: PretrainedConfig) -> list[PretrainedConfig]:
-    subs = [getattr(config, name, None) for name in getattr(config, "sub_configs", {})]
-    return [config, *(s for s in subs if isinstance(s, PretrainedConfig))]
-
-
-def width_factor(config: PretrainedConfig) -> int:
-    """The largest power of two <= MAX_FACTOR dividing every width and head dim, leaving head
-    dims of at least MIN_HEAD_DIM; 1 when only the full width qualifies."""
-    factor = MAX_FACTOR
-    while factor > 1 and not all(_divides(sub, factor) for sub in _configs(config)):
-        factor //= 2
-    return factor if factor >= 2 else 1
-
-
-def _divides(sub: PretrainedConfig, factor: int) -> bool:
-    widths = [getattr(sub, k) for k in WIDTH_KEYS if isinstance(getattr(sub, k, None), int)]
-    heads = [getattr(sub, k) for k in HEAD_KEYS if isinstance(getattr(sub, k, None), int)]
-    hidden = getattr(sub, "hidden_size", None)
-    head_dims = [hidden // h for h in heads if isinstance(hidden, int) and h and hidden % h == 0]
-    rope = getattr(sub, "rope_parameters", None)
-    sections = rope.get("mrope_section") or [] if isinstance(rope, dict) else []
-    return all(w % factor == 0 for w in [*widths, *sections]) and all(
-        d % factor == 0 and d // factor >= MIN_HEAD_DIM for d in head_dims)
-
-
 def worst_case_record(max_length: int, tokenizer: Any) -> dict[str, Any]:
     """A record whose chat fills `max_length` tokens (the adapter cuts it there), on a
     1120 x 1120 px image; its SD target text is the first MAX_SD_WORDS answer words."""
@@ -239,40 +183,6 @@ def measure_saved(cfg: LavenderConfig, config: PretrainedConfig, processor: Any,
     layers = layer_counts(module) | {OUTSIDE: len(adapter.layers)}
     return Measurement(saved.by_kind(), layers, int(batch.inputs["input_ids"].shape[1]),
                        dict(saved.tokens))
-
-
-@dataclass(frozen=True)
-class Measurement:
-    by_kind: dict[str, int]  # saved bytes
-    layers: dict[str, int]  # layers of each kind
-    tokens: int  # text tokens of the micro-batch
-    layer_tokens: dict[str, int]  # tokens one layer of each kind processes
-
-
-def full_depth(shallow: Measurement, deeper: Measurement, layers: dict[str, int]) -> dict[str, float]:
-    """Saved bytes per kind at the full depth `layers` from two depths of the same width: the
-    bytes of a kind grow by the same amount per layer (the first layer's extra is the offset).
-    Outside the layers, the bytes grow with the number of captured layers (their maps)."""
-    out = {}
-    for kind in shallow.by_kind.keys() | deeper.by_kind.keys():
-        a, b = shallow.by_kind.get(kind, 0), deeper.by_kind.get(kind, 0)
-        n_a, n_b = shallow.layers.get(kind, 0), deeper.layers.get(kind, 0)
-        if n_b == n_a:  # not a repeated layer (the Aligner's own lists)
-            out[kind] = float(a)
-            continue
-        per_layer = (b - a) / (n_b - n_a)
-        out[kind] = a + per_layer * (layers.get(kind, n_a) - n_a)
-    return out
-
-
-def full_width(narrow: dict[str, float], wider: dict[str, float], factor: int) -> dict[str, float]:
-    """Bytes at full width from widths 1/factor and 2/factor: every saved tensor is either
-    proportional to the widths or independent of them, so bytes = a + b * width."""
-    out = {}
-    for kind in narrow.keys() | wider.keys():
-        a, b = narrow.get(kind, 0.0), wider.get(kind, 0.0)
-        out[kind] = max(2 * a - b + factor * (b - a), 0.0)
-    return out
 
 
 def estimate_vlm(cfg: LavenderConfig,
