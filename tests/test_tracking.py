@@ -20,8 +20,8 @@ from shared_runs import PICTURE_EVERY, TRACKERS, free_port
 from lavender_ray.config import ConfigError, load_config
 from lavender_ray.runs import CURVES_FILE, METRICS_FILE, TRACKING_FILE, attention_report_dir
 from lavender_ray.train.reporting import TrainState
+from lavender_ray.train.trackers import RunTracker
 from lavender_ray.train.tracking import (
-    RunTracker,
     check_trackers,
     config_params,
     mlflow_uri,

@@ -12,7 +12,7 @@ and SD targets for probe records (an SD pipeline on the driver), and the probe c
 
 Every rank calls `probe_batch` at the same step (`pictures_due`): under ZeRO-3 the forward
 gathers parameters from every rank, as a training forward does, and the Aligner runs exactly once
-per rank. Rank 0 then writes and logs its samples (`tracking.RunTracker.pictures`). The words are
+per rank. Rank 0 then writes and logs its samples (`trackers.RunTracker.pictures`). The words are
 the label's words matched to the SD words (`loss.matching`), so a picture shows the same words
 whatever the model predicts; the panels are `eval.attention`'s: SD | VLM (raw attention, mean over
 layers and heads, min-max normalised) | aligned.

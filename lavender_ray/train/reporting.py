@@ -17,7 +17,7 @@ data wait, the step time and the learning rate, go to `ray.train.report` from ev
 Train keeps rank 0's) and to the console from rank 0. At the checkpoint steps every rank also
 saves its DeepSpeed state and rank 0 the verified export into the reported checkpoint (the
 layout of `lavender_ray.runs`): checkpoints keep their own schedule, a report carries each.
-This is the one place metrics leave a step: rank 0's `tracking.RunTracker` (`tracker`) gets
+This is the one place metrics leave a step: rank 0's `trackers.RunTracker` (`tracker`) gets
 each report (`<run>/metrics.jsonl` and the trackers of `train.report_to`) and, every
 `train.attention_png_every` steps, the attention pictures every rank draws of its micro-batch
 (`attention_pngs.probe_batch`; all ranks, as ZeRO-3 gathers parameters in the forward).
@@ -49,7 +49,7 @@ from lavender_ray.runs import DS_TAG, EXPORT_DIR, METRICS_FILE, STATE_FILE, chec
 from lavender_ray.train.attention_pngs import pictures_due, probe_batch
 from lavender_ray.train.export import export_trained
 from lavender_ray.train.step import LavenderModule, TrainBatch
-from lavender_ray.train.tracking import RunTracker
+from lavender_ray.train.trackers import RunTracker
 
 # Progress goes through logging: Ray Train patches `print` in its workers to both print and log,
 # which shows every printed line twice in the driver's output.

@@ -5,7 +5,7 @@ Aligner, hands them to `deepspeed.initialize` with the DeepSpeed config built fr
 config and the world size, restores the latest checkpoint if there is one, and trains on its
 shard of the "train" dataset (`iter_torch_batches`, epoch after epoch) until `train.max_steps`
 optimizer steps (`train.grad_accum_steps` micro-batches each). Metrics and checkpoints leave
-through the worker's `reporting.Reporter` (rank 0's with a `tracking.RunTracker`: metrics.jsonl,
+through the worker's `reporting.Reporter` (rank 0's with a `trackers.RunTracker`: metrics.jsonl,
 attention PNGs, `train.report_to`), which also decides whether a micro-batch with a
 non-finite loss stops the run or is left out (`train_micro_batch`, `train.on_nonfinite`).
 """
@@ -36,7 +36,7 @@ from lavender_ray.train.step import (
     build_optimizer,
     collate_records,
 )
-from lavender_ray.train.tracking import RunTracker
+from lavender_ray.train.trackers import RunTracker
 from lavender_ray.vlm import build_adapter
 
 
