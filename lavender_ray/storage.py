@@ -11,7 +11,9 @@ multi-node run refuses local paths that are not on a shared mount
 from __future__ import annotations
 
 import functools
+import json
 import os
+from typing import Any
 
 import pyarrow.fs as pafs
 
@@ -116,3 +118,41 @@ def copy_folder(source: str, destination: str) -> None:
     dst_fs.create_dir(dst, recursive=True)
     pafs.copy_files(src, dst, source_filesystem=src_fs, destination_filesystem=dst_fs)
 
+
+class JsonlTail:
+    """The complete lines appended to a JSON-lines file (local path or URI) since the last
+    `read_new`, parsed; a last line without its newline yet waits for the next call. A file
+    that does not exist yet reads as empty; one that became shorter is read from the start."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.offset = 0
+
+    def read_new(self) -> list[dict[str, Any]]:
+        fs, inner = filesystem_and_path(self.path)
+        info = fs.get_file_info(inner)
+        if info.type != pafs.FileType.File:
+            return []
+        if info.size < self.offset:  # rewritten shorter (a resumed run): read it again
+            self.offset = 0
+        if info.size == self.offset:
+            return []
+        with fs.open_input_file(inner) as f:
+            f.seek(self.offset)
+            data = f.read()
+        end = data.rfind(b"\n") + 1  # complete lines only
+        self.offset += end
+        return self.parse(data[:end])
+
+    @staticmethod
+    def parse(data: bytes) -> list[dict[str, Any]]:
+        """The JSON objects of complete lines; a corrupt line is skipped."""
+        records = []
+        for line in data.splitlines():
+            try:
+                value = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(value, dict):
+                records.append(value)
+        return records

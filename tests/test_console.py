@@ -8,6 +8,7 @@ lines, its progress and its summary."""
 
 from __future__ import annotations
 
+import importlib
 import io
 import json
 import logging
@@ -28,13 +29,13 @@ from lavender_ray.cli import build_parser
 from lavender_ray.console import (
     WORKER_MARK,
     Console,
-    JsonlTail,
     Progress,
     WorkerOutput,
     eta_seconds,
     format_duration,
     mark_worker_warnings,
 )
+from lavender_ray.storage import JsonlTail
 from lavender_ray.train.progress import TrainFollower, follow_training, train_status
 
 
@@ -306,7 +307,8 @@ def test_the_worker_setup_hook_only_for_a_quiet_console(tmp_path, monkeypatch):
     assert console.ray_init_options() == {}
     with Console("test", str(tmp_path)):
         hook = console.ray_init_options()["runtime_env"]["worker_process_setup_hook"]
-        assert hook == "lavender_ray.console.mark_worker_warnings"
+        module, name = hook.rsplit(".", 1)  # Ray imports the hook by this dotted name
+        assert getattr(importlib.import_module(module), name) is mark_worker_warnings
         # a submitted job with its own setup hook: Ray would refuse to merge a second one
         monkeypatch.setenv("RAY_JOB_CONFIG_JSON_ENV_VAR",
                            json.dumps({"runtime_env": {"worker_process_setup_hook": "x.y"}}))

@@ -9,7 +9,7 @@ from __future__ import annotations
 import io
 from typing import Any
 
-from lavender_ray.console import JsonlTail
+from lavender_ray.storage import JsonlTail
 
 # (panel title, metric keys drawn in it); a panel whose keys were never reported says so
 PANELS: tuple[tuple[str, tuple[str, ...]], ...] = (
@@ -24,7 +24,7 @@ COLUMNS = 3
 
 
 def read_history(text: str) -> list[dict[str, Any]]:
-    """The reports of a `metrics.jsonl` text (`console.JsonlTail.parse`: a half-written or
+    """The reports of a `metrics.jsonl` text (`JsonlTail.parse`: a half-written or
     corrupt line is skipped, so a run killed mid-write still gets its curves)."""
     return JsonlTail.parse(text.encode())
 

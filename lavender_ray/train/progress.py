@@ -19,6 +19,7 @@ from typing import Any
 
 from lavender_ray import console
 from lavender_ray.runs import metrics_path
+from lavender_ray.storage import JsonlTail
 
 POLL_S = 2.0
 
@@ -49,7 +50,7 @@ class TrainFollower:
 
     def __init__(self, run_dir: str, max_steps: int, shown: console.Progress) -> None:
         self.max_steps, self.shown = max_steps, shown
-        self.tail = console.JsonlTail(metrics_path(run_dir))
+        self.tail = JsonlTail(metrics_path(run_dir))
         self.last: dict[str, Any] | None = None
 
     def poll(self) -> None:
