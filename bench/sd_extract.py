@@ -16,8 +16,9 @@ from their configs with random weights (`random/sd14`: the FLOPs of the real mod
 batch `sd.batch_size`, images/s in `ddim` mode (goal >= 10 on an H100) and `null_text` mode
 (goal >= 1); `ddim` again with `sd.channels_last` + `sd.compile` (the first, compiling batch is
 left out of the timing: `compile_warmup_s`); and the null-text maps of the same images in the
-GPU dtype (fp16) against fp32: the largest difference of a map value (maps are min-max
-normalised to [0, 1]) and the mean per-word correlation. `--smoke` shrinks everything (64 px,
+GPU dtype (fp16) against fp32, and the DDIM maps of the compiled UNet against eager: the
+largest difference of a map value (maps are min-max normalised to [0, 1]) and the mean per-word
+correlation. `--smoke` shrinks everything (64 px,
 1 step, 2 images) to check the path runs.
 
 From a folder (`--from-folder`, CPU is fine: a few minutes on 2 cores): the SD-1.4 architecture
@@ -137,7 +138,13 @@ def real_size_benchmark(sd: SDConfig, smoke: bool, repeats: int) -> dict[str, fl
             results[f"{name}_peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
             torch.cuda.reset_peak_memory_stats()
             torch.cuda.empty_cache()
-    results.update(dtype_agreement(sd.model_copy(update={**base, "inversion": "null_text"})))
+    # null-text maps in the device's dtype (fp16 on a GPU: `auto`) vs fp32; DDIM maps of the
+    # inductor-compiled UNet (+ channels_last) vs eager
+    null_text = sd.model_copy(update={**base, "inversion": "null_text"})
+    results.update(maps_agreement(null_text, "auto_vs_fp32", {"dtype": "auto"}, {"dtype": "fp32"}))
+    ddim = sd.model_copy(update={**base, "inversion": "ddim", "guidance_scale": 1.0})
+    results.update(maps_agreement(ddim, "compiled_vs_eager",
+                                  {"compile": True, "channels_last": True}, {}))
     return results
 
 
@@ -197,22 +204,24 @@ def unet_overhead(extractor: SDExtractor) -> dict[str, object]:
             "extract_s": extract_s, "bare_unet_s": bare_s, "over_bare_unet": extract_s / bare_s}
 
 
-def dtype_agreement(sd: SDConfig, n: int = 2) -> dict[str, float]:
-    """Null-text maps of `n` images in the device's dtype (fp16 on a GPU, `auto`) vs fp32."""
+def maps_agreement(sd: SDConfig, label: str, changed: dict[str, object],
+                   reference: dict[str, object], n: int = 2) -> dict[str, float]:
+    """The maps of `n` images with `sd` + `changed` vs `sd` + `reference`: the largest absolute
+    difference and the mean per-word correlation, as `maps_<label>_max_abs` / `_mean_corr`."""
     images, texts = sample_batch(n)
-    targets = {}
-    for dtype in ("auto", "fp32"):
-        extractor = SDExtractor(sd.model_copy(update={"dtype": dtype}))
-        targets[dtype] = extractor.extract(images, texts)
+    targets = []
+    for update in (changed, reference):
+        extractor = SDExtractor(sd.model_copy(update=update))
+        targets.append(extractor.extract(images, texts))
         del extractor
     worst, correlations = 0.0, []
-    for low, full in zip(targets["auto"], targets["fp32"]):
+    for low, full in zip(*targets):
         a, b = torch.from_numpy(low.maps).double(), torch.from_numpy(full.maps).double()
         worst = max(worst, float((a - b).abs().max()))
         for x, y in zip(a.flatten(1), b.flatten(1)):
             correlations.append(float(torch.corrcoef(torch.stack([x, y]))[0, 1]))
-    return {"maps_auto_vs_fp32_max_abs": worst,
-            "maps_auto_vs_fp32_mean_corr": sum(correlations) / max(1, len(correlations))}
+    return {f"maps_{label}_max_abs": worst,
+            f"maps_{label}_mean_corr": sum(correlations) / max(1, len(correlations))}
 
 
 def main() -> None:
