@@ -15,6 +15,7 @@ import logging
 import os
 import pickle
 import re
+import subprocess
 import sys
 import tempfile
 import time
@@ -301,6 +302,33 @@ def test_verbose_changes_nothing(tmp_path):
         assert not verbose.log.written and not (tmp_path / "logs").exists()
     finally:
         loud.handlers.clear()
+
+
+NATIVE_SCRIPT = """
+import logging, os, sys
+from lavender_ray.console import Console
+with Console("native", sys.argv[1]) as shown:
+    os.write(2, b"a line from C code\\n")  # as Ray's core worker writes, past sys.stderr
+    print("python on stderr", file=sys.stderr)
+    logging.getLogger("lavender_ray.x").warning("the project's warning")
+    assert shown.stream is sys.stderr and sys.stderr.fileno() != 2
+assert sys.stderr is sys.__stderr__ and sys.stderr.fileno() == 2
+os.write(2, b"after the command\\n")
+"""
+
+
+def test_what_native_code_writes_to_fd_2_goes_to_the_log(tmp_path):
+    """A quiet console takes fd 2 from C/C++ code (Ray's core worker, the raylet): its lines go
+    to the log file; Python's stderr, the console's own output, stays on the terminal, and
+    everything is put back when the command ends."""
+    run = subprocess.run([sys.executable, "-c", NATIVE_SCRIPT, str(tmp_path)],
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert "python on stderr" in run.stderr and "warning: the project's warning" in run.stderr
+    assert "a line from C code" not in run.stderr and "after the command" in run.stderr
+    [log] = tmp_path.glob("native-*.log")
+    assert "a line from C code" in log.read_text()
+    assert f"logs:       {log}" in run.stdout
 
 
 def test_the_worker_setup_hook_only_for_a_quiet_console(tmp_path, monkeypatch):

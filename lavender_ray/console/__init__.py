@@ -17,6 +17,9 @@ Quiet (the default), while the command runs:
   leaves the `ray` logger without handlers); records of `lavender_ray` loggers stay on the
   console;
 - Python warnings raised from `lavender_ray` code stay on the console, others go to the log;
+- what C and C++ code writes to the process's stderr (file descriptor 2: Ray's core worker,
+  the raylet and the other processes `ray.init` starts) goes to the log; Python's `sys.stderr`
+  keeps the terminal through a duplicate of it (`logs.NativeStderr`);
 - Ray Data's progress bars are off (set before any Dataset exists: a Dataset keeps the context
   it was made with, also in the actors that run it); Ray Tune runs with `verbose=0` (`quiet()`);
 - after `ray.init`, the output Ray forwards from every worker of the job (`log_to_driver`) goes
@@ -62,6 +65,7 @@ from lavender_ray.console.logs import (
     LogFile,
     LogFileHandler,
     LogStream,
+    NativeStderr,
     in_package,
     in_package_logger,
     writes_to_terminal,
@@ -135,6 +139,7 @@ class Console:
                  stream: TextIO | None = None) -> None:
         self.command, self.verbose = command, verbose
         self.stream = stream if stream is not None else sys.stderr
+        self._stream_given = stream is not None
         self.log = LogFile(log_dir, command)
         self._restore: list[Callable[[], None]] = []
         self._file_handler = LogFileHandler(self.log)
@@ -146,7 +151,8 @@ class Console:
             raise RuntimeError("a lavender console is active already")
         _active = self
         if not self.verbose:
-            self._quiet_ray_data()  # first: importing Ray gives the `ray` logger its handler
+            self._quiet_native_stderr()  # first: the project's handlers write to the terminal
+            self._quiet_ray_data()  # before the loggers: importing Ray gives `ray` its handler
             self._quiet_loggers()
             self._quiet_warnings()
         return self
@@ -207,6 +213,20 @@ class Console:
                 logger.removeHandler(self._file_handler)
             for handler in loud:
                 logger.addHandler(handler)
+
+        self._restore.append(undo)
+
+    def _quiet_native_stderr(self) -> None:
+        """What C and C++ code writes to fd 2 (Ray's core worker, the raylet) -> the log file,
+        when the console owns the process's real stderr (`NativeStderr`)."""
+        if self._stream_given or not NativeStderr.applies():
+            return
+        native = NativeStderr()
+        self.stream = native.start()
+
+        def undo() -> None:
+            for line in native.stop().splitlines():
+                self.log.write(line)
 
         self._restore.append(undo)
 

@@ -7,10 +7,11 @@ from __future__ import annotations
 import io
 import logging
 import os
+import sys
 import tempfile
 import threading
 import time
-from typing import TextIO
+from typing import BinaryIO, TextIO
 
 import pyarrow.fs as pafs
 from tqdm import tqdm
@@ -125,3 +126,55 @@ class LogStream(io.TextIOBase):
             self.log.write(self.partial)
             self.partial = ""
 
+
+
+class NativeStderr:
+    """File descriptor 2 taken from C and C++ code (Ray's core worker in this process, the
+    raylet and other processes it starts), which writes past Python's `sys.stderr`: while
+    active, fd 2 points at an unnamed temporary file, and `sys.stderr` at a duplicate of the
+    original fd 2, so Python's own writes (the console, tracebacks) still reach the terminal.
+    `stop` puts fd 2 back and returns what native code wrote meanwhile.
+
+    Only for a process whose `sys.stderr` is the real one on fd 2 (`applies`): under a test's
+    capture or an embedding application nothing is moved."""
+
+    def __init__(self) -> None:
+        self._spool: BinaryIO | None = None
+        self._saved: TextIO | None = None  # sys.stderr before `start`
+        self._terminal: TextIO | None = None  # sys.stderr while active
+
+    @staticmethod
+    def applies() -> bool:
+        try:
+            return sys.stderr is sys.__stderr__ and sys.stderr.fileno() == 2
+        except (AttributeError, ValueError, io.UnsupportedOperation):
+            return False
+
+    def start(self) -> TextIO:
+        """Move fd 2; returns the new `sys.stderr` (the terminal)."""
+        sys.stderr.flush()
+        self._saved = sys.stderr
+        terminal = os.dup(2)
+        self._spool = tempfile.TemporaryFile()
+        os.dup2(self._spool.fileno(), 2)
+        self._terminal = io.TextIOWrapper(os.fdopen(terminal, "wb"),
+                                          encoding=self._saved.encoding,
+                                          errors=self._saved.errors, line_buffering=True)
+        sys.stderr = self._terminal
+        return self._terminal
+
+    def stop(self) -> str:
+        """Put fd 2 back on the terminal; the text native code wrote while active."""
+        if self._spool is None or self._saved is None or self._terminal is None:
+            return ""
+        self._terminal.flush()
+        os.dup2(self._terminal.fileno(), 2)
+        if sys.stderr is self._terminal:
+            sys.stderr = self._saved
+        self._terminal.close()  # the duplicate
+        self._saved = self._terminal = None
+        spool, self._spool = self._spool, None
+        spool.seek(0)
+        text = spool.read().decode("utf-8", errors="replace")
+        spool.close()  # processes started meanwhile keep writing to the (unnamed) file
+        return text
