@@ -188,3 +188,24 @@ def test_a_gpu_type_without_figures_is_left_unplanned_not_refused():
     plan = build_plan(cfg)
     assert plan.problems() == [] and plan.train == []
     assert "train workers not planned" in plan.summary() and "'B300'" in plan.describe()
+
+
+def test_tune_plans_the_largest_value_of_each_searched_number(capsys):
+    """`lavender tune` plans the trials' worst case: a micro-batch of 1 fits a V100, the
+    search's largest (200,000 worst-case samples) does not, and the refusal names it."""
+    from lavender_ray.commands.plan import check_before_start
+    from lavender_ray.config import ConfigError
+    from lavender_ray.tune import parse_search_space
+
+    cfg = load_config("demo", ["train.use_gpu=true", "train.accelerator=V100",
+                               "pipeline.sd_num_gpus=0", "train.precision=fp16"])
+    space = parse_search_space({"train.micro_batch_size": "choice([1, 200000])",
+                                "optim.lr": "loguniform(1e-5, 1e-3)",
+                                "aligner.variant": "grid([light, sim])"}, cfg.to_dict())
+    largest = space.largest()
+    assert largest["train.micro_batch_size"] == 200000 and "aligner.variant" not in largest
+    assert largest["optim.lr"] < 1e-3
+    check_before_start(cfg)  # the preset as given fits
+    with pytest.raises(ConfigError, match="micro_batch_size"):
+        check_before_start(cfg, largest)
+    assert "train.micro_batch_size=200000" in capsys.readouterr().out

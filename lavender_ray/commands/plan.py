@@ -4,8 +4,12 @@ the GPUs it places them on, how fast each runs, and how many SD actors keep the 
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING, Any
 
 from lavender_ray.cli import add_config_arguments
+
+if TYPE_CHECKING:
+    from lavender_ray.config import LavenderConfig
 
 HELP = ("size a preset before a cluster starts: GPU memory of a train worker and an SD actor per "
         "GPU type (V100 16/32 GB, A100 40/80 GB, H100 80 GB, or the type the preset names), "
@@ -18,8 +22,9 @@ layers of each kind at two narrowed widths, scaled to full depth and width. Noth
 downloaded but config and processor files; the paper's models plan offline from their
 published architectures. Llama-3.2-11B-Vision at 1024 tokens takes about 4 minutes on 2 cores
 and 6 GiB of RAM, once: measurements are cached in ~/.cache/lavender_ray/plan
-($LAVENDER_PLAN_CACHE). `lavender train` runs the same check before it starts Ray when the
-preset puts the trainer or the SD actors on GPUs.
+($LAVENDER_PLAN_CACHE). `lavender train` and `lavender tune` run the same check before they
+start Ray when the preset puts the trainer or the SD actors on GPUs (`tune` with the largest
+value of each numeric key it searches).
 
 examples:
   lavender plan --preset llama32_11b_lora
@@ -45,3 +50,26 @@ def run(args: argparse.Namespace) -> int:
     left_out = " (stages without figures for their GPU type are named above)" if plan.notes else ""
     print(f"\nplan: every GPU stage fits on at least one of the GPU types it may run on{left_out}")
     return 0
+
+
+NO_PLAN_HELP = ("skip the GPU memory plan (`lavender plan`) that runs before Ray starts when the "
+                "preset puts the trainer or the SD actors on GPUs (it measures on this machine's "
+                "CPU, once per model and settings: about 4 minutes and 6 GiB of RAM at 11B)")
+
+
+def check_before_start(cfg: LavenderConfig, largest: dict[str, Any] | None = None) -> None:
+    """`train`/`tune`: when `cfg` puts the trainer or the SD actors on GPUs, its plan, with the
+    searched keys at their `largest` values (`SearchSpace.largest`); refuses (`ConfigError`,
+    exit 2) before any node starts, else prints its summary."""
+    if not (cfg.train.use_gpu or cfg.pipeline.sd_num_gpus > 0):
+        return
+    from lavender_ray.config import LavenderConfig, apply_overrides
+    from lavender_ray.plan import build_plan
+
+    if largest:
+        cfg = LavenderConfig.from_dict(apply_overrides(cfg.to_dict(), largest))
+        shown = ", ".join(f"{k}={v}" for k, v in largest.items())
+        print(f"plan: the searched keys at their largest values: {shown}", flush=True)
+    plan = build_plan(cfg, progress=lambda line: print(f"plan: {line}...", flush=True))
+    plan.check()
+    print(plan.summary())

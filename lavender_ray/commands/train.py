@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from lavender_ray.cli import add_config_arguments, add_verbose_argument
+from lavender_ray.commands.plan import NO_PLAN_HELP, check_before_start
 from lavender_ray.config import load_config
 
 HELP = (
@@ -27,12 +28,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--address", default=None, help="Ray address (default: RAY_ADDRESS or a new local Ray)"
     )
-    parser.add_argument(
-        "--no-plan", action="store_true",
-        help="skip the GPU memory plan (`lavender plan`) that runs before Ray starts when the "
-        "preset puts the trainer or the SD actors on GPUs (it measures on this machine's CPU, "
-        "once per model and settings: about 4 minutes and 6 GiB of RAM at 11B)",
-    )
+    parser.add_argument("--no-plan", action="store_true", help=NO_PLAN_HELP)
     add_verbose_argument(parser)
 
 
@@ -46,12 +42,8 @@ def run(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.preset, args.overrides)
     check_source_paths(cfg)  # before Ray starts: a missing file is one line, at once
-    if not args.no_plan and (cfg.train.use_gpu or cfg.pipeline.sd_num_gpus > 0):
-        from lavender_ray.plan import build_plan
-
-        plan = build_plan(cfg, progress=lambda line: print(f"plan: {line}...", flush=True))
-        plan.check()  # refuses (exit 2) before any node starts
-        print(plan.summary())
+    if not args.no_plan:
+        check_before_start(cfg)  # refuses (exit 2) before any node starts
     with Console("train", f"{run_dir_of(cfg)}/{LOGS_DIR}", args.verbose):
         connect(cfg, "train", args.address)
         print(describe(train(cfg, resume=args.resume)))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from lavender_ray.cli import add_config_arguments, add_verbose_argument
+from lavender_ray.commands.plan import NO_PLAN_HELP, check_before_start
 from lavender_ray.config import load_config
 
 HELP = (
@@ -25,6 +26,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--address", default=None, help="Ray address (default: RAY_ADDRESS or a new local Ray)"
     )
+    parser.add_argument("--no-plan", action="store_true", help=NO_PLAN_HELP + "; the plan takes "
+                        "the largest value of each number the search space samples")
     add_verbose_argument(parser)
 
 
@@ -32,9 +35,12 @@ def run(args: argparse.Namespace) -> int:
     # imported when the command runs: `lavender --help` stays fast (commands/__init__.py)
     from lavender_ray.console import Console
     from lavender_ray.runs import LOGS_DIR, run_dir_of
-    from lavender_ray.tune import describe, run_tune
+    from lavender_ray.tune import describe, parse_search_space, run_tune
 
     cfg = load_config(args.preset, args.overrides)
+    if not args.no_plan:  # the largest value of each searched number: batch sizes, LoRA rank
+        space = parse_search_space(cfg.tune.search_space, cfg.to_dict())
+        check_before_start(cfg, space.largest())
     with Console("tune", f"{run_dir_of(cfg)}/{LOGS_DIR}", args.verbose):  # the experiment
         summary = run_tune(cfg, resume=args.resume, address=args.address)
         print(describe(summary))

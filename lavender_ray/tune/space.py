@@ -69,6 +69,15 @@ class Dimension:
             return tune.choice(list(self.args[0]))
         return getattr(tune, self.function)(*self.args)
 
+    def largest(self) -> Any:
+        """The largest value this dimension can give (None when its options are not all
+        numbers): what GPU memory grows with, for the searched keys it depends on."""
+        if self.function in ("choice", "grid"):
+            options = self.args[0]
+            numeric = all(isinstance(o, int | float) and not isinstance(o, bool) for o in options)
+            return max(options) if numeric else None
+        return _probes(self.function, self.args)[-1]
+
 
 @dataclass(frozen=True)
 class SearchSpace:
@@ -84,6 +93,11 @@ class SearchSpace:
         """Trials of a search with `num_samples` samples: each sample runs every grid point."""
         grids = [len(d.args[0]) for d in self.dimensions if d.function == "grid"]
         return num_samples * math.prod(grids)
+
+    def largest(self) -> dict[str, Any]:
+        """Dotted key -> the largest value of each numeric dimension (`Dimension.largest`)."""
+        values = {d.key: d.largest() for d in self.dimensions}
+        return {k: v for k, v in values.items() if v is not None}
 
     def param_space(self) -> dict[str, Any]:
         """Tune's `param_space`: dotted key -> domain; a trial's config is dotted key -> value."""
