@@ -1,6 +1,7 @@
 """Where a quiet console sends what is not the project's own: the command's log file (opened
-when first written, uploaded when the folder is a URI) and the logging handlers that write to it
-or, for the project's records, to the console above any live progress bar."""
+when first written, uploaded when the folder is a URI), the logging handlers that write to it
+or, for the project's records, to the console above any live progress bar, and what native code
+writes to file descriptor 2 (`NativeStderr`)."""
 
 from __future__ import annotations
 
