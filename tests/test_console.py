@@ -381,7 +381,14 @@ def test_the_setup_hook_marks_the_projects_warnings_in_a_worker(capsys):
 
 def test_after_ray_init_routes_forwarded_worker_output_to_the_log(tmp_path, monkeypatch):
     import ray
+    import ray._private.worker as ray_worker
     from ray._private.ray_logging import global_worker_stdstream_dispatcher as dispatcher
+
+    raylet: list[dict] = []
+    monkeypatch.setattr(ray_worker, "print_to_stdstream", lambda data, _: raylet.append(data))
+    expected = {"pid": "raylet", "is_err": False, "lines": [
+        "WARNING: 8 PYTHON worker processes have been started on node: 1a with address: x"]}
+    killed = {"pid": "raylet", "is_err": False, "lines": ["A worker died or was killed"]}
 
     monkeypatch.setattr(ray, "is_initialized", lambda: False)  # stopped when the command ends
 
@@ -396,9 +403,15 @@ def test_after_ray_init_routes_forwarded_worker_output_to_the_log(tmp_path, monk
             console.after_ray_init()
             console.after_ray_init()  # idempotent
             dispatcher.emit({"pid": 7, "task_name": "ReadCSV", "lines": ["0.00/1.00 row/s"]})
+            for data in (expected, killed):  # as Ray's error listener prints the raylet's
+                ray_worker.print_to_stdstream(data, False)
         dispatcher.emit({"pid": 8, "lines": ["after the command"]})
         assert [d["pid"] for d in printed] == [8]  # Ray's printer is back afterwards
-        assert "(ReadCSV pid=7) 0.00/1.00 row/s" in Path(quiet.log.path).read_text()
+        ray_worker.print_to_stdstream(expected, False)
+        assert raylet == [killed, expected]  # what needs the user, then Ray's own printer again
+        log = Path(quiet.log.path).read_text()
+        assert "(ReadCSV pid=7) 0.00/1.00 row/s" in log
+        assert "(raylet) WARNING: 8 PYTHON worker processes" in log
         assert stream.getvalue() == ""
     finally:
         dispatcher.remove_handler("ray_print_logs")

@@ -75,6 +75,7 @@ from lavender_ray.console.workers import (
     WORKER_MARK,
     WorkerOutput,
     mark_worker_warnings,
+    raylet_expected,
 )
 
 __all__ = [
@@ -272,6 +273,19 @@ class Console:
         dispatcher.remove_handler("ray_print_logs")
         dispatcher.remove_handler(name)
         dispatcher.add_handler(name, WorkerOutput(self.log.write, self._show))
+        # the raylet's messages are printed by the driver's error listener, not the dispatcher
+        import ray._private.worker as ray_worker
+
+        printer = ray_worker.print_to_stdstream
+
+        def print_to_stdstream(data: dict[str, Any], ignore_prefix: bool) -> None:
+            if raylet_expected(data):
+                for line in data["lines"]:
+                    self.log.write(f"(raylet) {line}")
+            else:
+                printer(data, ignore_prefix)
+
+        ray_worker.print_to_stdstream = print_to_stdstream
         try:
             import ray
 
@@ -290,6 +304,7 @@ class Console:
             dispatcher.remove_handler(name)
             for pair in replaced:
                 dispatcher.add_handler(*pair)
+            ray_worker.print_to_stdstream = printer
 
         self._restore.append(undo)
 

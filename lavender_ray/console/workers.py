@@ -15,6 +15,9 @@ from lavender_ray.console.logs import PACKAGE, in_package
 
 WORKER_MARK = "<<lavender_ray>> "  # starts a worker's marked warning line (one JSON object)
 SETUP_HOOK = "lavender_ray.console.workers.mark_worker_warnings"
+# What Ray's driver prints for the raylet that this project's runs cause by design: its actor
+# pools and fractional-CPU tasks start more Python workers than a small machine has cores.
+RAYLET_EXPECTED = ("PYTHON worker processes have been started",)
 
 
 def mark_worker_warnings() -> None:
@@ -89,3 +92,11 @@ class WorkerOutput:
                 self.shown.add(marked["message"])
                 self.show(text)
 
+
+def raylet_expected(data: dict[str, Any]) -> bool:
+    """A message Ray's driver prints for the raylet (`pid == "raylet"`) whose every line is
+    expected in this project's runs (`RAYLET_EXPECTED`): for the log, not the console. Other
+    raylet messages (a worker killed, memory pressure) stay on the console."""
+    lines = data.get("lines") or []
+    return (data.get("pid") == "raylet" and bool(lines)
+            and all(any(text in line for text in RAYLET_EXPECTED) for line in lines))
