@@ -197,15 +197,14 @@ def test_tune_plans_the_largest_value_of_each_searched_number(capsys):
     from lavender_ray.config import ConfigError
     from lavender_ray.tune import parse_search_space
 
+    search = ('tune.search_space={"train.micro_batch_size": "choice([1, 200000])", '
+              '"optim.lr": "loguniform(1e-5, 1e-3)", "aligner.variant": "grid([light, sim])"}')
     cfg = load_config("demo", ["train.use_gpu=true", "train.accelerator=V100",
-                               "pipeline.sd_num_gpus=0", "train.precision=fp16"])
-    space = parse_search_space({"train.micro_batch_size": "choice([1, 200000])",
-                                "optim.lr": "loguniform(1e-5, 1e-3)",
-                                "aligner.variant": "grid([light, sim])"}, cfg.to_dict())
-    largest = space.largest()
+                               "pipeline.sd_num_gpus=0", "train.precision=fp16", search])
+    largest = parse_search_space(cfg.tune.search_space, cfg.to_dict()).largest()
     assert largest["train.micro_batch_size"] == 200000 and "aligner.variant" not in largest
     assert largest["optim.lr"] < 1e-3
     check_before_start(cfg)  # the preset as given fits
     with pytest.raises(ConfigError, match="micro_batch_size"):
-        check_before_start(cfg, largest)
+        check_before_start(cfg, searched=True)
     assert "train.micro_batch_size=200000" in capsys.readouterr().out

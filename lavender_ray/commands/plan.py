@@ -4,7 +4,7 @@ the GPUs it places them on, how fast each runs, and how many SD actors keep the 
 from __future__ import annotations
 
 import argparse
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from lavender_ray.cli import add_config_arguments
 
@@ -57,15 +57,20 @@ NO_PLAN_HELP = ("skip the GPU memory plan (`lavender plan`) that runs before Ray
                 "CPU, once per model and settings: about 4 minutes and 6 GiB of RAM at 11B)")
 
 
-def check_before_start(cfg: LavenderConfig, largest: dict[str, Any] | None = None) -> None:
-    """`train`/`tune`: when `cfg` puts the trainer or the SD actors on GPUs, its plan, with the
-    searched keys at their `largest` values (`SearchSpace.largest`); refuses (`ConfigError`,
-    exit 2) before any node starts, else prints its summary."""
+def check_before_start(cfg: LavenderConfig, searched: bool = False) -> None:
+    """`train`/`tune`: when `cfg` puts the trainer or the SD actors on GPUs, its plan (`searched`:
+    with each number `tune.search_space` samples at its largest, `SearchSpace.largest`);
+    refuses (`ConfigError`, exit 2) before any node starts, else prints its summary."""
     if not (cfg.train.use_gpu or cfg.pipeline.sd_num_gpus > 0):
         return
     from lavender_ray.config import LavenderConfig, apply_overrides
     from lavender_ray.plan import build_plan
 
+    largest = {}
+    if searched:
+        from lavender_ray.tune import parse_search_space
+
+        largest = parse_search_space(cfg.tune.search_space, cfg.to_dict()).largest()
     if largest:
         cfg = LavenderConfig.from_dict(apply_overrides(cfg.to_dict(), largest))
         shown = ", ".join(f"{k}={v}" for k, v in largest.items())

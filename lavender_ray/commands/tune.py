@@ -35,12 +35,11 @@ def run(args: argparse.Namespace) -> int:
     # imported when the command runs: `lavender --help` stays fast (commands/__init__.py)
     from lavender_ray.console import Console
     from lavender_ray.runs import LOGS_DIR, run_dir_of
-    from lavender_ray.tune import describe, parse_search_space, run_tune
+    from lavender_ray.tune import describe, run_tune
 
     cfg = load_config(args.preset, args.overrides)
     if not args.no_plan:  # the largest value of each searched number: batch sizes, LoRA rank
-        space = parse_search_space(cfg.tune.search_space, cfg.to_dict())
-        check_before_start(cfg, space.largest())
+        check_before_start(cfg, searched=True)
     with Console("tune", f"{run_dir_of(cfg)}/{LOGS_DIR}", args.verbose):  # the experiment
         summary = run_tune(cfg, resume=args.resume, address=args.address)
         print(describe(summary))

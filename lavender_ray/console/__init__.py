@@ -140,7 +140,6 @@ class Console:
                  stream: TextIO | None = None) -> None:
         self.command, self.verbose = command, verbose
         self.stream = stream if stream is not None else sys.stderr
-        self._stream_given = stream is not None
         self.log = LogFile(log_dir, command)
         self._restore: list[Callable[[], None]] = []
         self._file_handler = LogFileHandler(self.log)
@@ -220,7 +219,7 @@ class Console:
     def _quiet_native_stderr(self) -> None:
         """What C and C++ code writes to fd 2 (Ray's core worker, the raylet) -> the log file,
         when the console owns the process's real stderr (`NativeStderr`)."""
-        if self._stream_given or not NativeStderr.applies():
+        if self.stream is not sys.stderr or not NativeStderr.applies():
             return
         native = NativeStderr()
         self.stream = native.start()

@@ -128,7 +128,6 @@ class LogStream(io.TextIOBase):
             self.partial = ""
 
 
-
 class NativeStderr:
     """File descriptor 2 taken from C and C++ code (Ray's core worker in this process, the
     raylet and other processes it starts), which writes past Python's `sys.stderr`: while
@@ -166,7 +165,7 @@ class NativeStderr:
 
     def stop(self) -> str:
         """Put fd 2 back on the terminal; the text native code wrote while active."""
-        if self._spool is None or self._saved is None or self._terminal is None:
+        if self._spool is None:  # not started
             return ""
         self._terminal.flush()
         os.dup2(self._terminal.fileno(), 2)
