@@ -12,7 +12,8 @@ import pytest
 from PIL import Image
 
 from lavender_ray.config import load_config
-from lavender_ray.data.formats import ImageLoader, llava_row, messages_row
+from lavender_ray.data.formats import llava_row, messages_row
+from lavender_ray.data.image_refs import ImageLoader
 from lavender_ray.data.synthetic import (
     ASPECT_RATIOS,
     COLORS,

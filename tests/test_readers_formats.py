@@ -14,11 +14,11 @@ from lavender_ray.data.checks import list_files
 from lavender_ray.data.formats import (
     CAPTION_PROMPT,
     FORMATS,
-    ImageLoader,
     laion_row,
     ocrvqa_row,
     rlaif_v_row,
 )
+from lavender_ray.data.image_refs import ImageLoader
 from lavender_ray.data.mixture import keep_record, source_fraction
 from lavender_ray.data.readers import READER_REJECT, flickr30k_rows
 from lavender_ray.pipeline.read import read_laion

@@ -41,7 +41,7 @@ import string
 from collections.abc import Mapping
 from typing import Any
 
-from lavender_ray.data.formats import CheckImage, ImageLoader, ReadBytes
+from lavender_ray.data.image_refs import CheckImage, ImageLoader, ReadBytes
 from lavender_ray.schema import RecordError, make_benchmark_row
 
 BENCHMARK_STAGE = "benchmark"

@@ -26,16 +26,8 @@ import hashlib
 from typing import Any
 
 from lavender_ray.config import DataConfig, SourceConfig
-from lavender_ray.data.formats import (
-    FORMATS,
-    CheckImage,
-    ImageLoader,
-    RowFormat,
-    folder_of,
-    max_image_bytes,
-    printable,
-    unwrap_text_row,
-)
+from lavender_ray.data.formats import FORMATS, RowFormat, printable, unwrap_text_row
+from lavender_ray.data.image_refs import CheckImage, ImageLoader, folder_of, max_image_bytes
 from lavender_ray.data.readers import DATA_FILE, READER_REJECT, ROW_AT
 from lavender_ray.schema import RecordError, Reject
 from lavender_ray.storage import read_file

@@ -36,7 +36,8 @@ from lavender_ray.data.benchmarks import (
     benchmark_row,
     image_reference,
 )
-from lavender_ray.data.formats import folder_of, max_image_bytes, printable, unwrap_text_row
+from lavender_ray.data.formats import printable, unwrap_text_row
+from lavender_ray.data.image_refs import folder_of, max_image_bytes
 from lavender_ray.data.readers import DATA_FILE, READER_REJECT, ROW_AT, jsonl_rows
 from lavender_ray.images import check_image
 from lavender_ray.pipeline.read import read_parquet, table_rows
