@@ -44,9 +44,8 @@ from lavender_ray.config.sections import (
     TrainConfig,
     TuneConfig,
     VLMConfig,
-    config_hash,
-    format_validation_error,
 )
+from lavender_ray.config.tree import config_hash, format_validation_error
 
 __all__ = [
     "CONFIG_FILE", "PRESET_PACKAGE", "AlignerConfig", "ConfigError", "DataConfig", "EvalConfig",

@@ -17,7 +17,8 @@ from typing import Any
 import yaml
 from pydantic import BaseModel
 
-from lavender_ray.config.sections import ConfigError, LavenderConfig, field_names, submodel
+from lavender_ray.config.sections import ConfigError, LavenderConfig
+from lavender_ray.config.tree import field_names, submodel
 from lavender_ray.storage import absolute
 
 PRESET_PACKAGE = "lavender_ray.presets"
