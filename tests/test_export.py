@@ -5,7 +5,10 @@ names the data and the metrics, every input form is found, and bad inputs are on
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 import warnings
 from pathlib import Path
 
@@ -241,3 +244,19 @@ def test_push_to_hub_offline_fails_in_one_line(tmp_path: Path, capsys, monkeypat
     assert err.count("\n") == 1 and "--push-to-hub me/tiny: upload failed" in err
     assert "OfflineModeIsEnabled" in err and f"hf upload me/tiny {out}" in err
     assert (out / "README.md").is_file()  # the export itself is complete
+
+
+def test_export_merge_prints_no_deepspeed_line_on_a_cpu_machine(tmp_path: Path) -> None:
+    """`save_pretrained` imports DeepSpeed through accelerate; a user's CPU machine without
+    DS_ACCELERATOR set must not see DeepSpeed's "no GPU found" warning (a fresh process: the
+    warning comes once, at DeepSpeed's first import)."""
+    run_dir = make_run(tmp_path / "run", "mllama")
+    env = {k: v for k, v in os.environ.items() if k != "DS_ACCELERATOR"}
+    done = subprocess.run(
+        [sys.executable, "-m", "lavender_ray.cli", "export", str(run_dir), "--out",
+         str(tmp_path / "out"), "--merge"],
+        env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "merged/   the full model" in done.stdout
+    assert "accelerator" not in done.stdout + done.stderr, done.stderr

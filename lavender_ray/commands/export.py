@@ -4,6 +4,7 @@ optionally the merged model and an upload to the Hugging Face Hub."""
 from __future__ import annotations
 
 import argparse
+import os
 
 HELP = (
     "export a trained run (run folder, checkpoint or saved run) into a folder to serve or share: "
@@ -38,5 +39,9 @@ def run(args: argparse.Namespace) -> int:
     # imported when the command runs: `lavender --help` stays fast (commands/__init__.py)
     from lavender_ray.export import describe, export_run
 
+    # --merge loads the model on CPU and `save_pretrained` unwraps it through accelerate, which
+    # imports DeepSpeed: left to detect an accelerator, it warns on a CPU machine that it found
+    # no GPU, a line about nothing the user asked for
+    os.environ.setdefault("DS_ACCELERATOR", "cpu")
     print(describe(export_run(args.run, args.out, args.merge, args.push_to_hub)))
     return 0
