@@ -208,3 +208,15 @@ def test_tune_plans_the_largest_value_of_each_searched_number(capsys):
     with pytest.raises(ConfigError, match="micro_batch_size"):
         check_before_start(cfg, searched=True)
     assert "train.micro_batch_size=200000" in capsys.readouterr().out
+
+
+def test_a_cpu_preset_says_there_is_nothing_to_size(capsys):
+    """The demo runs on CPU: no GPU table, no rates footnote, and no claim that GPU stages fit."""
+    from lavender_ray.cli import main
+
+    assert main(["plan", "--preset", "demo"]) == 0
+    out = capsys.readouterr().out
+    assert "nothing in this preset runs on a GPU" in out
+    assert "Rates assume" not in out and "every GPU stage fits" not in out
+    gpu = load_config("demo", ["train.use_gpu=true"])
+    assert build_plan(gpu).on_gpu and "Rates assume" in build_plan(gpu).describe()

@@ -47,6 +47,10 @@ def run(args: argparse.Namespace) -> int:
     plan = build_plan(cfg, progress=lambda line: print(line + "...", flush=True))
     print(plan.describe())
     plan.check()  # a ConfigError: the reasons, exit 2
+    if not plan.on_gpu:
+        print("\nplan: nothing in this preset runs on a GPU, so there is no GPU memory to size "
+              "(set train.use_gpu=true and/or pipeline.sd_num_gpus=1 to plan them)")
+        return 0
     left_out = " (stages without figures for their GPU type are named above)" if plan.notes else ""
     print(f"\nplan: every GPU stage fits on at least one of the GPU types it may run on{left_out}")
     return 0

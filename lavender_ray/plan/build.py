@@ -70,6 +70,11 @@ class Plan:
         demand = train_fit.rate * self.cfg.train.num_workers
         return max(1, math.ceil(demand / sd_fit.rate))
 
+    @property
+    def on_gpu(self) -> bool:
+        """Whether the trainer or the SD actors run on GPUs (else there is nothing to size)."""
+        return self.vlm is not None or self.sd is not None
+
     def describe(self) -> str:
         lines = []
         if self.vlm is not None:
@@ -122,6 +127,8 @@ class Plan:
                           "their FLOPs to bound their speed (per-step overheads do), so neither "
                           "those rates nor the pool sizes apply to them."]
         lines += ["", *self.notes] if self.notes else []
+        if not self.on_gpu:
+            return "\n".join(lines)
         lines += ["", f"Rates assume {TRAIN_EFFICIENCY:.0%} (training) and {SD_EFFICIENCY:.0%} "
                       f"(SD) of each GPU's dense peak; memory adds {SLACK:.0%} allocator slack "
                       f"and {CUDA_RESERVED_GIB:g} GiB of CUDA context per GPU."]
