@@ -102,6 +102,20 @@ def test_train_status_gives_loss_samples_per_second_and_eta_from_the_reports():
     assert train_status({"step": 1}, None, 6) == ([], None)
 
 
+def test_a_first_report_that_mostly_waited_for_the_pipeline_shows_the_wait_not_a_rate():
+    """2 steps in 30 s, 28 s of them waiting for the SD actors' first batches: no 0.27
+    samples/s and 60 s ETA, but the wait and an ETA at the steps' own 1 s."""
+    first = {"step": 2, "records": 8, "loss/total": 6.0, "time/step_s": 15.0,
+             "time/data_wait_s": 28.0}
+    fields, eta = train_status(first, None, max_steps=6)
+    assert fields == ["loss 6", "first batches after 28 s"]
+    assert eta == pytest.approx(4.0)
+    steady = {**first, "time/data_wait_s": 2.0}  # a short wait: the rate as before
+    assert train_status(steady, None, 6)[0] == ["loss 6", "0.267 samples/s"]
+    later = {"step": 4, "records": 16, "time/step_s": 15.0, "time/data_wait_s": 28.0}
+    assert "samples/s" in train_status(later, first, 6)[0][0]  # a slow pipeline later: a rate
+
+
 # ----------------------------------------------------------------------------- the display
 def test_plain_lines_one_per_update_with_the_fields_and_eta():
     clock = Clock()

@@ -29,11 +29,21 @@ def train_status(
 ) -> tuple[list[str], float | None]:
     """(fields, ETA in seconds) for one report: the last loss, samples/s (records per step since
     the previous report, or since the start, over the reported mean step time) and the ETA
-    (the steps left at that step time)."""
+    (the steps left at that step time).
+
+    The first report of a run (or of a resumed one) whose window was mostly the wait for the
+    pipeline's first batches (SD actors loading: `time/data_wait_s` over half the window) shows
+    that wait instead of a rate, and the ETA from the steps' own time: a rate over the start-up
+    would read 0.07 samples/s and an ETA the next report takes back."""
     step, step_s = record.get("step", 0), record.get("time/step_s")
     fields = []
     if "loss/total" in record:
         fields.append(f"loss {record['loss/total']:.4g}")
+    wait = record.get("time/data_wait_s") or 0.0
+    if previous is None and step and step_s and wait > step_s * step / 2:
+        fields.append(f"first batches after {wait:.0f} s")
+        compute_s = (step_s * step - wait) / step
+        return fields, (max_steps - step) * compute_s if compute_s > 0 else None
     if previous is not None and step > previous.get("step", 0):
         per_step = (record.get("records", 0) - previous.get("records", 0)) / (
             step - previous["step"])
