@@ -31,10 +31,10 @@ def train_status(
     the previous report, or since the start, over the reported mean step time) and the ETA
     (the steps left at that step time).
 
-    The first report of a run (or of a resumed one) whose window was mostly the wait for the
-    pipeline's first batches (SD actors loading: `time/data_wait_s` over half the window) shows
-    that wait instead of a rate, and the ETA from the steps' own time: a rate over the start-up
-    would read 0.07 samples/s and an ETA the next report takes back."""
+    The first report of a run whose window was mostly the wait for the pipeline's first
+    batches (SD actors loading: `time/data_wait_s` over half the window) shows that wait instead
+    of a rate, and the ETA from the steps' own time: a rate over the start-up would read 0.07
+    samples/s and an ETA the next report takes back."""
     step, step_s = record.get("step", 0), record.get("time/step_s")
     fields = []
     if "loss/total" in record:
