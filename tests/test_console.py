@@ -463,6 +463,7 @@ def test_the_demo_prints_at_most_60_lines_with_its_progress_and_summary(tmp_path
     output = run_lavender(tmp_path, "demo", *args, timeout_s=560)
     printed = output.splitlines()
     assert len(printed) <= 60, output
+    assert [line for line in printed if line != line.rstrip()] == []  # no trailing blanks
     run = tmp_path / "outputs" / "quiet"
     assert "== lavender demo: done ==" in output and "final metrics: loss/total=" in output
     assert re.search(r"^train: 6/6 steps \(100%\)  loss [\d.]+", output, re.M), output

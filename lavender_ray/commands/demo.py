@@ -39,7 +39,8 @@ def run(args: argparse.Namespace) -> int:
         keys = ["loss/total", "loss/lm", "loss/att", "align/matched_words", "records"]
         print("final metrics: " + "  ".join(f"{k}={out.final_metrics[k]:.4g}" for k in keys
                                             if k in out.final_metrics))
-        print(f"rejected records: {sum(out.rejects.values())} {out.rejects or ''}")
+        print(f"rejected records: {sum(out.rejects.values())}"
+              + (f" {out.rejects}" if out.rejects else ""))
         print(f"outputs:        {out.run_dir}")
         print(f"  config:       {out.run_dir / 'config.yaml'}")
         for path in out.data:
