@@ -3,6 +3,8 @@ tiny SD stack with synthetic records plus every bad-input kind."""
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -130,7 +132,12 @@ def test_ray_extract_counts_every_record_then_the_cli_reruns_from_cache(
     authors = tmp_path / "authors"
     args = ["extract", "--preset", "demo", "--out", str(cache), "--authors-out", str(authors)]
     assert main(args + [x for o in overrides for x in ("--set", o)]) == 0
-    assert f"1 written, {n_good} already cached" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert f"1 written, {n_good} already cached" in out
+    # the summary's values start in one column, the log line's too (`logs:` is the console's)
+    columns = {re.match(r"\w+: +", line).end() for line in out.splitlines()
+               if re.match(r"(targets|config|authors|logs): ", line)}
+    assert len(columns) == 1 and "\nlogs: " in out, out
     table = read_cached_targets(str(cache), first.config_hash)
     assert table.num_rows == n_good + 1
     keys = zip(table["id"].to_pylist(), table[IMAGE_HASH].to_pylist())

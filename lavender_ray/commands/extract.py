@@ -56,11 +56,11 @@ def run(args: argparse.Namespace) -> int:
     with Console("extract", f"{out.rstrip('/')}/{LOGS_DIR}", args.verbose):
         connect(cfg, "extract", args.address)
         summary = extract_to_cache(cfg, out)
-        print(f"targets:  {summary.targets_dir}  (config hash {summary.config_hash})")
-        print(f"          {summary.written} written, {summary.cached_before} already cached")
+        print(f"targets:    {summary.targets_dir}  (config hash {summary.config_hash})")
+        print(f"            {summary.written} written, {summary.cached_before} already cached")
         print(summarise_rejects(summary.rejects_dir))
-        print(f"config:   {summary.config_path}")
+        print(f"config:     {summary.config_path}")
         if args.authors_out:
             n = export_authors_layout(out, summary.config_hash, args.authors_out)
-            print(f"authors:  {args.authors_out}  ({n} images)")
+            print(f"authors:    {args.authors_out}  ({n} images)")
     return 0
