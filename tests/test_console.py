@@ -440,6 +440,16 @@ def test_a_log_folder_on_a_uri_gets_the_file_uploaded_at_the_end(tmp_path):
     assert "uploaded" in log.read_text()
 
 
+def test_a_relative_log_folder_is_named_absolute(tmp_path, monkeypatch, capsys):
+    """`lavender extract --out t1` names `<cwd>/t1/logs/...`, as train names its run folder."""
+    monkeypatch.chdir(tmp_path)
+    with Console("test", "t1/logs", stream=io.StringIO()) as quiet:
+        logging.getLogger("ray.lavender_test_relative").warning("kept")
+    assert quiet.log.path.startswith(f"{tmp_path}/t1/logs/test-")
+    assert f"logs:       {tmp_path}/t1/logs/test-" in capsys.readouterr().out
+    assert "kept" in Path(quiet.log.path).read_text()
+
+
 def test_verbose_is_a_global_and_a_per_command_flag():
     parser = build_parser()
     assert parser.parse_args(["--verbose", "train"]).verbose is True

@@ -29,6 +29,8 @@ class LogFile:
 
     def __init__(self, folder: str, command: str) -> None:
         self.name = f"{command}-{time.strftime('%Y%m%d-%H%M%S')}.log"
+        # a local folder absolute: the `logs:` line names a file found from any directory
+        folder = folder if is_uri(folder) else os.path.abspath(folder)
         self.path = f"{folder.rstrip('/')}/{self.name}"
         self._local = self.path  # a URI folder: a temporary folder once written to
         self._file: TextIO | None = None
