@@ -161,16 +161,20 @@ def broken_benchmark(path: Path) -> tuple[Path, int]:
 
 
 @pytest.mark.slow  # a full evaluation: two actor pools and the probe task
-def test_lavender_evaluate_end_to_end(ray_local, trained_dir: Path, tmp_path: Path) -> None:
+def test_lavender_evaluate_end_to_end(ray_local, trained_dir: Path, tmp_path: Path, capsys,
+                                     monkeypatch) -> None:
     bench, good_rows = broken_benchmark(tmp_path / "broken.jsonl")
     out = tmp_path / "report"
+    monkeypatch.chdir(tmp_path)  # `--out report`, relative, as a user types it
     code = main([
         "evaluate", "--preset", "demo", "--adapter", str(trained_dir),
         "--bench", "synthetic,broken",
-        "--out", str(out), "--set", f"eval.benchmarks={{broken: {bench}}}",
+        "--out", "report", "--set", f"eval.benchmarks={{broken: {bench}}}",
         "--set", "eval.metrics={broken: multiple_choice}", *(f"--set={o}" for o in EVAL_SETTINGS),
     ])  # fmt: skip
     assert code == 0
+    printed = capsys.readouterr().out
+    assert f"report:      {out}/results.md" in printed and f"logs:       {out}/logs/" in printed
     results = json.loads((out / "results.json").read_text())
 
     # benchmark table: both models on every benchmark, numbers in range, malformed rows left out

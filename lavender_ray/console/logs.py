@@ -17,7 +17,7 @@ from typing import BinaryIO, TextIO
 import pyarrow.fs as pafs
 from tqdm import tqdm
 
-from lavender_ray.storage import filesystem_and_path, is_uri
+from lavender_ray.storage import absolute, filesystem_and_path, is_uri
 
 PACKAGE = "lavender_ray"
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -30,7 +30,7 @@ class LogFile:
     def __init__(self, folder: str, command: str) -> None:
         self.name = f"{command}-{time.strftime('%Y%m%d-%H%M%S')}.log"
         # a local folder absolute: the `logs:` line names a file found from any directory
-        folder = folder if is_uri(folder) else os.path.abspath(folder)
+        folder = absolute(folder)
         self.path = f"{folder.rstrip('/')}/{self.name}"
         self._local = self.path  # a URI folder: a temporary folder once written to
         self._file: TextIO | None = None
