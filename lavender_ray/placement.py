@@ -196,6 +196,12 @@ def check_sd_placement(cfg: LavenderConfig) -> Device | None:
     return device
 
 
+def gpu_stages(cfg: LavenderConfig) -> tuple[bool, bool]:
+    """(the trainer on GPUs, the SD actors on GPUs); a precomputed run starts no SD actors."""
+    p = cfg.pipeline
+    return cfg.train.use_gpu, p.mode != "precomputed" and p.sd_num_gpus > 0
+
+
 def check_placement(cfg: LavenderConfig, nodes: Iterable[NodeResources]) -> Placement:
     """Check both stages against the config and the cluster's `nodes` (see module docstring)."""
     train_device, precision = check_train_placement(cfg, gpu_types(nodes))

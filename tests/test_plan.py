@@ -188,6 +188,7 @@ def test_a_gpu_type_without_figures_is_left_unplanned_not_refused():
     plan = build_plan(cfg)
     assert plan.problems() == [] and plan.train == []
     assert "train workers not planned" in plan.summary() and "'B300'" in plan.describe()
+    assert plan.on_gpu and "Train worker: on CPU" not in plan.describe()  # on GPUs, unplanned
 
 
 def test_tune_plans_the_largest_value_of_each_searched_number(capsys):

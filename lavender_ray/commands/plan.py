@@ -65,7 +65,9 @@ def check_before_start(cfg: LavenderConfig, searched: bool = False) -> None:
     """`train`/`tune`: when `cfg` puts the trainer or the SD actors on GPUs, its plan (`searched`:
     with each number `tune.search_space` samples at its largest, `SearchSpace.largest`);
     refuses (`ConfigError`, exit 2) before any node starts, else prints its summary."""
-    if not (cfg.train.use_gpu or cfg.pipeline.sd_num_gpus > 0):
+    from lavender_ray.placement import gpu_stages  # light: the plan below imports torch
+
+    if not any(gpu_stages(cfg)):
         return
     from lavender_ray.config import LavenderConfig, apply_overrides
     from lavender_ray.plan import build_plan

@@ -25,7 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from lavender_ray.config import ConfigError, LavenderConfig
-from lavender_ray.placement import Device, resolve_precision
+from lavender_ray.placement import Device, gpu_stages, resolve_precision
 from lavender_ray.plan.gpus import CUDA_RESERVED_GIB, GIB, GPU, gpus_for
 from lavender_ray.plan.sd import SDEstimate, estimate_sd
 from lavender_ray.plan.vlm import VLMEstimate, estimate_vlm
@@ -73,7 +73,7 @@ class Plan:
     @property
     def on_gpu(self) -> bool:
         """Whether the trainer or the SD actors run on GPUs (else there is nothing to size)."""
-        return self.vlm is not None or self.sd is not None
+        return any(gpu_stages(self.cfg))
 
     def describe(self) -> str:
         lines = []
@@ -96,7 +96,7 @@ class Plan:
                 lines.append(f"    {_gib(nbytes):>9}  {kind}")
             lines += _fit_table(self.train, "samples/s")
             lines += _placement_hint(self.train, "train workers", "train.accelerator")
-        else:
+        elif not gpu_stages(self.cfg)[0]:
             lines.append("Train worker: on CPU (train.use_gpu=false): no GPU memory to plan")
         if self.sd is not None:
             s, sd = self.sd, self.cfg.sd
@@ -109,7 +109,7 @@ class Plan:
             ]
             lines += _fit_table(self.sd_actor, "images/s")
             lines += _placement_hint(self.sd_actor, "SD actors", "pipeline.sd_accelerator")
-        elif self.cfg.pipeline.mode != "precomputed":
+        elif self.cfg.pipeline.mode != "precomputed" and not gpu_stages(self.cfg)[1]:
             lines += ["", "SD actor: on CPU (pipeline.sd_num_gpus=0): no GPU memory to plan"]
         pools, sizes = _pool_table(self) if self.cfg.pipeline.mode == "stream" else ([], [])
         if pools:
@@ -180,8 +180,8 @@ def build_plan(cfg: LavenderConfig, progress: Callable[[str], None] | None = Non
             notes.append(f"{stage} not planned: {err}")
             return []
 
-    train_gpus = gpus(t.accelerator, "train workers") if t.use_gpu else []
-    sd_on_gpu = p.mode != "precomputed" and p.sd_num_gpus > 0
+    train_on_gpu, sd_on_gpu = gpu_stages(cfg)
+    train_gpus = gpus(t.accelerator, "train workers") if train_on_gpu else []
     sd_gpus = gpus(p.sd_accelerator, "SD actors") if sd_on_gpu else []
     vlm = None
     if train_gpus:
