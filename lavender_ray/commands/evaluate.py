@@ -39,11 +39,10 @@ def run(args: argparse.Namespace) -> int:
     from lavender_ray.console import Console
     from lavender_ray.eval.evaluate import default_out_dir, describe, evaluate, split_names
     from lavender_ray.runs import LOGS_DIR
-    from lavender_ray.storage import absolute
 
     cfg = load_config(args.preset, args.overrides)
     names = split_names(args.bench) if args.bench else list(cfg.eval.benchmarks) or ["synthetic"]
-    out = absolute(args.out or str(default_out_dir(args.adapter)))  # its summary names it
+    out = args.out or str(default_out_dir(args.adapter))
     with Console("evaluate", f"{out.rstrip('/')}/{LOGS_DIR}", args.verbose):
         print(describe(evaluate(cfg, args.adapter, names, out)))
     return 0

@@ -272,7 +272,8 @@ def evaluate(
             check_exists(cfg.eval.benchmarks[name], name)  # before any folder is made
     if cfg.eval.probe_path:
         probe_folder(cfg.eval.probe_path)
-    out = Path(out_dir) if out_dir is not None else default_out_dir(trained_dir)
+    # absolute: Ray Data tasks resolve a relative folder in their own working folder
+    out = (Path(out_dir) if out_dir is not None else default_out_dir(trained_dir)).absolute()
     out.mkdir(parents=True, exist_ok=True)
     cfg.save(out)
     rejects_dir = str(out / "rejects")
