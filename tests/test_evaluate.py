@@ -53,7 +53,9 @@ def trained_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     cfg = run_config()
     records = synthetic_probe_records(run_config("data.seed=1"), 2)
     fit = fit_local(cfg, records, steps=4)
-    return save_trained(tmp_path_factory.mktemp("run") / "adapter", fit.adapter, fit.aligner, cfg)
+    run_dir = tmp_path_factory.mktemp("run")
+    cfg.save(run_dir)  # <run>/config.yaml + <run>/adapter/: a run folder, as the trainer leaves it
+    return save_trained(run_dir / "adapter", fit.adapter, fit.aligner, cfg)
 
 
 def test_cpu_probe_targets_of_an_fp16_run_are_extracted_in_fp32() -> None:
@@ -167,13 +169,14 @@ def test_lavender_evaluate_end_to_end(ray_local, trained_dir: Path, tmp_path: Pa
     out = tmp_path / "report"
     monkeypatch.chdir(tmp_path)  # `--out report`, relative, as a user types it
     code = main([
-        "evaluate", "--preset", "demo", "--adapter", str(trained_dir),
+        "evaluate", "--preset", "demo", "--adapter", str(trained_dir.parent),  # the run folder
         "--bench", "synthetic,broken",
         "--out", "report", "--set", f"eval.benchmarks={{broken: {bench}}}",
         "--set", "eval.metrics={broken: multiple_choice}", *(f"--set={o}" for o in EVAL_SETTINGS),
     ])  # fmt: skip
     assert code == 0
     printed = capsys.readouterr().out
+    assert f"adapter:     run folder {trained_dir.parent}: its adapter/" in printed
     assert f"report:      {out}/results.md" in printed and f"logs:       {out}/logs/" in printed
     results = json.loads((out / "results.json").read_text())
 
@@ -231,11 +234,26 @@ def test_report_of_a_benchmark_without_scorable_rows() -> None:
 
 
 def test_unknown_benchmark_fails_before_running(trained_dir: Path, tmp_path: Path, capsys) -> None:
-    code = main(["evaluate", "--adapter", str(trained_dir), "--bench", "nope", "--out",
-                 str(tmp_path / "out")])
-    assert code == 2
-    assert "'nope' is not a key of eval.benchmarks" in capsys.readouterr().err
-    assert not (tmp_path / "out").exists()
+    # --adapter: the saved run, its run folder or a checkpoint of it (what `lavender export` takes)
+    checkpoint = trained_dir.parent / "checkpoint_step0000004"
+    checkpoint.mkdir(exist_ok=True)
+    (checkpoint / "export").mkdir(exist_ok=True)
+    for part in ("vlm", "aligner.safetensors", "config.yaml"):
+        target = checkpoint / "export" / part
+        if not target.exists():
+            target.symlink_to(trained_dir / part)
+    for adapter in (trained_dir, trained_dir.parent, checkpoint):
+        code = main(["evaluate", "--adapter", str(adapter), "--bench", "nope", "--out",
+                     str(tmp_path / "out")])
+        assert code == 2
+        assert "'nope' is not a key of eval.benchmarks" in capsys.readouterr().err
+        assert not (tmp_path / "out").exists()
+    started = tmp_path / "started"  # a run folder before its first checkpoint
+    started.mkdir()
+    (started / "config.yaml").write_text((trained_dir / "config.yaml").read_text())
+    assert main(["evaluate", "--adapter", str(started), "--bench", "synthetic"]) == 2
+    err = capsys.readouterr().err
+    assert "--adapter" in err and "without a checkpoint yet: no saved run in it" in err
 
 
 def test_probe_records_come_from_an_extract_folder_or_are_refused_in_one_line(tmp_path):

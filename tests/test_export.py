@@ -24,7 +24,6 @@ from lavender_ray.cli import main
 from lavender_ray.config import CONFIG_FILE, ConfigError, LavenderConfig, load_config
 from lavender_ray.data.synthetic import make_synthetic_records
 from lavender_ray.eval.attention import batch_image, synthetic_probe_records
-from lavender_ray.export.locate import locate
 from lavender_ray.rejects import write_rejects
 from lavender_ray.runs import (
     ADAPTER_DIR,
@@ -34,6 +33,7 @@ from lavender_ray.runs import (
     load_trained,
     save_trained,
 )
+from lavender_ray.runs.locate import locate
 from lavender_ray.schema import Reject, parse_messages
 from lavender_ray.train.local import fit_local
 from lavender_ray.vlm.registry import adapter_class

@@ -117,7 +117,7 @@ def one_line_error(capsys, argv: list[str]) -> str:
 def test_missing_or_malformed_paths_are_one_line(capsys, tmp_path):
     err = one_line_error(capsys, ["evaluate", "--adapter", str(tmp_path / "nope"),
                                   "--bench", "synthetic"])
-    assert "--adapter" in err and "not a saved run" in err and "missing vlm" in err
+    assert "--adapter" in err and "nope' does not exist" in err and "a saved run" in err
     (tmp_path / "file.txt").write_text("x")
     err = one_line_error(capsys, ["show-targets", "--targets", str(tmp_path / "nope"),
                                   "--out", str(tmp_path / "pngs")])

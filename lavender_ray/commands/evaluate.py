@@ -8,7 +8,7 @@ from lavender_ray.cli import add_config_arguments, add_verbose_argument
 from lavender_ray.config import load_config
 
 HELP = (
-    "evaluate a trained run (--adapter DIR) against its base model: benchmark metrics by Ray Data "
+    "evaluate a trained run (--adapter RUN) against its base model: benchmark metrics by Ray Data "
     "batch inference, attention alignment with SD maps, Markdown/JSON report with PNG grids; "
     "the console shows the rows answered by both models as they come, Ray's own output goes to "
     "<out>/logs/ (--verbose: on the console instead)"
@@ -18,9 +18,11 @@ HELP = (
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_config_arguments(parser, default_preset="demo")
     parser.add_argument(
-        "--adapter", required=True,
-        help="a saved run: vlm/ + aligner.safetensors + config.yaml (the trainer's export); a "
-        "folder, not a URI, on a shared mount when the cluster has several nodes",
+        "--adapter", required=True, metavar="RUN",
+        help="the trained run: its run folder (<storage>/<run_name>: its adapter/, else the "
+        "latest checkpoint's export/), a checkpoint_step<N>/ folder, or a saved run (vlm/ + "
+        "aligner.safetensors + config.yaml); a folder, not a URI, on a shared mount when the "
+        "cluster has several nodes",
     )  # fmt: skip
     parser.add_argument(
         "--bench", default=None,

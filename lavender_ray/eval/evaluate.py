@@ -66,6 +66,7 @@ from lavender_ray.placement import check_shared_folders, cluster_nodes
 from lavender_ray.rejects import read_rejects, summarise_rejects, write_rejects
 from lavender_ray.resources import connect
 from lavender_ray.runs import trained_config
+from lavender_ray.runs.locate import locate
 from lavender_ray.schema import Reject
 from lavender_ray.storage import filesystem_and_path, is_uri
 from lavender_ray.watchdog import stall_watchdog
@@ -84,6 +85,7 @@ class EvalReport:
     json: Path
     probes: list[Path]
     results: dict[str, Any]
+    adapter: str  # which saved run was evaluated, and why that one (`LocatedRun.how`)
 
 
 # ------------------------------------------------------------------------------ resolution
@@ -246,18 +248,21 @@ def evaluate(
     cfg: LavenderConfig, trained_dir: str | Path, benchmarks: list[str],
     out_dir: str | Path | None = None,
 ) -> EvalReport:
-    """Evaluate the run saved in `trained_dir` and its base model on `benchmarks` (names of
-    `eval.benchmarks` keys or ``synthetic``) and on the attention probe; write the report into
-    `out_dir` (default `<trained dir>/eval-<timestamp>`). Runs on the connected Ray, else a
+    """Evaluate the saved run `trained_dir` names (a run folder, a checkpoint or a saved run:
+    `runs.locate.locate`) and its base model on `benchmarks` (names of `eval.benchmarks` keys or
+    ``synthetic``) and on the attention probe; write the report into `out_dir` (default
+    `<trained_dir>/eval-<timestamp>`). Runs on the connected Ray, else a
     local one sized to the evaluation (`resources.connect`); the paths are checked first."""
     check_local(trained_dir, "--adapter")
     check_local(out_dir, "--out")
-    trained_dir = Path(trained_dir).resolve()
     try:
-        run_cfg = trained_config(trained_dir)
-    except FileNotFoundError as err:
-        raise ConfigError(f"--adapter: {err} (a run's <run>/adapter folder is one)") from None
-    if out_dir is not None and Path(out_dir).exists() and not Path(out_dir).is_dir():
+        source = locate(trained_dir)
+    except ConfigError as err:
+        raise ConfigError(f"--adapter: {err}") from None
+    out_dir = out_dir if out_dir is not None else default_out_dir(trained_dir)
+    trained_dir = source.saved_run
+    run_cfg = trained_config(trained_dir)
+    if Path(out_dir).exists() and not Path(out_dir).is_dir():
         raise ConfigError(f"--out {str(out_dir)!r} is a file; give a folder for the report")
     if cfg.vlm.model_id != run_cfg.vlm.model_id:
         warnings.warn(
@@ -273,7 +278,7 @@ def evaluate(
     if cfg.eval.probe_path:
         probe_folder(cfg.eval.probe_path)
     # absolute: Ray Data tasks resolve a relative folder in their own working folder
-    out = (Path(out_dir) if out_dir is not None else default_out_dir(trained_dir)).absolute()
+    out = Path(out_dir).absolute()
     out.mkdir(parents=True, exist_ok=True)
     cfg.save(out)
     rejects_dir = str(out / "rejects")
@@ -296,12 +301,12 @@ def evaluate(
     json_path.write_text(json.dumps(results, indent=2, ensure_ascii=False))
     md_path = out / "results.md"
     md_path.write_text(markdown_report(results))
-    return EvalReport(out, md_path, json_path, pngs, results)
+    return EvalReport(out, md_path, json_path, pngs, results, source.how)
 
 
 def describe(report: EvalReport) -> str:
     """The headline numbers and where the report went, for people."""
-    lines = []
+    lines = [f"adapter:     {report.adapter}"]
     for name, bench in report.results["benchmarks"].items():
         scores = "  ".join(
             f"{model}={format_number(r['score'], r['unit'])}"

@@ -3,7 +3,7 @@
     result = export_run("outputs/demo-<time>", "exports/demo", merge=True)
     print(describe(result))
 
-The input is a run folder, a checkpoint or a saved run (`locate`, local folders only). The
+The input is a run folder, a checkpoint or a saved run (`runs.locate`, local folders only). The
 output folder::
 
     vlm/                  the PEFT adapter + lavender_vlm.json (what `runs.load_trained` reads)

@@ -16,9 +16,9 @@ from lavender_ray.config import CONFIG_FILE, ConfigError, LavenderConfig
 from lavender_ray.export.card import MERGED_DIR, model_card
 from lavender_ray.export.facts import run_facts
 from lavender_ray.export.hub import check_repo_id, push_folder
-from lavender_ray.export.locate import ExportSource, locate
 from lavender_ray.export.merged import MergedReport, write_merged
 from lavender_ray.runs import ALIGNER_FILE, VLM_DIR, load_trained, trained_config
+from lavender_ray.runs.locate import LocatedRun, locate
 from lavender_ray.storage import is_uri
 from lavender_ray.train.export import ExportReport, verify_export
 from lavender_ray.vlm.lora import FULL_WEIGHTS, PEFT_WEIGHTS
@@ -32,7 +32,7 @@ class ExportResult:
     """Where the export went and what its checks found; `pushed`: the Hub URL, if uploaded."""
 
     out_dir: Path
-    source: ExportSource
+    source: LocatedRun
     report: ExportReport
     processor: str
     merged: MergedReport | None = None

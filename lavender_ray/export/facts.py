@@ -12,8 +12,8 @@ from pathlib import Path
 
 from lavender_ray.config import LavenderConfig
 from lavender_ray.eval.report import markdown_report
-from lavender_ray.export.locate import ExportSource
 from lavender_ray.rejects import count_rejects, read_rejects
+from lavender_ray.runs.locate import LocatedRun
 from lavender_ray.storage import is_uri
 
 REJECTS_DIR = "rejects"
@@ -46,7 +46,7 @@ class RunFacts:
         return str(path)
 
 
-def run_facts(source: ExportSource, cfg: LavenderConfig) -> RunFacts:
+def run_facts(source: LocatedRun, cfg: LavenderConfig) -> RunFacts:
     metrics_file = source.metrics_file()
     by_source, by_reason, note = rejects_of(source, cfg)
     evaluation_file = evaluation_report(source)
@@ -78,7 +78,7 @@ def read_metrics(path: Path) -> list[dict[str, float]]:
 
 
 def rejects_of(
-    source: ExportSource, cfg: LavenderConfig
+    source: LocatedRun, cfg: LavenderConfig
 ) -> tuple[dict[str, int] | None, dict[str, int] | None, str]:
     """Reject counts per source and per stage/reason of the run's rejects folder
     (`data.rejects_path`, else `<run>/rejects`), or why they are not available."""
@@ -94,7 +94,7 @@ def rejects_of(
     return dict(collections.Counter(sources)), count_rejects(folder), folder
 
 
-def evaluation_report(source: ExportSource) -> Path | None:
+def evaluation_report(source: LocatedRun) -> Path | None:
     """`<run>/eval/results.{md,json}`, else the newest `<saved run>/eval-*/results.{md,json}`."""
     folders = [source.run_dir / EVAL_DIR] if source.run_dir else []
     folders += sorted(source.saved_run.glob(EVAL_GLOB), reverse=True)

@@ -1,4 +1,5 @@
-"""Which saved run an export reads, and the run folder around it (see `lavender_ray.runs`).
+"""Which saved run a path names, and the run folder around it (see `lavender_ray.runs`): what
+`lavender evaluate --adapter` and `lavender export` accept.
 
 `locate(path)` accepts, in this order:
 
@@ -28,8 +29,8 @@ ACCEPTED = (
 
 
 @dataclass(frozen=True)
-class ExportSource:
-    """The saved run to export and where it came from.
+class LocatedRun:
+    """The saved run a path names and where it came from.
 
     how: one line for the console naming the folder used and why; run_dir: the run folder it
     belongs to (config, rejects, metrics, evaluation), when there is one; checkpoint: the
@@ -72,12 +73,12 @@ def enclosing_run(saved_run: Path) -> Path | None:
     return None
 
 
-def locate(path: str | Path) -> ExportSource:
+def locate(path: str | Path) -> LocatedRun:
     """The saved run behind `path` (see the module docstring); `ConfigError` if there is none."""
     if is_uri(str(path)):
         raise ConfigError(
-            f"{str(path)!r} is a URI; lavender export reads local folders: copy the run (or its "
-            "adapter/) to a local folder first (e.g. `aws s3 cp --recursive`)"
+            f"{str(path)!r} is a URI; a saved run is read from a local folder: copy the run (or "
+            "its adapter/) to a local folder first (e.g. `aws s3 cp --recursive`)"
         )
     folder = Path(path).resolve()
     if not folder.exists():
@@ -91,36 +92,36 @@ def locate(path: str | Path) -> ExportSource:
     if is_saved_run(folder):
         run_dir = enclosing_run(folder)
         checkpoint = folder.parent if folder.name == EXPORT_DIR else None
-        return ExportSource(folder, f"saved run {folder}", run_dir, checkpoint)
+        return LocatedRun(folder, f"saved run {folder}", run_dir, checkpoint)
     if (folder / CONFIG_FILE).is_file():
-        raise ConfigError(f"{str(path)!r} is a run without a checkpoint yet: nothing to export")
+        raise ConfigError(f"{str(path)!r} is a run without a checkpoint yet: no saved run in it")
     raise ConfigError(f"{str(path)!r} is none of {ACCEPTED}")
 
 
-def from_run_dir(run_dir: Path) -> ExportSource:
+def from_run_dir(run_dir: Path) -> LocatedRun:
     adapter = run_dir / ADAPTER_DIR
     if is_saved_run(adapter):
         how = f"run folder {run_dir}: its {ADAPTER_DIR}/ (the last checkpoint's export)"
-        return ExportSource(adapter, how, run_dir)
+        return LocatedRun(adapter, how, run_dir)
     exported = [c for c in checkpoints(run_dir) if is_saved_run(c / EXPORT_DIR)]
     if not exported:
         raise ConfigError(
             f"{str(run_dir)!r} is a run without a complete {ADAPTER_DIR}/ or checkpoint "
-            f"{EXPORT_DIR}/ yet: nothing to export"
+            f"{EXPORT_DIR}/ yet: no saved run in it"
         )
     latest = exported[-1]
     how = (f"run folder {run_dir}: no complete {ADAPTER_DIR}/, so the latest checkpoint's "
            f"{latest.name}/{EXPORT_DIR}/")  # fmt: skip
-    return ExportSource(latest / EXPORT_DIR, how, run_dir, latest)
+    return LocatedRun(latest / EXPORT_DIR, how, run_dir, latest)
 
 
-def from_checkpoint(checkpoint: Path) -> ExportSource:
+def from_checkpoint(checkpoint: Path) -> LocatedRun:
     saved = checkpoint / EXPORT_DIR
     if not is_saved_run(saved):
         missing = [p for p in SAVED_RUN_PARTS if not (saved / p).exists()]
         raise ConfigError(
             f"{str(checkpoint)!r} is a checkpoint whose {EXPORT_DIR}/ is incomplete (missing "
-            f"{', '.join(missing)}): nothing to export"
+            f"{', '.join(missing)}): no saved run in it"
         )
     run_dir = checkpoint.parent if is_run_dir(checkpoint.parent) else None
-    return ExportSource(saved, f"checkpoint {checkpoint}: its {EXPORT_DIR}/", run_dir, checkpoint)
+    return LocatedRun(saved, f"checkpoint {checkpoint}: its {EXPORT_DIR}/", run_dir, checkpoint)
