@@ -15,7 +15,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from lavender_ray.schema import REJECT_SCHEMA, Reject
+from lavender_ray.schema import REJECT_SCHEMA, Reject, printable
 from lavender_ray.storage import filesystem_and_path
 
 
@@ -32,12 +32,6 @@ def write_rejects(rejects: list[Reject], rejects_dir: str | None, stage: str) ->
     table = pa.Table.from_pylist(rows, schema=REJECT_SCHEMA)
     pq.write_table(table, path, filesystem=fs)
     return path
-
-
-def printable(text: str) -> str:
-    """`text` as valid UTF-8: a lone surrogate (an id or path from a JSON `\\ud800` escape)
-    becomes its escape, so a reject about broken text can itself be written."""
-    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def read_rejects(rejects_dir: str) -> pa.Table:

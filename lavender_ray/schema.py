@@ -111,6 +111,12 @@ class Reject:
         }
 
 
+def printable(text: str) -> str:
+    """`text` as valid UTF-8: a lone surrogate (an id or path from a JSON `\\ud800` escape)
+    becomes its escape, so ids and details about broken text can themselves be written."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 class RecordError(ValueError):
     """A raw row that cannot become a record; `reason` is the reject code."""
 

@@ -85,6 +85,7 @@ from lavender_ray.schema import (
     check_messages,
     make_record,
     parse_messages,
+    printable,
 )
 
 IMAGE_PLACEHOLDER = re.compile(r"<image>\s*")
@@ -106,11 +107,6 @@ class RowFormat:
 
     row_id: Callable[[dict[str, Any], str], str]
     convert: Converter
-
-
-def printable(text: str) -> str:
-    """`text` as valid UTF-8 (a lone surrogate becomes its escape): ids and details are written."""
-    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def row_id(row: dict[str, Any], source: str, fallback_text: str) -> str:

@@ -26,10 +26,10 @@ import hashlib
 from typing import Any
 
 from lavender_ray.config import DataConfig, SourceConfig
-from lavender_ray.data.formats import FORMATS, RowFormat, printable, unwrap_text_row
+from lavender_ray.data.formats import FORMATS, RowFormat, unwrap_text_row
 from lavender_ray.data.image_refs import CheckImage, ImageLoader, folder_of, max_image_bytes
 from lavender_ray.data.readers import DATA_FILE, READER_REJECT, ROW_AT
-from lavender_ray.schema import RecordError, Reject
+from lavender_ray.schema import RecordError, Reject, printable
 from lavender_ray.storage import read_file
 
 READ_STAGE = "read"

@@ -36,13 +36,13 @@ from lavender_ray.data.benchmarks import (
     benchmark_row,
     image_reference,
 )
-from lavender_ray.data.formats import printable, unwrap_text_row
+from lavender_ray.data.formats import unwrap_text_row
 from lavender_ray.data.image_refs import folder_of, max_image_bytes
 from lavender_ray.data.readers import DATA_FILE, READER_REJECT, ROW_AT, jsonl_rows
 from lavender_ray.images import check_image
 from lavender_ray.pipeline.read import read_parquet, table_rows
 from lavender_ray.rejects import write_rejects
-from lavender_ray.schema import BENCHMARK_SCHEMA, RecordError, Reject
+from lavender_ray.schema import BENCHMARK_SCHEMA, RecordError, Reject, printable
 from lavender_ray.storage import filesystem_and_path, read_file
 
 TSV_BLOCK_BYTES = 64 << 20  # pyarrow's CSV block; one row (one base64 image) must fit
