@@ -16,7 +16,7 @@ from lavender_ray.pipeline.extract import export_authors_layout
 from lavender_ray.rejects import count_rejects
 from lavender_ray.schema import RECORD_SCHEMA
 from lavender_ray.sd.authors import image_name_for, read_word_maps
-from lavender_ray.sd.components import sd_config_hash
+from lavender_ray.sd.settings import sd_config_hash
 from lavender_ray.sd.target import SDTarget
 
 pytestmark = pytest.mark.slow  # each mode runs the SD actor pool or reads its cache

@@ -14,8 +14,8 @@ from PIL import Image
 from lavender_ray.config import load_config
 from lavender_ray.data.synthetic import make_synthetic_records
 from lavender_ray.sd.capture import AttentionStore
-from lavender_ray.sd.components import sd_config_hash
 from lavender_ray.sd.extractor import SDExtractor
+from lavender_ray.sd.settings import sd_config_hash
 
 TEXTS = [
     "A red circle to the left of a blue square.",

@@ -20,7 +20,7 @@ from lavender_ray.pipeline.extract import extract_to_cache
 from lavender_ray.pipeline.sd_stage import SDTargetStage, sd_stage_options, stage_device
 from lavender_ray.rejects import read_rejects
 from lavender_ray.schema import RECORD_SCHEMA, TARGET_FIELDS
-from lavender_ray.sd.components import sd_config_hash
+from lavender_ray.sd.settings import sd_config_hash
 from lavender_ray.sd.target import SDTarget
 
 OVERRIDES = {

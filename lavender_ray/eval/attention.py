@@ -32,8 +32,8 @@ from lavender_ray.data.synthetic import make_synthetic_records
 from lavender_ray.eval.map_metrics import map_agreement
 from lavender_ray.images import decode_image
 from lavender_ray.pictures import ProbeSample, render_probe
-from lavender_ray.sd.components import resolve_dtype
 from lavender_ray.sd.extractor import SDExtractor
+from lavender_ray.sd.settings import resolve_dtype
 from lavender_ray.tensors import minmax_normalise
 from lavender_ray.train.step import aligned_word_maps, collate_records
 from lavender_ray.words import select_words

@@ -8,7 +8,7 @@ Layout under a root (local path or any pyarrow filesystem URI such as `s3://buck
 
 A record is cached when a shard under its config hash holds a row with the same `id` and the
 same `image_sha256` (SHA-256 of the encoded image bytes); a changed image or any change of the
-extraction config (`sd.components.sd_config_hash`) means a new target. `extract_to_cache` is the
+extraction config (`sd.settings.sd_config_hash`) means a new target. `extract_to_cache` is the
 write-through path: it skips cached records, extracts the others and appends new shards, so
 re-running with the same config does no SD work for what exists. Rejected records are retried
 on the next run (a source may have been fixed); each run's rejects are kept in their own folder.

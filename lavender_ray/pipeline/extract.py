@@ -42,7 +42,7 @@ from lavender_ray.rejects import count_rejects
 from lavender_ray.resources import connect
 from lavender_ray.schema import TARGET_FIELDS
 from lavender_ray.sd.authors import export_targets
-from lavender_ray.sd.components import sd_config_hash
+from lavender_ray.sd.settings import sd_config_hash
 from lavender_ray.storage import absolute, filesystem_and_path
 from lavender_ray.watchdog import stall_watchdog
 

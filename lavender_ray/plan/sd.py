@@ -28,7 +28,7 @@ from transformers import CLIPTextConfig, CLIPTextModel
 
 from lavender_ray.config import ConfigError, SDConfig
 from lavender_ray.plan.saved import SavedTensors
-from lavender_ray.sd.components import resolve_dtype
+from lavender_ray.sd.settings import resolve_dtype
 from lavender_ray.sd.tiny import (
     MAX_TOKENS,
     OFFLINE_SD_IDS,

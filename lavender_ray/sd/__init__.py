@@ -3,7 +3,8 @@
 Modules (the maths is pure; the capture is small and stateful)::
 
     tiny        offline SD stacks built from configs: `tiny/sd`, `random/sd14`
-    components  loading by model id (`from_pretrained` for real ids), dtype, the config hash
+    settings    what the `sd` section means without loading SD: dtype, the config hash
+    components  loading by model id (`from_pretrained` for real ids)
     capture     the attention processor that records attn2 probabilities, and its store
     prompt      the words of SD's prompt and which tokens belong to each (pure text)
     aggregate   probabilities -> per-token maps -> per-word maps (pure functions)
@@ -25,7 +26,7 @@ from typing import Any
 _EXPORTS = {
     "SDExtractor": "lavender_ray.sd.extractor",
     "SDTarget": "lavender_ray.sd.target",
-    "sd_config_hash": "lavender_ray.sd.components",
+    "sd_config_hash": "lavender_ray.sd.settings",
 }
 
 __all__ = sorted(_EXPORTS)

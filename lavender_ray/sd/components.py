@@ -1,4 +1,5 @@
-"""Loading the SD components for a model id, device and precision, and the extraction hash.
+"""Loading the SD components for a model id, device and precision (what the `sd` section means
+without loading anything, its dtype and hash, is in `settings`).
 
 Offline ids (`tiny/sd`, `random/sd14`) are built from configs (`lavender_ray.sd.tiny`); any other
 id (a hub id or a local folder in the diffusers layout) goes through diffusers / transformers
@@ -13,35 +14,17 @@ from diffusers.models.attention import FeedForward
 from diffusers.models.resnet import ResnetBlock2D
 from transformers import CLIPTextModel, CLIPTokenizer
 
-from lavender_ray.config import SDConfig, config_hash
+from lavender_ray.config import SDConfig
+from lavender_ray.sd.settings import resolve_dtype
 from lavender_ray.sd.tiny import OFFLINE_SD_IDS, SCHEDULER_KWARGS, SDComponents, build_offline_sd
 from lavender_ray.tensors import TORCH_DTYPES
-
-
-def resolve_dtype(dtype: str, device_type: str) -> str:
-    """`sd.dtype` -> a concrete name: `auto` is fp16 on CUDA and fp32 elsewhere."""
-    if dtype == "auto":
-        return "fp16" if device_type == "cuda" else "fp32"
-    if dtype not in TORCH_DTYPES:
-        raise ValueError(f"sd.dtype={dtype!r}; allowed: auto, {', '.join(TORCH_DTYPES)}")
-    return dtype
 
 
 def default_device_type() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-SPEED_OPTIONS = {"batch_size", "channels_last", "compile"}  # change how fast, not the maps
 COMPILE_VARIANTS = 64  # compiled variants per block class (`compile_regions`)
-
-
-def sd_config_hash(sd: SDConfig, device_type: str) -> str:
-    """Hash of everything that changes the maps: the `sd` section with the dtype resolved for
-    `device_type`, without the speed options (extraction is per sample: batching changes
-    nothing; the memory format and compilation change the arithmetic's order, not the maps
-    beyond rounding)."""
-    resolved = sd.model_copy(update={"dtype": resolve_dtype(sd.dtype, device_type)})
-    return config_hash(resolved, exclude=SPEED_OPTIONS)
 
 
 def load_components(sd: SDConfig, device: torch.device) -> SDComponents:

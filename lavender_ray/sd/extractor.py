@@ -37,13 +37,9 @@ from PIL import Image
 from lavender_ray.config import SDConfig
 from lavender_ray.sd.aggregate import word_maps
 from lavender_ray.sd.capture import AttentionStore, attn2_map_sides, capture, select_modules
-from lavender_ray.sd.components import (
-    default_device_type,
-    load_components,
-    resolve_dtype,
-    sd_config_hash,
-)
+from lavender_ray.sd.components import default_device_type, load_components
 from lavender_ray.sd.prompt import TextPlan, plan_text
+from lavender_ray.sd.settings import resolve_dtype, sd_config_hash
 from lavender_ray.sd.target import SDTarget
 from lavender_ray.tensors import TORCH_DTYPES, axis_weights
 
