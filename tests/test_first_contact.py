@@ -11,11 +11,13 @@ import pytest
 import ray
 import yaml
 
+from lavender_ray import resources
 from lavender_ray.cli import main
 from lavender_ray.commands import train as train_command
-from lavender_ray.config import ConfigError, load_config
+from lavender_ray.config import ConfigError, absolute_paths, load_config
 from lavender_ray.resources import check_plan, connect, resource_plan
-from lavender_ray.train.launch import check_run
+from lavender_ray.train import launch
+from lavender_ray.train.launch import check_run, finished_run
 from lavender_ray.watchdog import StallWatchdog
 
 
@@ -103,6 +105,57 @@ def test_a_run_is_new_or_resumed_with_the_same_config(tmp_path):
         check_run(other, run_dir, resume=True)
     assert "2 key(s)" in str(err.value) and "lora.r: 8 -> 16" in str(err.value)
     assert yaml.safe_load((tmp_path / "r1" / "config.yaml").read_text())["lora"]["r"] == 8
+
+
+def no_ray(monkeypatch) -> None:
+    """Starting or reaching Ray fails the test: what is checked here is checked before."""
+
+    def started(*args, **kwargs):
+        raise AssertionError("Ray was started")
+
+    monkeypatch.setattr(launch, "connect", started)
+    monkeypatch.setattr(resources, "connect", started)
+
+
+def test_a_reused_run_name_is_refused_before_ray_starts(capsys, tmp_path, monkeypatch):
+    no_ray(monkeypatch)
+    args = ["train", "--set", "train.run_name=r1", "--set", f"train.storage_path={tmp_path}"]
+    (tmp_path / "r1").mkdir()
+    (tmp_path / "r1" / "config.yaml").write_text(
+        absolute_paths(load_config("demo", args[2::2])).to_yaml())
+    assert main(args) == 2
+    assert "a run 'r1' exists" in capsys.readouterr().err
+    assert main([*args, "--set", "lora.r=16", "--resume"]) == 2
+    assert "lora.r: 8 -> 16" in capsys.readouterr().err
+    assert main(["train", "--set", "train.run_name=r2", "--set", f"train.storage_path={tmp_path}",
+                 "--resume"]) == 2
+    assert "no run 'r2'" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r1"]  # nothing written, no log file
+    assert [p.name for p in (tmp_path / "r1").iterdir()] == ["config.yaml"]
+
+
+def test_resuming_a_finished_run_prints_its_summary_without_starting_ray(capsys, tmp_path,
+                                                                          monkeypatch):
+    no_ray(monkeypatch)
+    overrides = ["train.run_name=r1", f"train.storage_path={tmp_path}", "train.max_steps=4"]
+    cfg = absolute_paths(load_config("demo", overrides))
+    run = tmp_path / "r1"
+    (run / "checkpoint_step0000002").mkdir(parents=True)
+    (run / "config.yaml").write_text(cfg.to_yaml())
+    (run / "metrics.jsonl").write_text('{"step": 2, "loss/total": 7.5}\n')
+    assert finished_run(cfg, str(run)) is None  # 2 of 4 steps: resumed by Ray Train
+    (run / "checkpoint_step0000004").mkdir()
+    assert finished_run(cfg, str(run)) is None  # no adapter/ yet: the end was cut short
+    (run / "adapter").mkdir()
+    (run / "adapter" / "config.yaml").write_text(cfg.to_yaml())
+    (run / "metrics.jsonl").write_text('{"step": 2, "loss/total": 7.5}\n'
+                                       '{"step": 4, "loss/total": 6.25, "records": 8}\n')
+    assert main(["train", *(f"--set={o}" for o in overrides), "--resume"]) == 0
+    printed = capsys.readouterr().out
+    assert "run r1 has finished (train.max_steps=4 reached): nothing to train" in printed
+    assert f"checkpoint: {run}/checkpoint_step0000004" in printed
+    assert f"adapter:    {run}/adapter" in printed
+    assert "metrics:    step=4  loss/total=6.25  records=8" in printed
 
 
 # ---------------------------------------------------------------------------- one-line errors

@@ -23,7 +23,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--resume", action="store_true",
         help="continue the run named by train.run_name from its latest checkpoint; it must "
-        "exist and have been started with the same config (same preset and --set values)",
+        "exist and have been started with the same config (same preset and --set values); a "
+        "run that has finished is not trained again: its summary is printed",
     )
     parser.add_argument(
         "--address", default=None, help="Ray address (default: RAY_ADDRESS or a new local Ray)"
@@ -36,7 +37,6 @@ def run(args: argparse.Namespace) -> int:
     # imported when the command runs: `lavender --help` stays fast (commands/__init__.py)
     from lavender_ray.console import Console
     from lavender_ray.data.checks import check_source_paths
-    from lavender_ray.resources import connect
     from lavender_ray.runs import LOGS_DIR, run_dir_of
     from lavender_ray.train.launch import describe, train
 
@@ -45,6 +45,5 @@ def run(args: argparse.Namespace) -> int:
     if not args.no_plan:
         check_before_start(cfg)  # refuses (exit 2) before any node starts
     with Console("train", f"{run_dir_of(cfg)}/{LOGS_DIR}", args.verbose):
-        connect(cfg, "train", args.address)
-        print(describe(train(cfg, resume=args.resume)))
+        print(describe(train(cfg, resume=args.resume, address=args.address)))
     return 0

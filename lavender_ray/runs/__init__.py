@@ -38,11 +38,12 @@ from __future__ import annotations
 
 from pathlib import Path, PurePosixPath
 
+import pyarrow.fs as pafs
 import torch
 
 from lavender_ray.align import Aligner, load_aligner, save_aligner
 from lavender_ray.config import CONFIG_FILE, LavenderConfig, load_config
-from lavender_ray.storage import absolute
+from lavender_ray.storage import absolute, filesystem_and_path
 from lavender_ray.vlm import VLMAdapter, load_adapter, save_adapter
 
 VLM_DIR = "vlm"
@@ -58,6 +59,7 @@ TRACKING_FILE = "tracking.json"
 TENSORBOARD_DIR = "tensorboard"
 MLFLOW_DIR = "mlruns"
 DS_TAG = "deepspeed"
+CHECKPOINT_PREFIX = "checkpoint_step"  # + the step, 7 digits (`checkpoint_name`)
 STATE_FILE = "lavender_state_rank{rank}.json"  # one per rank: Ray merges the ranks' folders
 FAULT_MARKER = "fault_injected"  # `train.fail_at_step`: the injected failure happened
 
@@ -74,7 +76,18 @@ def metrics_path(run_dir: str) -> str:
 
 def checkpoint_name(step: int) -> str:
     """The folder name of the checkpoint taken after `step` optimizer steps."""
-    return f"checkpoint_step{step:07d}"
+    return f"{CHECKPOINT_PREFIX}{step:07d}"
+
+
+def checkpoint_steps(run_dir: str) -> list[int]:
+    """The steps of the run's `checkpoint_step<N>/` folders (local path or URI), ascending."""
+    fs, root = filesystem_and_path(run_dir)
+    found = fs.get_file_info(pafs.FileSelector(root, allow_not_found=True))
+    return sorted(
+        int(info.base_name[len(CHECKPOINT_PREFIX):]) for info in found
+        if info.type == pafs.FileType.Directory and info.base_name.startswith(CHECKPOINT_PREFIX)
+        and info.base_name[len(CHECKPOINT_PREFIX):].isdigit()
+    )  # fmt: skip
 
 
 def attention_report_dir(step: int) -> str:

@@ -18,10 +18,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lavender_ray.config import CONFIG_FILE, ConfigError
-from lavender_ray.runs import ADAPTER_DIR, EXPORT_DIR, METRICS_FILE, SAVED_RUN_PARTS
+from lavender_ray.runs import (
+    ADAPTER_DIR,
+    CHECKPOINT_PREFIX,
+    EXPORT_DIR,
+    METRICS_FILE,
+    SAVED_RUN_PARTS,
+)
 from lavender_ray.storage import is_uri
 
-CHECKPOINT_GLOB = "checkpoint_step*"
+CHECKPOINT_GLOB = f"{CHECKPOINT_PREFIX}*"
 ACCEPTED = (
     "a run folder (<storage>/<run_name>/ with adapter/ or checkpoint_step*/), a checkpoint "
     "(checkpoint_step<N>/ with export/) or a saved run (vlm/ + aligner.safetensors + config.yaml)"

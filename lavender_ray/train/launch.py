@@ -16,6 +16,7 @@ with (the differing keys are named); its `config.yaml` is never overwritten.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,7 +39,15 @@ from lavender_ray.pipeline.dataset import build_train_dataset
 from lavender_ray.placement import check_placement, check_shared_folders, cluster_nodes
 from lavender_ray.rejects import count_rejects, summarise_rejects
 from lavender_ray.resources import connect
-from lavender_ray.runs import ADAPTER_DIR, EXPORT_DIR, checkpoint_location, run_dir_of
+from lavender_ray.runs import (
+    ADAPTER_DIR,
+    EXPORT_DIR,
+    checkpoint_location,
+    checkpoint_name,
+    checkpoint_steps,
+    metrics_path,
+    run_dir_of,
+)
 from lavender_ray.storage import absolute, copy_folder, is_remote, read_text, write_text
 from lavender_ray.train.progress import follow_training
 from lavender_ray.train.tracking import check_trackers, tracked
@@ -160,27 +169,54 @@ def check_run(cfg: LavenderConfig, run_dir: str, resume: bool | None) -> bool:
     return True
 
 
+def finished_run(cfg: LavenderConfig, run_dir: str) -> TrainSummary | None:
+    """The summary of the run in `run_dir` when it has finished (a checkpoint at
+    `train.max_steps` and its `adapter/`), read from its files; None while it has steps to go."""
+    steps = checkpoint_steps(run_dir)
+    adapter = f"{run_dir}/{ADAPTER_DIR}"
+    if not steps or steps[-1] < cfg.train.max_steps or read_text(f"{adapter}/{CONFIG_FILE}") is None:
+        return None
+    lines = (read_text(metrics_path(run_dir)) or "").splitlines()
+    rejects_dir = cfg.data.rejects_path or f"{run_dir}/rejects"
+    return TrainSummary(
+        run_dir=run_dir,
+        checkpoint=f"{run_dir}/{checkpoint_name(steps[-1])}",
+        adapter=adapter,
+        metrics=json.loads(lines[-1]) if lines else {},
+        rejects=count_rejects(rejects_dir),
+        resumed=True,
+        rejects_dir=rejects_dir,
+    )
+
+
 def train(
     cfg: LavenderConfig, callbacks: list[Any] | None = None, resume: bool | None = False,
-    check_resources: bool = True,
+    check_resources: bool = True, address: str | None = None,
 ) -> TrainSummary:
     """Build the streaming pipeline and the trainer, train, and say where everything went.
 
-    On the connected Ray (else a local one sized to the run, `resources.connect`); storage,
-    placement, resources and the run folder (`check_run`: `resume`) are checked before anything
-    starts; work waiting for resources longer than `train.stall_timeout_s` is reported.
+    The run folder is checked first (`check_run`: `resume`), before Ray starts; a run resumed
+    with `resume=True` that has finished (`finished_run`) returns its summary without starting
+    anything. Then on the connected Ray (else `address`, else a local one sized to the run,
+    `resources.connect`) storage, placement and resources are checked before anything starts;
+    work waiting for resources longer than `train.stall_timeout_s` is reported.
     `check_resources=False` skips the resource plan: a Tune trial, whose experiment's plan
     counted it among the trials that share the cluster."""
     cfg = absolute_paths(cfg)
     check_source_paths(cfg)
+    run_dir = run_dir_of(cfg)
+    resumed = check_run(cfg, run_dir, resume)
+    finished = finished_run(cfg, run_dir) if resume else None
+    if finished is not None:
+        print(f"run {cfg.train.run_name} has finished (train.max_steps={cfg.train.max_steps} "
+              "reached): nothing to train; another train.run_name starts a new run", flush=True)
+        return finished
     check_trackers(cfg)  # train.report_to: packages, MLflow server, W&B mode
     if check_resources:
-        connect(cfg, "train")
+        connect(cfg, "train", address)
     nodes = cluster_nodes()
     check_storage(cfg, nodes)
     check_placement(cfg, nodes)
-    run_dir = run_dir_of(cfg)
-    resumed = check_run(cfg, run_dir, resume)
     print(f"{'resuming' if resumed else 'new'} run {cfg.train.run_name}: {run_dir}", flush=True)
     rejects_dir = cfg.data.rejects_path or f"{run_dir}/rejects"
     if not resumed:
