@@ -148,6 +148,9 @@ def test_resuming_a_finished_run_prints_its_summary_without_starting_ray(capsys,
     assert finished_run(cfg, str(run)) is None  # no adapter/ yet: the end was cut short
     (run / "adapter").mkdir()
     (run / "adapter" / "config.yaml").write_text(cfg.to_yaml())
+    assert finished_run(cfg, str(run)) is None  # an adapter/ cut short: vlm/ and Aligner missing
+    (run / "adapter" / "vlm").mkdir()
+    (run / "adapter" / "aligner.safetensors").write_bytes(b"")
     (run / "metrics.jsonl").write_text('{"step": 2, "loss/total": 7.5}\n'
                                        '{"step": 4, "loss/total": 6.25, "records": 8}\n')
     assert main(["train", *(f"--set={o}" for o in overrides), "--resume"]) == 0

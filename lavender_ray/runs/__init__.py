@@ -79,6 +79,13 @@ def checkpoint_name(step: int) -> str:
     return f"{CHECKPOINT_PREFIX}{step:07d}"
 
 
+def is_saved_run(folder: str | Path) -> bool:
+    """Whether `folder` (a local path or URI) holds every part of a saved run."""
+    fs, root = filesystem_and_path(str(folder))
+    found = fs.get_file_info([f"{root.rstrip('/')}/{part}" for part in SAVED_RUN_PARTS])
+    return all(info.type != pafs.FileType.NotFound for info in found)
+
+
 def checkpoint_steps(run_dir: str) -> list[int]:
     """The steps of the run's `checkpoint_step<N>/` folders (local path or URI), ascending."""
     fs, root = filesystem_and_path(run_dir)

@@ -24,6 +24,7 @@ from lavender_ray.runs import (
     EXPORT_DIR,
     METRICS_FILE,
     SAVED_RUN_PARTS,
+    is_saved_run,
 )
 from lavender_ray.storage import is_uri
 
@@ -55,10 +56,6 @@ class LocatedRun:
             candidates += [self.run_dir, *reversed(checkpoints(self.run_dir))]
         files = [c / METRICS_FILE for c in candidates if (c / METRICS_FILE).is_file()]
         return files[0] if files else None
-
-
-def is_saved_run(folder: Path) -> bool:
-    return folder.is_dir() and all((folder / part).exists() for part in SAVED_RUN_PARTS)
 
 
 def checkpoints(run_dir: Path) -> list[Path]:

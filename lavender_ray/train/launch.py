@@ -45,6 +45,7 @@ from lavender_ray.runs import (
     checkpoint_location,
     checkpoint_name,
     checkpoint_steps,
+    is_saved_run,
     metrics_path,
     run_dir_of,
 )
@@ -174,7 +175,7 @@ def finished_run(cfg: LavenderConfig, run_dir: str) -> TrainSummary | None:
     `train.max_steps` and its `adapter/`), read from its files; None while it has steps to go."""
     steps = checkpoint_steps(run_dir)
     adapter = f"{run_dir}/{ADAPTER_DIR}"
-    if not steps or steps[-1] < cfg.train.max_steps or read_text(f"{adapter}/{CONFIG_FILE}") is None:
+    if not steps or steps[-1] < cfg.train.max_steps or not is_saved_run(adapter):
         return None
     lines = (read_text(metrics_path(run_dir)) or "").splitlines()
     rejects_dir = cfg.data.rejects_path or f"{run_dir}/rejects"
