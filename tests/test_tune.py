@@ -13,7 +13,10 @@ from ray import tune
 
 from lavender_ray.cli import main
 from lavender_ray.config import ConfigError, load_config
+from lavender_ray.rejects import write_rejects
+from lavender_ray.schema import Reject
 from lavender_ray.tune.checks import check_experiment, check_tune_config, max_concurrent_trials
+from lavender_ray.tune.experiment import TuneSummary, describe
 from lavender_ray.tune.layout import layout_of
 from lavender_ray.tune.report import (
     TrialRow,
@@ -167,3 +170,20 @@ def test_best_preset_is_a_loadable_preset_with_the_best_values(tmp_path):
     assert loaded.train.run_name.startswith("run-")  # a new run each time it is trained
     assert "run_name" not in path.read_text()
     assert path.read_text().startswith("# Best trial of `lavender tune`")
+
+
+def test_the_summary_names_the_best_values_its_checkpoint_and_the_rejects(tmp_path):
+    cfg = load_config("demo", [f"train.storage_path={tmp_path}", "train.run_name=search"])
+    layout = layout_of(cfg)
+    checkpoint = f"{layout.runs_dir}/trial_001/checkpoint_step0000004"
+    best = TrialRow("trial_001", "completed", {"loss.lambda": 10.0, "aligner.variant": "deep"},
+                    {"loss/att": 0.07725, "step": 4}, checkpoint)
+    rows = [row("trial_000", "completed", 6.0), best]
+    write_rejects([Reject("m1", "mine", "vlm", "answer_truncated", "409 tokens")],
+                  f"{layout.runs_dir}/trial_001/rejects", "vlm")
+    printed = describe(TuneSummary(layout, rows, best, "loss/att", 2, False, 1,
+                                   f"{layout.runs_dir}/trial_001/rejects"))
+    assert "best:       trial_001  loss/att=0.07725  loss.lambda=10  aligner.variant=deep" in printed
+    assert f"checkpoint: {checkpoint}  (lavender evaluate --adapter <it>" in printed
+    assert f"rejects: 1  [{layout.runs_dir}/trial_001/rejects]" in printed
+    assert "vlm/answer_truncated  1" in printed and "mine/m1: 409 tokens" in printed

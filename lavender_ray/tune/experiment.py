@@ -44,6 +44,7 @@ from lavender_ray.config import ConfigError, LavenderConfig, absolute_paths, app
 from lavender_ray.data.checks import check_source_paths
 from lavender_ray.pipeline.extract import extract_to_cache
 from lavender_ray.placement import check_placement, cluster_nodes
+from lavender_ray.rejects import summarise_rejects
 from lavender_ray.resources import connect, shares_targets
 from lavender_ray.runs import checkpoint_location
 from lavender_ray.storage import write_text
@@ -79,6 +80,7 @@ class TuneSummary:
     expected_trials: int
     interrupted: bool  # trials unfinished or not created yet: `resume=True` continues
     max_concurrent_trials: int | None  # None when resumed: the experiment's own setting applies
+    rejects_dir: str | None = None  # the best (else the first) trial's: every trial reads alike
 
 
 def describe(summary: TuneSummary) -> str:
@@ -94,11 +96,16 @@ def describe(summary: TuneSummary) -> str:
     if summary.max_concurrent_trials is not None:
         lines.append(f"ran:        at most {summary.max_concurrent_trials} trial(s) at once")
     if best is not None:
-        lines.append(
-            f"best:       {best.name}  {summary.metric}={best.metric(summary.metric):.4g}  "
-            f"{best.params}"
-        )
+        values = "  ".join(f"{key}={value:.4g}" if isinstance(value, float) else f"{key}={value}"
+                           for key, value in best.params.items())
+        lines.append(f"best:       {best.name}  {summary.metric}={best.metric(summary.metric):.4g}"
+                     f"  {values}")
+        if best.checkpoint:
+            lines.append(f"checkpoint: {best.checkpoint}  (lavender evaluate --adapter <it>, "
+                         "lavender export <it>)")
         lines.append(f"preset:     {layout.best_preset}  (lavender train --preset <it>)")
+    if summary.rejects_dir is not None:
+        lines.append(summarise_rejects(summary.rejects_dir))
     if summary.interrupted:
         lines.append("interrupted: continue with `lavender tune --resume` (same preset and --set)")
     return "\n".join(lines)
@@ -119,9 +126,10 @@ def shared_targets(cfg: LavenderConfig, layout: TuneLayout, space: SearchSpace) 
             "extracted where missing) or stream"
         )
     summary = extract_to_cache(cfg, layout.cache_dir)
+    rejects = ", ".join(f"{key} {n}" for key, n in sorted(summary.rejects.items())) or "none"
     print(
         f"shared SD targets: {summary.targets_dir} ({summary.written} new, "
-        f"{summary.cached_before} cached, rejects {summary.rejects or 'none'})",
+        f"{summary.cached_before} cached; rejects: {rejects})",
         flush=True,
     )
     if mode == "cache":
@@ -280,4 +288,7 @@ def write_outputs(
         write_text(layout.best_preset, best_preset(cfg, best, metric, layout.experiment_dir))
     expected = space.trial_count(cfg.tune.num_samples)
     interrupted = len(rows) < expected or any(r.status == "unfinished" for r in rows)
-    return TuneSummary(layout, rows, best, metric, expected, interrupted, limit)
+    shown = best or (rows[0] if rows else None)
+    rejects_dir = (cfg.data.rejects_path or f"{layout.runs_dir}/{shown.name}/rejects"
+                   if shown else None)  # fmt: skip
+    return TuneSummary(layout, rows, best, metric, expected, interrupted, limit, rejects_dir)
