@@ -18,7 +18,7 @@ from PIL import Image
 from lavender_ray.cli import main
 from lavender_ray.config import ConfigError, LavenderConfig, load_config
 from lavender_ray.eval.attention import synthetic_probe_records
-from lavender_ray.eval.evaluate import MODELS, stored_probe_records
+from lavender_ray.eval.evaluate import MODELS, EvalReport, describe, stored_probe_records
 from lavender_ray.eval.inference import (
     ADAPTER,
     BASE,
@@ -275,3 +275,20 @@ def test_probe_records_come_from_an_extract_folder_or_are_refused_in_one_line(tm
         stored_probe_records(str(out / "rejects"), 2)
     with pytest.raises(ConfigError, match="holds no records"):
         stored_probe_records(str(tmp_path / "nowhere"), 2)
+
+
+def test_the_summary_names_each_benchmarks_unit(tmp_path: Path) -> None:
+    def scored(unit: str, base: float, adapter: float) -> dict:
+        return {"base": {"score": base, "unit": unit}, "adapter": {"score": adapter, "unit": unit}}
+
+    results = {"benchmarks": {
+        "MYBENCH": {"metric": "multiple_choice", "rows": 6, "results": scored("%", 0.0, 50.0)},
+        "OCRBench": {"metric": "ocrbench", "rows": 9, "results": scored("hits", 3.0, 4.0)},
+        "POPE": {"metric": "pope", "rows": 0, "results": {}},
+    }, "attention": {"probe_source": "synthetic"}}
+    report = EvalReport(tmp_path, tmp_path / "results.md", tmp_path / "results.json", [], results,
+                        f"saved run {tmp_path}")
+    printed = describe(report)
+    assert "MYBENCH              multiple_choice (%, 6 rows): base=0.00  adapter=50.0" in printed
+    assert "OCRBench             ocrbench (hits, 9 rows): base=3  adapter=4" in printed
+    assert "POPE                 pope (0 rows): " in printed

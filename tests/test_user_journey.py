@@ -119,7 +119,7 @@ def test_a_user_folder_inspects_trains_evaluates_and_tunes_on_two_cores(user_fol
 
     evaluate = run_lavender(root, "evaluate", "--preset", "mine.yaml", "--adapter", str(adapter),
                         "--out", "eval", "--set", f"eval.probe_path={root / 'targets'}")
-    assert "MYBENCH" in evaluate and "multiple_choice (6 rows)" in evaluate
+    assert "MYBENCH" in evaluate and "multiple_choice (%, 6 rows)" in evaluate
     results = json.loads((root / "eval" / "results.json").read_text())
     assert "MYBENCH" in json.dumps(results)
     assert len(list((root / "eval" / "probes").glob("*.png"))) == 2

@@ -312,7 +312,9 @@ def describe(report: EvalReport) -> str:
             f"{model}={format_number(r['score'], r['unit'])}"
             for model, r in bench["results"].items()
         )
-        lines.append(f"{name:<20} {bench['metric']} ({bench['rows']} rows): {scores}")
+        units = {r["unit"] for r in bench["results"].values()}
+        unit = f"{units.pop()}, " if len(units) == 1 else ""
+        lines.append(f"{name:<20} {bench['metric']} ({unit}{bench['rows']} rows): {scores}")
     lines += [
         f"report:      {report.markdown}",
         f"results:     {report.json}",
