@@ -25,12 +25,16 @@ COMMANDS: dict[str, str] = {
 }
 
 
-def add_config_arguments(parser: argparse.ArgumentParser, default_preset: str = "demo") -> None:
-    """`--preset NAME|PATH` and repeatable `--set key=value`, the same for every subcommand."""
+def add_config_arguments(
+    parser: argparse.ArgumentParser, default_preset: str | None = "demo", default_help: str = ""
+) -> None:
+    """`--preset NAME|PATH` and repeatable `--set key=value`, the same for every subcommand.
+    `default_preset=None`: the command chooses (`default_help` says what)."""
     parser.add_argument(
         "--preset",
         default=default_preset,
-        help=f"shipped preset name or path to a YAML file (default: {default_preset})",
+        help="shipped preset name or path to a YAML file "
+        f"(default: {default_help or default_preset})",
     )
     parser.add_argument(
         "--set",

@@ -292,3 +292,17 @@ def test_the_summary_names_each_benchmarks_unit(tmp_path: Path) -> None:
     assert "MYBENCH              multiple_choice (%, 6 rows): base=0.00  adapter=50.0" in printed
     assert "OCRBench             ocrbench (hits, 9 rows): base=3  adapter=4" in printed
     assert "POPE                 pope (0 rows): " in printed
+
+
+def test_without_a_preset_the_run_is_evaluated_with_its_own_config(trained_dir: Path, tmp_path,
+                                                                    capsys) -> None:
+    saved = tmp_path / "saved"  # the run, trained with a benchmark of its own in its eval section
+    saved.mkdir()
+    for part in ("vlm", "aligner.safetensors"):
+        (saved / part).symlink_to(trained_dir / part)
+    run_config("eval.benchmarks={MINE: /data/mine.tsv}",
+               "eval.metrics={MINE: multiple_choice}").save(saved)
+    assert main(["evaluate", "--adapter", str(saved), "--bench", "nope"]) == 2
+    assert "not a key of eval.benchmarks (MINE)" in capsys.readouterr().err
+    assert main(["evaluate", "--preset", "demo", "--adapter", str(saved), "--bench", "nope"]) == 2
+    assert "not a key of eval.benchmarks (none configured)" in capsys.readouterr().err

@@ -16,7 +16,11 @@ HELP = (
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_config_arguments(parser, default_preset="demo")
+    add_config_arguments(
+        parser, default_preset=None,
+        default_help="the config the run was trained with (its config.yaml: its model, eval "
+        "section and probe settings); --set applies on top",
+    )  # fmt: skip
     parser.add_argument(
         "--adapter", required=True, metavar="RUN",
         help="the trained run: its run folder (<storage>/<run_name>: its adapter/, else the "
@@ -31,18 +35,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )  # fmt: skip
     parser.add_argument(
         "--out", default=None,
-        help="report folder, not a URI (default: <adapter>/eval-<timestamp>)",
+        help="report folder, not a URI (default: <RUN>/eval-<timestamp>)",
     )
     add_verbose_argument(parser)
 
 
 def run(args: argparse.Namespace) -> int:
     # imported when the command runs: `lavender --help` stays fast (commands/__init__.py)
+    from lavender_ray.config import CONFIG_FILE
     from lavender_ray.console import Console
-    from lavender_ray.eval.evaluate import default_out_dir, describe, evaluate, split_names
+    from lavender_ray.eval.evaluate import (
+        default_out_dir,
+        describe,
+        evaluate,
+        split_names,
+        trained_run,
+    )
     from lavender_ray.runs import LOGS_DIR
 
-    cfg = load_config(args.preset, args.overrides)
+    # the run's own config unless a preset is given: its model, eval section and probe settings
+    preset = args.preset or str(trained_run(args.adapter).saved_run / CONFIG_FILE)
+    cfg = load_config(preset, args.overrides)
     names = split_names(args.bench) if args.bench else list(cfg.eval.benchmarks) or ["synthetic"]
     out = args.out or str(default_out_dir(args.adapter))
     with Console("evaluate", f"{out.rstrip('/')}/{LOGS_DIR}", args.verbose):

@@ -66,7 +66,7 @@ from lavender_ray.placement import check_shared_folders, cluster_nodes
 from lavender_ray.rejects import read_rejects, summarise_rejects, write_rejects
 from lavender_ray.resources import connect
 from lavender_ray.runs import trained_config
-from lavender_ray.runs.locate import locate
+from lavender_ray.runs.locate import LocatedRun, locate
 from lavender_ray.schema import Reject
 from lavender_ray.storage import filesystem_and_path, is_uri
 from lavender_ray.watchdog import stall_watchdog
@@ -244,6 +244,15 @@ def check_local(path: str | Path | None, flag: str) -> None:
         )
 
 
+def trained_run(path: str | Path) -> LocatedRun:
+    """The saved run `--adapter` names (`runs.locate.locate`); `ConfigError` naming the flag."""
+    check_local(path, "--adapter")
+    try:
+        return locate(path)
+    except ConfigError as err:
+        raise ConfigError(f"--adapter: {err}") from None
+
+
 def evaluate(
     cfg: LavenderConfig, trained_dir: str | Path, benchmarks: list[str],
     out_dir: str | Path | None = None,
@@ -253,12 +262,8 @@ def evaluate(
     ``synthetic``) and on the attention probe; write the report into `out_dir` (default
     `<trained_dir>/eval-<timestamp>`). Runs on the connected Ray, else a
     local one sized to the evaluation (`resources.connect`); the paths are checked first."""
-    check_local(trained_dir, "--adapter")
     check_local(out_dir, "--out")
-    try:
-        source = locate(trained_dir)
-    except ConfigError as err:
-        raise ConfigError(f"--adapter: {err}") from None
+    source = trained_run(trained_dir)
     out_dir = out_dir if out_dir is not None else default_out_dir(trained_dir)
     trained_dir = source.saved_run
     run_cfg = trained_config(trained_dir)
