@@ -7,8 +7,14 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+from collections.abc import Callable
 
-from lavender_ray.config import ConfigError
+import yaml
+
+from lavender_ray.config import ConfigError, LavenderConfig, config_from, load_config
+from lavender_ray.storage import read_text
+
+DEFAULT_PRESET = "demo"
 
 # subcommand -> module under lavender_ray.commands (one line per command)
 COMMANDS: dict[str, str] = {
@@ -23,6 +29,22 @@ COMMANDS: dict[str, str] = {
     "evaluate": "evaluate",
     "export": "export",
 }
+
+
+def resumable_config(
+    args: argparse.Namespace, saved_config: Callable[[LavenderConfig], str]
+) -> LavenderConfig:
+    """The config of a command that resumes (`train`, `tune`): `--preset` (default demo) and
+    `--set`; with `--resume` and no `--preset`, the saved config of what is resumed (at
+    `saved_config(cfg)`, for the run the `--set` values name) with the `--set` values on top,
+    so `--resume --set train.run_name=NAME` is enough."""
+    named = load_config(args.preset or DEFAULT_PRESET, args.overrides)
+    if args.preset is not None or not args.resume:
+        return named
+    text = read_text(saved_config(named))
+    if text is None:
+        return named  # nothing to resume: the command says so, naming the folder
+    return config_from(yaml.safe_load(text) or {}, args.overrides)
 
 
 def add_config_arguments(

@@ -4,6 +4,7 @@ arguments and Ctrl-C are one line each."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import time
 
@@ -12,7 +13,7 @@ import ray
 import yaml
 
 from lavender_ray import resources
-from lavender_ray.cli import main
+from lavender_ray.cli import main, resumable_config
 from lavender_ray.commands import train as train_command
 from lavender_ray.config import ConfigError, absolute_paths, load_config
 from lavender_ray.resources import check_plan, connect, resource_plan
@@ -138,7 +139,7 @@ def test_resuming_a_finished_run_prints_its_summary_without_starting_ray(capsys,
                                                                           monkeypatch):
     no_ray(monkeypatch)
     overrides = ["train.run_name=r1", f"train.storage_path={tmp_path}", "train.max_steps=4"]
-    cfg = absolute_paths(load_config("demo", overrides))
+    cfg = absolute_paths(load_config("demo", [*overrides, "lora.r=16"]))  # a preset of one's own
     run = tmp_path / "r1"
     (run / "checkpoint_step0000002").mkdir(parents=True)
     (run / "config.yaml").write_text(cfg.to_yaml())
@@ -153,12 +154,32 @@ def test_resuming_a_finished_run_prints_its_summary_without_starting_ray(capsys,
     (run / "adapter" / "aligner.safetensors").write_bytes(b"")
     (run / "metrics.jsonl").write_text('{"step": 2, "loss/total": 7.5}\n'
                                        '{"step": 4, "loss/total": 6.25, "records": 8}\n')
-    assert main(["train", *(f"--set={o}" for o in overrides), "--resume"]) == 0
+    # no --preset: the run's own config.yaml, so naming the run is enough
+    assert main(["train", "--resume", "--set", "train.run_name=r1", "--set",
+                 f"train.storage_path={tmp_path}"]) == 0
     printed = capsys.readouterr().out
     assert "run r1 has finished (train.max_steps=4 reached): nothing to train" in printed
     assert f"checkpoint: {run}/checkpoint_step0000004" in printed
     assert f"adapter:    {run}/adapter" in printed
     assert "metrics:    step=4  loss/total=6.25  records=8" in printed
+
+
+def test_resume_without_a_preset_takes_the_saved_config_and_the_set_values_on_top(tmp_path):
+    def args(*overrides: str, preset: str | None = None, resume: bool = True):
+        return argparse.Namespace(preset=preset, resume=resume, overrides=[
+            "train.run_name=r1", f"train.storage_path={tmp_path}", *overrides])
+
+    def saved(cfg):
+        return f"{tmp_path}/{cfg.train.run_name}/config.yaml"
+
+    assert resumable_config(args(), saved).lora.r == 8  # nothing saved: demo's, refused later
+    (tmp_path / "r1").mkdir()
+    (tmp_path / "r1" / "config.yaml").write_text(load_config("demo", ["lora.r=16"]).to_yaml())
+    assert resumable_config(args(), saved).lora.r == 16
+    assert resumable_config(args("lora.r=4"), saved).lora.r == 4  # then check_run names it
+    assert resumable_config(args(preset="demo"), saved).lora.r == 8
+    assert resumable_config(args(resume=False), saved).lora.r == 8
+    assert resumable_config(args(), saved).train.run_name == "r1"
 
 
 # ---------------------------------------------------------------------------- one-line errors

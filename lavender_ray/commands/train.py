@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from lavender_ray.cli import add_config_arguments, add_verbose_argument
+from lavender_ray.cli import add_config_arguments, add_verbose_argument, resumable_config
 from lavender_ray.commands.plan import NO_PLAN_HELP, check_before_start
-from lavender_ray.config import load_config
 
 HELP = (
     "train on the Ray cluster of RAY_ADDRESS / --address, or a new local Ray sized to the run: "
@@ -19,13 +18,15 @@ HELP = (
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_config_arguments(parser, default_preset="demo")
+    add_config_arguments(parser, default_preset=None, default_help="demo; with --resume, the "
+                         "config the run was started with, its config.yaml")
     parser.add_argument(
         "--resume", action="store_true",
-        help="continue the run named by train.run_name from its latest checkpoint; it must "
-        "exist and have been started with the same config (same preset and --set values); a "
-        "run that has finished is not trained again: its summary is printed",
-    )
+        help="continue the run named by train.run_name (and train.storage_path) from its latest "
+        "checkpoint, with the config it was started with: `--resume --set "
+        "train.run_name=NAME` is enough; a --preset or other --set values must give that same "
+        "config. A run that has finished is not trained again: its summary is printed",
+    )  # fmt: skip
     parser.add_argument(
         "--address", default=None, help="Ray address (default: RAY_ADDRESS or a new local Ray)"
     )
@@ -35,12 +36,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     # imported when the command runs: `lavender --help` stays fast (commands/__init__.py)
+    from lavender_ray.config import CONFIG_FILE
     from lavender_ray.console import Console
     from lavender_ray.data.checks import check_source_paths
     from lavender_ray.runs import LOGS_DIR, run_dir_of
     from lavender_ray.train.launch import describe, train
 
-    cfg = load_config(args.preset, args.overrides)
+    cfg = resumable_config(args, lambda named: f"{run_dir_of(named)}/{CONFIG_FILE}")
     check_source_paths(cfg)  # before Ray starts: a missing file is one line, at once
     if not args.no_plan:
         check_before_start(cfg)  # refuses (exit 2) before any node starts

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from lavender_ray.cli import add_config_arguments, add_verbose_argument
+from lavender_ray.cli import add_config_arguments, add_verbose_argument, resumable_config
 from lavender_ray.commands.plan import NO_PLAN_HELP, check_before_start
-from lavender_ray.config import load_config
 
 HELP = (
     "search hyperparameters with Ray Tune + ASHA (tune.search_space: dotted keys -> "
@@ -17,12 +16,15 @@ HELP = (
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_config_arguments(parser, default_preset="demo")
+    add_config_arguments(parser, default_preset=None, default_help="demo; with --resume, the "
+                         "experiment's own config, its tune_config.yaml")
     parser.add_argument(
-        "--resume",
-        action="store_true",
-        help="continue the interrupted experiment of this config (same preset and --set)",
-    )
+        "--resume", action="store_true",
+        help="continue the interrupted experiment named by train.run_name (and "
+        "train.storage_path), with the config it was started with: `--resume --set "
+        "train.run_name=NAME` is enough; a --preset or other --set values must give that same "
+        "config",
+    )  # fmt: skip
     parser.add_argument(
         "--address", default=None, help="Ray address (default: RAY_ADDRESS or a new local Ray)"
     )
@@ -36,8 +38,9 @@ def run(args: argparse.Namespace) -> int:
     from lavender_ray.console import Console
     from lavender_ray.runs import LOGS_DIR, run_dir_of
     from lavender_ray.tune import describe, run_tune
+    from lavender_ray.tune.layout import layout_of
 
-    cfg = load_config(args.preset, args.overrides)
+    cfg = resumable_config(args, lambda named: layout_of(named).config)
     if not args.no_plan:  # the largest value of each searched number: batch sizes, LoRA rank
         check_before_start(cfg, searched=True)
     with Console("tune", f"{run_dir_of(cfg)}/{LOGS_DIR}", args.verbose):  # the experiment

@@ -19,6 +19,7 @@ from lavender_ray.config.loading import (
     absolute_paths,
     apply_overrides,
     config_differences,
+    config_from,
     load_config,
     parse_override,
     preset_names,
@@ -51,6 +52,6 @@ __all__ = [
     "CONFIG_FILE", "PRESET_PACKAGE", "AlignerConfig", "ConfigError", "DataConfig", "EvalConfig",
     "LavenderConfig", "LoraConfig", "LossConfig", "MetricName", "OptimConfig", "PipelineConfig",
     "SDConfig", "Section", "SourceConfig", "TrainConfig", "TuneConfig", "VLMConfig",
-    "absolute_paths", "apply_overrides", "config_differences", "config_hash", "format_validation_error", "load_config",
+    "absolute_paths", "apply_overrides", "config_differences", "config_from", "config_hash", "format_validation_error", "load_config",
     "parse_override", "preset_names", "read_preset", "run_paths", "set_dotted",
 ]  # fmt: skip

@@ -126,9 +126,15 @@ def load_config(
 ) -> LavenderConfig:
     """Preset (name or path; None = library defaults) + dotted overrides -> validated config,
     local paths made absolute (`absolute_paths`)."""
-    raw = read_preset(preset) if preset else {}
-    raw = apply_overrides(raw, overrides or [])
-    return absolute_paths(LavenderConfig.from_dict(raw))
+    return config_from(read_preset(preset) if preset else {}, overrides)
+
+
+def config_from(
+    raw: dict[str, Any], overrides: list[str] | dict[str, Any] | None = None
+) -> LavenderConfig:
+    """A raw config dict (a preset's, or a run's saved `config.yaml` read from any storage) +
+    dotted overrides -> validated config, local paths made absolute."""
+    return absolute_paths(LavenderConfig.from_dict(apply_overrides(raw, overrides or [])))
 
 
 def flatten(raw: Any, prefix: str = "") -> dict[str, Any]:
