@@ -109,7 +109,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         print(f"\nlavender {args.command}: interrupted (Ctrl-C); a training run or Tune search "
-              "continues with --resume and the same preset and --set values", file=sys.stderr)
+              "continues with --resume --set train.run_name=<its name> (its own config)",
+              file=sys.stderr)
         return 130
 
 

@@ -212,7 +212,7 @@ def test_ctrl_c_is_one_line_and_exit_code_130(capsys, monkeypatch):
     assert main(["train", "--preset", "demo"]) == 130
     err = capsys.readouterr().err.strip()
     assert err == ("lavender train: interrupted (Ctrl-C); a training run or Tune search "
-                   "continues with --resume and the same preset and --set values")
+                   "continues with --resume --set train.run_name=<its name> (its own config)")
 
 
 # ---------------------------------------------------------------------------- Ray Data tasks

@@ -187,3 +187,7 @@ def test_the_summary_names_the_best_values_its_checkpoint_and_the_rejects(tmp_pa
     assert f"checkpoint: {checkpoint}  (lavender evaluate --adapter <it>" in printed
     assert f"rejects: 1  [{layout.runs_dir}/trial_001/rejects]" in printed
     assert "vlm/answer_truncated  1" in printed and "mine/m1: 409 tokens" in printed
+    assert "interrupted" not in printed
+    stopped = describe(TuneSummary(layout, rows[:1], None, "loss/att", 2, True, 1, None))
+    assert stopped.endswith(f"interrupted: continue with `lavender tune --resume --set "
+                            f"train.storage_path={tmp_path} --set train.run_name=search`")

@@ -107,7 +107,9 @@ def describe(summary: TuneSummary) -> str:
     if summary.rejects_dir is not None:
         lines.append(summarise_rejects(summary.rejects_dir))
     if summary.interrupted:
-        lines.append("interrupted: continue with `lavender tune --resume` (same preset and --set)")
+        storage, name = layout.experiment_dir.rstrip("/").rsplit("/", 1)
+        lines.append(f"interrupted: continue with `lavender tune --resume --set "
+                     f"train.storage_path={storage} --set train.run_name={name}`")
     return "\n".join(lines)
 
 
