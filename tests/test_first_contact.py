@@ -120,6 +120,11 @@ def no_ray(monkeypatch) -> None:
 
 def test_a_reused_run_name_is_refused_before_ray_starts(capsys, tmp_path, monkeypatch):
     no_ray(monkeypatch)
+
+    def planned(*args, **kwargs):
+        raise AssertionError("the plan ran first")
+
+    monkeypatch.setattr(train_command, "check_before_start", planned)  # a GPU preset's plan
     args = ["train", "--set", "train.run_name=r1", "--set", f"train.storage_path={tmp_path}"]
     (tmp_path / "r1").mkdir()
     (tmp_path / "r1" / "config.yaml").write_text(
