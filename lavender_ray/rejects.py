@@ -52,6 +52,12 @@ def count_rejects(rejects_dir: str) -> dict[str, int]:
     return dict(collections.Counter(f"{r['stage']}/{r['reason']}" for r in rows))
 
 
+def format_counts(counts: dict[str, int]) -> str:
+    """`count_rejects`' output on one line: "read/missing_image 2, vlm/answer_truncated 1", or
+    "none"."""
+    return ", ".join(f"{key} {n}" for key, n in sorted(counts.items())) or "none"
+
+
 def summarise_rejects(rejects_dir: str, first: int = 3, width: int = 120) -> str:
     """Rejects under `rejects_dir` for a console: "rejects: <n>  [<rejects_dir>]", then one
     line per "<stage>/<reason>" with its count (most frequent first), then the first `first` of

@@ -33,7 +33,7 @@ from lavender_ray.data.synthetic import make_synthetic_records
 from lavender_ray.images import MAX_ASPECT_RATIO
 from lavender_ray.pipeline.benchmarks import read_benchmark
 from lavender_ray.pipeline.read import read_sources
-from lavender_ray.rejects import read_rejects, summarise_rejects
+from lavender_ray.rejects import count_rejects, format_counts, read_rejects, summarise_rejects
 from lavender_ray.schema import RECORD_SCHEMA
 
 MAX_TEXT = 300
@@ -681,3 +681,7 @@ def test_summary_lists_counts_and_the_first_ids_per_reason(tmp_path, first):
     assert all(len(line) < 160 for line in lines)
     assert lines[2].startswith("    msgs/r") and "/data/imgs/" in lines[2]
     assert lines[-1] == "    msgs/bad\\ud800id: line break"
+    # the one-line form (tune's shared targets, the demo): sorted, never a Python dict
+    counts = count_rejects(str(tmp_path / "rej"))
+    assert format_counts(counts) == "read/bad_json 1, read/missing_image 4"
+    assert format_counts({}) == "none"

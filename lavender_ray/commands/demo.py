@@ -26,6 +26,7 @@ def run(args: argparse.Namespace) -> int:
     # imported when the command runs: `lavender --help` stays fast (commands/__init__.py)
     from lavender_ray.console import Console
     from lavender_ray.demo import run_demo
+    from lavender_ray.rejects import format_counts
     from lavender_ray.runs import LOGS_DIR, run_dir_of
 
     overrides = list(args.overrides)
@@ -39,8 +40,9 @@ def run(args: argparse.Namespace) -> int:
         keys = ["loss/total", "loss/lm", "loss/att", "align/matched_words", "records"]
         print("final metrics: " + "  ".join(f"{k}={out.final_metrics[k]:.4g}" for k in keys
                                             if k in out.final_metrics))
-        print(f"rejected records: {sum(out.rejects.values())}"
-              + (f" {out.rejects}" if out.rejects else ""))
+        total = sum(out.rejects.values())
+        print(f"rejected records: {total}"
+              + (f" ({format_counts(out.rejects)})" if total else ""))
         print(f"outputs:        {out.run_dir}")
         print(f"  config:       {out.run_dir / 'config.yaml'}")
         for path in out.data:

@@ -20,15 +20,15 @@ from pathlib import Path
 from lavender_ray.config import CONFIG_FILE, ConfigError
 from lavender_ray.runs import (
     ADAPTER_DIR,
-    CHECKPOINT_PREFIX,
     EXPORT_DIR,
     METRICS_FILE,
     SAVED_RUN_PARTS,
+    checkpoint_name,
+    checkpoint_steps,
     is_saved_run,
 )
 from lavender_ray.storage import is_uri
 
-CHECKPOINT_GLOB = f"{CHECKPOINT_PREFIX}*"
 ACCEPTED = (
     "a run folder (<storage>/<run_name>/ with adapter/ or checkpoint_step*/), a checkpoint "
     "(checkpoint_step<N>/ with export/) or a saved run (vlm/ + aligner.safetensors + config.yaml)"
@@ -59,8 +59,8 @@ class LocatedRun:
 
 
 def checkpoints(run_dir: Path) -> list[Path]:
-    """The run's checkpoint folders, oldest first (the names sort by step)."""
-    return sorted(p for p in run_dir.glob(CHECKPOINT_GLOB) if p.is_dir())
+    """The run's checkpoint folders, oldest first."""
+    return [run_dir / checkpoint_name(step) for step in checkpoint_steps(str(run_dir))]
 
 
 def is_run_dir(folder: Path) -> bool:

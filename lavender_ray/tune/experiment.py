@@ -44,7 +44,7 @@ from lavender_ray.config import ConfigError, LavenderConfig, absolute_paths, app
 from lavender_ray.data.checks import check_source_paths
 from lavender_ray.pipeline.extract import extract_to_cache
 from lavender_ray.placement import check_placement, cluster_nodes
-from lavender_ray.rejects import summarise_rejects
+from lavender_ray.rejects import format_counts, summarise_rejects
 from lavender_ray.resources import connect, shares_targets
 from lavender_ray.runs import checkpoint_location
 from lavender_ray.storage import write_text
@@ -128,10 +128,9 @@ def shared_targets(cfg: LavenderConfig, layout: TuneLayout, space: SearchSpace) 
             "extracted where missing) or stream"
         )
     summary = extract_to_cache(cfg, layout.cache_dir)
-    rejects = ", ".join(f"{key} {n}" for key, n in sorted(summary.rejects.items())) or "none"
     print(
         f"shared SD targets: {summary.targets_dir} ({summary.written} new, "
-        f"{summary.cached_before} cached; rejects: {rejects})",
+        f"{summary.cached_before} cached; rejects: {format_counts(summary.rejects)})",
         flush=True,
     )
     if mode == "cache":
