@@ -32,7 +32,6 @@ from lavender_ray.data.synthetic import make_synthetic_records
 from lavender_ray.eval.map_metrics import map_agreement
 from lavender_ray.images import decode_image
 from lavender_ray.pictures import ProbeSample, render_probe
-from lavender_ray.sd.extractor import SDExtractor
 from lavender_ray.sd.settings import resolve_dtype
 from lavender_ray.tensors import minmax_normalise
 from lavender_ray.train.step import aligned_word_maps, collate_records
@@ -92,6 +91,9 @@ def synthetic_probe_records(cfg: LavenderConfig, n: int, device: str = "cpu") ->
     sd = cfg.sd
     if device == "cpu" and resolve_dtype(sd.dtype, device) == "fp16":
         sd = sd.model_copy(update={"dtype": "fp32"})
+    # imported here: diffusers loads in the probe task, never in the evaluate driver
+    from lavender_ray.sd.extractor import SDExtractor
+
     extractor = SDExtractor(sd, device=device)
     images = [decode_image(r["image"], cfg.data.max_image_pixels) for r in records]
     targets = extractor.extract(images, [r["target_text"] for r in records])
