@@ -246,6 +246,7 @@ def test_push_to_hub_offline_fails_in_one_line(tmp_path: Path, capsys, monkeypat
     assert (out / "README.md").is_file()  # the export itself is complete
 
 
+@pytest.mark.slow  # a fresh CLI process importing the whole stack (~14 s)
 def test_export_merge_prints_no_deepspeed_line_on_a_cpu_machine(tmp_path: Path) -> None:
     """`save_pretrained` imports DeepSpeed through accelerate; a user's CPU machine without
     DS_ACCELERATOR set must not see DeepSpeed's "no GPU found" warning (a fresh process: the
