@@ -70,16 +70,17 @@ def add_config_arguments(
 
 VERBOSE_HELP = (
     "show Ray's, Ray Data's, DeepSpeed's and the Ray workers' own output on the console, as "
-    "they print it (default: only in the log file under the run's logs/ folder; the console "
+    "they print it (default: only in the log file under {logs}, named at the end; the console "
     "keeps the progress, warnings that need you and the summary)"
 )
 
 
-def add_verbose_argument(parser: argparse.ArgumentParser) -> None:
-    """`--verbose` after the subcommand (`lavender --verbose CMD` works for every command)."""
+def add_verbose_argument(parser: argparse.ArgumentParser, logs: str) -> None:
+    """`--verbose` after the subcommand (`lavender --verbose CMD` works for every command);
+    `logs` names the folder the command's log file goes to."""
     # SUPPRESS: absent here, the global flag's value stays
     parser.add_argument("--verbose", action="store_true", default=argparse.SUPPRESS,
-                        help=VERBOSE_HELP)
+                        help=VERBOSE_HELP.format(logs=logs))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -88,7 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Lavender diffusion instruction tuning on Ray: SD cross-attention targets, "
         "VLM attention alignment, Ray Data + Ray Train + DeepSpeed.",
     )
-    parser.add_argument("--verbose", action="store_true", help=VERBOSE_HELP)
+    parser.add_argument("--verbose", action="store_true",
+                        help=VERBOSE_HELP.format(logs="the folder the command writes"))
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, module_name in COMMANDS.items():
         module = importlib.import_module(f"lavender_ray.commands.{module_name}")

@@ -459,6 +459,16 @@ def test_verbose_is_a_global_and_a_per_command_flag():
     assert parser.parse_args(["demo", "--verbose"]).verbose is True
 
 
+@pytest.mark.parametrize(("command", "logs"), [
+    (["train"], "<run>/logs/"), (["demo"], "<run>/logs/"), (["tune"], "<experiment>/logs/"),
+    (["extract"], "<out>/logs/"), (["evaluate"], "<out>/logs/"), (["data", "inspect"], "<out>/logs/"),
+])
+def test_each_commands_verbose_help_names_the_folder_of_its_log(command, logs, capsys):
+    with pytest.raises(SystemExit):
+        build_parser().parse_args([*command, "--help"])
+    assert f"log file under {logs}," in " ".join(capsys.readouterr().out.split())
+
+
 # ------------------------------------------------------------------------------ the demo
 DEMO_OVERRIDES = [
     "data.sources=[{name: synthetic, format: synthetic, num_samples: 16}]",

@@ -23,7 +23,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                          help="decoded samples shown per source (default: 2)")
     inspect.add_argument("--address", default=None,
                          help="Ray address (default: RAY_ADDRESS or a local Ray)")
-    add_verbose_argument(inspect)
+    add_verbose_argument(inspect, "<out>/logs/")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -19,7 +19,7 @@ HELP = (
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_config_arguments(parser, default_preset="demo")
-    add_verbose_argument(parser)
+    add_verbose_argument(parser, "<run>/logs/")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -37,7 +37,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--out", default=None,
         help="report folder, not a URI (default: <RUN>/eval-<timestamp>)",
     )
-    add_verbose_argument(parser)
+    add_verbose_argument(parser, "<out>/logs/")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -35,7 +35,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--address", default=None, help="Ray address (default: RAY_ADDRESS or a local Ray)"
     )
-    add_verbose_argument(parser)
+    add_verbose_argument(parser, "<out>/logs/")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -31,7 +31,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--address", default=None, help="Ray address (default: RAY_ADDRESS or a new local Ray)"
     )
     parser.add_argument("--no-plan", action="store_true", help=NO_PLAN_HELP)
-    add_verbose_argument(parser)
+    add_verbose_argument(parser, "<run>/logs/")
 
 
 def run(args: argparse.Namespace) -> int:

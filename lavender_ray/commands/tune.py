@@ -30,7 +30,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--no-plan", action="store_true", help=NO_PLAN_HELP + "; the plan takes "
                         "the largest value of each number the search space samples")
-    add_verbose_argument(parser)
+    add_verbose_argument(parser, "<experiment>/logs/")
 
 
 def run(args: argparse.Namespace) -> int:
