@@ -488,6 +488,7 @@ def test_the_demo_prints_at_most_60_lines_with_its_progress_and_summary(tmp_path
     assert "== lavender demo: done ==" in output and "final metrics: loss/total=" in output
     assert re.search(r"^train: 6/6 steps \(100%\)  loss [\d.]+", output, re.M), output
     assert re.search(r"^evaluate \(base, adapter\): 4 rows", output, re.M), output
+    assert len(re.findall(r"^ *adapter: ", output, re.M)) == 1, output  # listed once, not again
     assert "Token authentication" not in output and "row/s" not in output
     assert "(RayTrainWorker pid=" not in output and "deepspeed_shm_comm_op" not in output
     [log] = (run / "logs").glob("demo-*.log")

@@ -59,5 +59,6 @@ def run(args: argparse.Namespace) -> int:
     names = split_names(args.bench) if args.bench else list(cfg.eval.benchmarks) or ["synthetic"]
     out = args.out or str(default_out_dir(args.adapter))
     with Console("evaluate", f"{out.rstrip('/')}/{LOGS_DIR}", args.verbose):
-        print(describe(evaluate(cfg, args.adapter, names, out)))
+        report = evaluate(cfg, args.adapter, names, out)
+        print(f"adapter:     {report.adapter}\n{describe(report)}")
     return 0

@@ -310,8 +310,9 @@ def evaluate(
 
 
 def describe(report: EvalReport) -> str:
-    """The headline numbers and where the report went, for people."""
-    lines = [f"adapter:     {report.adapter}"]
+    """The headline numbers and where the report went, for people (the evaluated run is the
+    caller's to name: the demo lists it with its other outputs)."""
+    lines = []
     for name, bench in report.results["benchmarks"].items():
         scores = "  ".join(
             f"{model}={format_number(r['score'], r['unit'])}"
