@@ -25,9 +25,8 @@ from lavender_ray.train.reporting import (
     all_reduce_sum,
     average_norm_statistics,
     format_metrics,
-    report_due,
-    report_steps,
 )
+from lavender_ray.train.schedule import report_due, report_steps
 from lavender_ray.train.step import TrainBatch
 from lavender_ray.train.worker import cast_inputs
 

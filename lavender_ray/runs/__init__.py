@@ -37,14 +37,18 @@ cache (`lavender_ray.pipeline.cache`).
 from __future__ import annotations
 
 from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING
 
 import pyarrow.fs as pafs
-import torch
 
-from lavender_ray.align import Aligner, load_aligner, save_aligner
 from lavender_ray.config import CONFIG_FILE, LavenderConfig, load_config
 from lavender_ray.storage import absolute, filesystem_and_path
-from lavender_ray.vlm import VLMAdapter, load_adapter, save_adapter
+
+if TYPE_CHECKING:
+    import torch
+
+    from lavender_ray.align import Aligner
+    from lavender_ray.vlm import VLMAdapter
 
 VLM_DIR = "vlm"
 ALIGNER_FILE = "aligner.safetensors"
@@ -118,6 +122,11 @@ def save_trained(
     """Write a saved run: `vlm/` (PEFT adapter dir, or full weights), `aligner.safetensors`
     and the resolved `config.yaml`. Under ZeRO-3 pass the gathered VLM weights as
     `vlm_state_dict` and call inside the Aligner's `GatheredParameters`."""
+    # imported here, as in load_trained: the drivers that only name a run's folders (train,
+    # tune: tests/test_layout.py) do not load transformers, PEFT and torch for them
+    from lavender_ray.align import save_aligner
+    from lavender_ray.vlm import save_adapter
+
     directory = Path(directory)
     save_adapter(adapter, directory / VLM_DIR, state_dict=vlm_state_dict)
     save_aligner(aligner, directory / ALIGNER_FILE)
@@ -141,6 +150,9 @@ def load_trained(
     directory: str | Path, device: str | torch.device = "cpu"
 ) -> tuple[LavenderConfig, VLMAdapter, Aligner]:
     """Read back what `save_trained` wrote: (config, adapter with its trained weights, Aligner)."""
+    from lavender_ray.align import load_aligner  # see save_trained
+    from lavender_ray.vlm import load_adapter
+
     directory = Path(directory)
     cfg = trained_config(directory)
     adapter = load_adapter(cfg.vlm, cfg.lora, directory / VLM_DIR, map_size=cfg.sd.output_size)

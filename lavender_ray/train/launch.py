@@ -50,9 +50,9 @@ from lavender_ray.runs import (
     run_dir_of,
 )
 from lavender_ray.storage import absolute, copy_folder, is_remote, read_text, write_text
+from lavender_ray.train.entry import run_worker
 from lavender_ray.train.progress import follow_training
 from lavender_ray.train.tracking import check_trackers, tracked
-from lavender_ray.train.worker import train_fn_per_worker
 from lavender_ray.watchdog import stall_watchdog
 
 
@@ -123,7 +123,7 @@ def build_trainer(
         callbacks=callbacks,
     )
     return TorchTrainer(
-        train_fn_per_worker,
+        run_worker,
         train_loop_config=cfg.to_dict(),
         scaling_config=scaling,
         run_config=run_config,

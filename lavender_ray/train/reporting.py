@@ -10,11 +10,11 @@
         if reporter.done: break
 
 Every trained micro-batch's metrics go in; after each optimizer step (`train.grad_accum_steps`
-micro-batches) the reporter decides what is due (`report_due`). Every `train.report_every` steps,
-at every multiple of `train.checkpoint_every` and at the last step, the means since the last
-report, with the step, the records trained on so far (all ranks), the micro-batches skipped, the
-data wait, the step time and the learning rate, go to `ray.train.report` from every rank (Ray
-Train keeps rank 0's) and to the console from rank 0. At the checkpoint steps every rank also
+micro-batches) the reporter decides what is due (`schedule.report_due`). Every
+`train.report_every` steps, at every multiple of `train.checkpoint_every` and at the last step,
+the means since the last report, with the step, the records trained on so far (all ranks), the
+micro-batches skipped, the data wait, the step time and the learning rate, go to
+`ray.train.report` from every rank (Ray Train keeps rank 0's) and to the console from rank 0. At the checkpoint steps every rank also
 saves its DeepSpeed state and rank 0 the verified export into the reported checkpoint (the
 layout of `lavender_ray.runs`): checkpoints keep their own schedule, a report carries each.
 This is the one place metrics leave a step: rank 0's `trackers.RunTracker` (`tracker`) gets
@@ -44,10 +44,11 @@ from typing import Any, TypeVar
 import ray.train
 import torch
 
-from lavender_ray.config import LavenderConfig, TrainConfig
+from lavender_ray.config import LavenderConfig
 from lavender_ray.runs import DS_TAG, EXPORT_DIR, METRICS_FILE, STATE_FILE, checkpoint_name
 from lavender_ray.train.attention_pngs import pictures_due, probe_batch
 from lavender_ray.train.export import export_trained
+from lavender_ray.train.schedule import report_due
 from lavender_ray.train.step import LavenderModule, TrainBatch
 from lavender_ray.train.trackers import RunTracker
 
@@ -130,19 +131,6 @@ def average_norm_statistics(module: torch.nn.Module, device: torch.device) -> No
                 summed = stat.detach().to(device=device, dtype=torch.float32)
                 torch.distributed.all_reduce(summed)
                 stat.copy_(summed / world)
-
-
-def report_due(step: int, train: TrainConfig) -> tuple[bool, bool]:
-    """(report, checkpoint) after optimizer step `step`: a checkpoint at every multiple of
-    `train.checkpoint_every` and at the last step; a report at every multiple of
-    `train.report_every` and with every checkpoint (Ray Train's report carries it)."""
-    checkpoint = step % train.checkpoint_every == 0 or step >= train.max_steps
-    return checkpoint or step % train.report_every == 0, checkpoint
-
-
-def report_steps(train: TrainConfig) -> list[int]:
-    """Every step a run reports at (`report_due`): one result each for Ray Tune."""
-    return [step for step in range(1, train.max_steps + 1) if report_due(step, train)[0]]
 
 
 def format_metrics(metrics: dict[str, float], max_steps: int) -> str:

@@ -1,4 +1,5 @@
-"""The per-worker training loop run by Ray Train (`TorchTrainer(train_fn_per_worker, ...)`).
+"""The per-worker training loop run by Ray Train (`train_fn_per_worker`, handed over by
+`train.entry.run_worker` so that the driver never imports this module).
 
 Each worker rebuilds the typed config from the dict it is given, builds adapter + LoRA +
 Aligner, hands them to `deepspeed.initialize` with the DeepSpeed config built from the typed
@@ -16,10 +17,12 @@ import warnings
 from collections.abc import Iterator
 from typing import Any
 
+import deepspeed
 import pyarrow as pa
 import ray.train
 import torch
 from ray.data.collate_fn import ArrowBatchCollateFn
+from transformers.integrations import HfDeepSpeedConfig
 
 from lavender_ray import storage
 from lavender_ray.align import build_aligner
@@ -94,19 +97,12 @@ def enable_zero3_loading(ds_config: dict[str, Any]) -> None:
     group; `torchrun`'s environment elsewhere), or DeepSpeed sizes the batch for a world of one.
     The tiny models (`tiny/<family>`) are built by their constructors, not `from_pretrained`:
     `deepspeed.initialize` partitions them, as it does under ZeRO-1/2."""
-    import deepspeed
-    from transformers.integrations import HfDeepSpeedConfig
-
     deepspeed.init_distributed()
     _zero3_for_transformers[:] = [HfDeepSpeedConfig(ds_config)]
 
 
 def build_engine(cfg: LavenderConfig, world: int) -> tuple[Any, LavenderModule, Any, torch.dtype]:
     """(DeepSpeed engine, the module it wraps, its LR scheduler, the dtype of its inputs)."""
-    # DeepSpeed probes the accelerators and builds its ops when imported: only train workers
-    # import it, not the driver that imports this module for `train_fn_per_worker`.
-    import deepspeed
-
     precision = resolve_precision(cfg.train.precision, Device.current())
     ds_config = deepspeed_config(cfg, world, precision)
     if cfg.train.zero_stage == 3:

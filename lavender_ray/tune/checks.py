@@ -15,7 +15,7 @@ from lavender_ray.config import ConfigError, LavenderConfig, config_differences
 from lavender_ray.placement import worker_request, worker_slots
 from lavender_ray.resources import ResourcePlan, trial_pieces
 from lavender_ray.storage import read_text
-from lavender_ray.train.reporting import report_steps
+from lavender_ray.train.schedule import report_steps
 from lavender_ray.tune.layout import TuneLayout
 
 TUNABLE_METRICS = ("loss/total", "loss/lm", "loss/att", "align/matched_words")
