@@ -76,6 +76,7 @@ print(json.dumps(loaded))
 """
 
 
+@pytest.mark.slow  # a fresh interpreter importing the drivers' stacks (~10 s)
 def test_no_driver_loads_a_model_stack_at_import():
     """One fresh interpreter imports each module in turn (a module's own lazy imports count:
     the check is `sys.modules`); the lists only narrow, so an earlier import masks nothing."""
