@@ -1,5 +1,6 @@
 """The package's layering holds: `lint-imports` keeps every contract of pyproject.toml, and
-breaks when a module imports across a line it must not cross."""
+breaks when a module imports across a line it must not cross; the commands' driver modules load
+no model stack they do not run."""
 
 from __future__ import annotations
 
