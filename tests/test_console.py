@@ -461,7 +461,8 @@ def test_verbose_is_a_global_and_a_per_command_flag():
 
 @pytest.mark.parametrize(("command", "logs"), [
     (["train"], "<run>/logs/"), (["demo"], "<run>/logs/"), (["tune"], "<experiment>/logs/"),
-    (["extract"], "<out>/logs/"), (["evaluate"], "<out>/logs/"), (["data", "inspect"], "<out>/logs/"),
+    (["extract"], "<out>/logs/"), (["evaluate"], "<out>/logs/"),
+    (["data", "inspect"], "<out>/logs/"),
 ])
 def test_each_commands_verbose_help_names_the_folder_of_its_log(command, logs, capsys):
     with pytest.raises(SystemExit):

@@ -14,9 +14,10 @@ micro-batches) the reporter decides what is due (`schedule.report_due`). Every
 `train.report_every` steps, at every multiple of `train.checkpoint_every` and at the last step,
 the means since the last report, with the step, the records trained on so far (all ranks), the
 micro-batches skipped, the data wait, the step time and the learning rate, go to
-`ray.train.report` from every rank (Ray Train keeps rank 0's) and to the console from rank 0. At the checkpoint steps every rank also
-saves its DeepSpeed state and rank 0 the verified export into the reported checkpoint (the
-layout of `lavender_ray.runs`): checkpoints keep their own schedule, a report carries each.
+`ray.train.report` from every rank (Ray Train keeps rank 0's) and to the console from rank 0.
+At the checkpoint steps every rank also saves its DeepSpeed state and rank 0 the verified export
+into the reported checkpoint (the layout of `lavender_ray.runs`): checkpoints keep their own
+schedule, a report carries each.
 This is the one place metrics leave a step: rank 0's `trackers.RunTracker` (`tracker`) gets
 each report (`<run>/metrics.jsonl` and the trackers of `train.report_to`) and, every
 `train.attention_png_every` steps, the attention pictures every rank draws of its micro-batch
