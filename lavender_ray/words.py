@@ -32,7 +32,9 @@ Occurrences with the same key are then merged (`merge_words`: rows concatenated,
 occurrence) and matched to the SD words (`match_words`).
 
 The tokenizer is duck-typed (`decode(ids, skip_special_tokens=...,
-clean_up_tokenization_spaces=...)` and `all_special_ids`): this module imports no transformers.
+clean_up_tokenization_spaces=...)` and `all_special_ids`) and the tensors are only read through
+their methods: this module imports neither transformers nor torch, so the word rule (`WORD_RE`)
+serves the SD side's pure-text prompt code and the Ray Data processes that count words.
 """
 
 from __future__ import annotations
@@ -42,10 +44,12 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import simplemma
-import torch
+
+if TYPE_CHECKING:
+    import torch
 
 IGNORE_INDEX = -100
 WORD_RE = re.compile(r"[^\W_]+")
@@ -123,7 +127,7 @@ def answer_tokens(
     _check_source(source)
     if source == "predicted" and predicted is None:
         raise ValueError("word source 'predicted' needs the predicted token ids")
-    positions = torch.nonzero(labels != IGNORE_INDEX).flatten().tolist()
+    positions = (labels != IGNORE_INDEX).nonzero().flatten().tolist()
     positions = [t for t in positions if t >= 1]  # position 0 is predicted by nothing
     rows = [t - 1 for t in positions]
     ids = labels[positions].tolist() if source == "label" else predicted[rows].tolist()
@@ -290,8 +294,7 @@ def select_words(
     if source == "predicted":
         if logits is None:
             raise ValueError("word source 'predicted' needs the logits")
-        with torch.no_grad():
-            predicted = logits.argmax(dim=-1).cpu()  # [b, T, V] -> [b, T]
+        predicted = logits.detach().argmax(dim=-1).cpu()  # [b, T, V] -> [b, T]
     labels = labels.cpu()
     special = special_token_ids(tokenizer)
     out = []

@@ -15,7 +15,8 @@ from lavender_ray.config import load_config
 from lavender_ray.data.synthetic import make_synthetic_records
 from lavender_ray.sd.capture import AttentionStore
 from lavender_ray.sd.extractor import SDExtractor
-from lavender_ray.sd.settings import sd_config_hash
+from lavender_ray.sd.settings import CONCRETE_DTYPES, resolve_dtype, sd_config_hash
+from lavender_ray.tensors import TORCH_DTYPES
 
 TEXTS = [
     "A red circle to the left of a blue square.",
@@ -221,6 +222,15 @@ def test_config_hash_tracks_what_changes_the_maps() -> None:
     fp32, fp16 = (base.model_copy(update={"dtype": d}) for d in ("fp32", "fp16"))
     assert sd_config_hash(auto, "cpu") == sd_config_hash(fp32, "cpu")
     assert sd_config_hash(auto, "cuda") == sd_config_hash(fp16, "cuda")
+
+
+def test_every_sd_dtype_resolves_to_a_torch_dtype() -> None:
+    """`sd.settings` names the dtypes without torch; the extractor looks each one up."""
+    assert set(CONCRETE_DTYPES) == set(TORCH_DTYPES)
+    for dtype in ("auto", *CONCRETE_DTYPES):
+        assert TORCH_DTYPES[resolve_dtype(dtype, "cuda")].is_floating_point
+    with pytest.raises(ValueError, match="sd.dtype='int8'; allowed: auto, fp32, fp16, bf16, fp64"):
+        resolve_dtype("int8", "cpu")
 
 
 def test_bad_image_size_and_resolution_are_reported() -> None:

@@ -2,20 +2,20 @@
 Pure text (no torch, no model), so the Ray Data processes that only schedule the SD stage never
 import the SD stack; the maps half (`word_maps`) is in `aggregate`.
 
-A word is a maximal run of Unicode letters or digits (`[^\\W_]+`), its key the lower-cased run.
-A token belongs to the word whose character span it overlaps (first such word if a tokenizer
-ever produced a token spanning two). Special and padding tokens belong to no word. An occurrence
-cut by the token window (partly or wholly) does not count, and a key with no occurrence left is
-dropped and counted in `words_cut`.
+A word is a maximal run of Unicode letters or digits (`[^\\W_]+`: `words.WORD_RE`, the one word
+rule of both sides), its key the lower-cased run. A token belongs to the word whose character
+span it overlaps (first such word if a tokenizer ever produced a token spanning two). Special and
+padding tokens belong to no word. An occurrence cut by the token window (partly or wholly) does
+not count, and a key with no occurrence left is dropped and counted in `words_cut`.
 """
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import Any
 
-WORD_PATTERN = re.compile(r"[^\W_]+")
+from lavender_ray.words import WORD_RE
+
 NO_WORD = -1
 
 
@@ -52,7 +52,7 @@ class TextPlan:
 
 def find_words(text: str) -> list[WordOccurrence]:
     """Every maximal run of Unicode letters/digits, in order, with its lower-cased key."""
-    matches = WORD_PATTERN.finditer(text)
+    matches = WORD_RE.finditer(text)
     return [WordOccurrence(m.group().lower(), m.start(), m.end()) for m in matches]
 
 
