@@ -2,7 +2,10 @@
 
 - `metrics`: pure benchmark metrics with each benchmark's answer rules, the benchmark-name ->
   metric registry, and attention-map agreement (MSE, Pearson, top-10% IoU).
-- `inference`: Ray Data batch inference, one model per actor, greedy decoding.
+- `models`: the two models compared (base, adapter) and their device.
+- `inference`: Ray Data batch inference, one model per actor (the pipeline the driver plans).
+- `generation`: the models at work, in the actors and the probe task: loading, greedy
+  decoding, the attention probe before/after (the only eval module that loads the VLM stack).
 - `scoring`: each model's predictions scored with the benchmark's metric, per-row files.
 - `attention`: attention probes (SD | VLM | aligned maps per word), before/after comparison, PNGs.
 - `synthetic_bench`: a synthetic benchmark written as VLMEvalKit TSV, Parquet and JSONL.

@@ -23,16 +23,20 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
 import torch
 from PIL import Image
 
 from lavender_ray.align import Aligner
-from lavender_ray.config import LavenderConfig
+from lavender_ray.config import ConfigError, LavenderConfig
 from lavender_ray.data.synthetic import make_synthetic_records
 from lavender_ray.eval.map_metrics import map_agreement
 from lavender_ray.images import decode_image
 from lavender_ray.pictures import ProbeSample, render_probe
+from lavender_ray.pipeline.cache import TARGETS, read_shards, shard_paths
 from lavender_ray.sd.settings import resolve_dtype
+from lavender_ray.storage import filesystem_and_path
 from lavender_ray.tensors import minmax_normalise
 from lavender_ray.train.step import aligned_word_maps, collate_records
 from lavender_ray.words import select_words
@@ -98,6 +102,41 @@ def synthetic_probe_records(cfg: LavenderConfig, n: int, device: str = "cpu") ->
     images = [decode_image(r["image"], cfg.data.max_image_pixels) for r in records]
     targets = extractor.extract(images, [r["target_text"] for r in records])
     return [{**r, **t.to_row()} for r, t in zip(records, targets)]
+
+
+def probe_records(
+    cfg: LavenderConfig, run_cfg: LavenderConfig, device: str = "cpu"
+) -> list[dict[str, Any]]:
+    """The held-out probe records with SD targets: the first `eval.probe_samples` rows of
+    `eval.probe_path` (Parquet with the target columns), else synthetic records (another seed
+    than training) with targets extracted with the run's `sd` section on `device`."""
+    if cfg.eval.probe_path:
+        return stored_probe_records(cfg.eval.probe_path, cfg.eval.probe_samples)
+    return synthetic_probe_records(run_cfg, cfg.eval.probe_samples, device)
+
+
+def stored_probe_records(path: str, samples: int) -> list[dict[str, Any]]:
+    """The first `samples` records with SD targets of the Parquet shards under `path`: a
+    targets folder, or the folder `lavender extract --out` wrote (its `targets/` part; its
+    rejects and logs are no probe records). ConfigError when there are none."""
+    table = read_shards(probe_folder(path))
+    return table.slice(0, samples).to_pylist() if table is not None else []
+
+
+def probe_folder(path: str) -> str:
+    """The folder of probe records `eval.probe_path` names (see `stored_probe_records`), or
+    ConfigError in one line when it holds no Parquet with SD targets. Cheap (file listing and
+    one footer): the driver checks before anything starts."""
+    fs, inner = filesystem_and_path(path)
+    if fs.get_file_info(f"{inner.rstrip('/')}/{TARGETS}").type == pafs.FileType.Directory:
+        path = f"{path.rstrip('/')}/{TARGETS}"
+    fs, shards = shard_paths(path)
+    if not shards or "sd_maps" not in pq.read_schema(shards[0], filesystem=fs).names:
+        raise ConfigError(
+            f"eval.probe_path={path!r} holds no records with SD targets (Parquet with an "
+            "sd_maps column); give the folder `lavender extract` wrote, or its `targets:` folder"
+        )
+    return path
 
 
 def batch_image(record: dict[str, Any]) -> Image.Image:

@@ -35,33 +35,18 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow.fs as pafs
-import pyarrow.parquet as pq
 import ray
 
 from lavender_ray import console
 from lavender_ray.config import ConfigError, LavenderConfig
-from lavender_ray.eval.attention import (
-    compare_probes,
-    probe_agreement,
-    probe_attention,
-    synthetic_probe_records,
-    write_probe_pngs,
-)
-from lavender_ray.eval.inference import (
-    ADAPTER,
-    BASE,
-    add_predictions,
-    computing,
-    inference_device,
-    load_model,
-    tag_benchmark,
-)
+from lavender_ray.eval.attention import probe_agreement, probe_folder, write_probe_pngs
+from lavender_ray.eval.inference import add_predictions, tag_benchmark
 from lavender_ray.eval.metrics import Metric, metric_for
+from lavender_ray.eval.models import ADAPTER, BASE
 from lavender_ray.eval.report import format_number, markdown_report, results_dict
 from lavender_ray.eval.scoring import BenchmarkScores, score_benchmark, write_predictions
 from lavender_ray.eval.synthetic_bench import write_synthetic_benchmark
 from lavender_ray.pipeline.benchmarks import read_benchmark
-from lavender_ray.pipeline.cache import TARGETS, read_shards, shard_paths
 from lavender_ray.placement import check_shared_folders, cluster_nodes
 from lavender_ray.rejects import read_rejects, summarise_rejects, write_rejects
 from lavender_ray.resources import connect
@@ -171,55 +156,12 @@ def _id_order(rid: str) -> tuple[int, int | str]:
 
 
 # ------------------------------------------------------------------------------- attention
-def probe_records(
-    cfg: LavenderConfig, run_cfg: LavenderConfig, device: str = "cpu"
-) -> list[dict[str, Any]]:
-    """The held-out probe records with SD targets: the first `eval.probe_samples` rows of
-    `eval.probe_path` (Parquet with the target columns), else synthetic records (another seed
-    than training) with targets extracted with the run's `sd` section on `device`."""
-    if cfg.eval.probe_path:
-        return stored_probe_records(cfg.eval.probe_path, cfg.eval.probe_samples)
-    return synthetic_probe_records(run_cfg, cfg.eval.probe_samples, device)
-
-
-def stored_probe_records(path: str, samples: int) -> list[dict[str, Any]]:
-    """The first `samples` records with SD targets of the Parquet shards under `path`: a
-    targets folder, or the folder `lavender extract --out` wrote (its `targets/` part; its
-    rejects and logs are no probe records). ConfigError when there are none."""
-    table = read_shards(probe_folder(path))
-    return table.slice(0, samples).to_pylist() if table is not None else []
-
-
-def probe_folder(path: str) -> str:
-    """The folder of probe records `eval.probe_path` names (see `stored_probe_records`), or
-    ConfigError in one line when it holds no Parquet with SD targets. Cheap (file listing and
-    one footer): the driver checks before anything starts."""
-    fs, inner = filesystem_and_path(path)
-    if fs.get_file_info(f"{inner.rstrip('/')}/{TARGETS}").type == pafs.FileType.Directory:
-        path = f"{path.rstrip('/')}/{TARGETS}"
-    fs, shards = shard_paths(path)
-    if not shards or "sd_maps" not in pq.read_schema(shards[0], filesystem=fs).names:
-        raise ConfigError(
-            f"eval.probe_path={path!r} holds no records with SD targets (Parquet with an "
-            "sd_maps column); give the folder `lavender extract` wrote, or its `targets:` folder"
-        )
-    return path
-
-
 def probe_before_after(config: dict[str, Any], trained_dir: str) -> list[Any]:
-    """Ray task body: the probe records through the base model and the adapter (one model in
-    memory at a time), both with the trained Aligner, merged per record (`compare_probes`)."""
-    cfg = LavenderConfig.from_dict(config)
-    device = inference_device(cfg)
-    run_cfg, adapter, aligner = load_model(ADAPTER, trained_dir, device)
-    records = probe_records(cfg, run_cfg, device)
-    map_size = run_cfg.sd.output_size
-    after = probe_attention(adapter, aligner, records, map_size)
-    del adapter
-    _, base, _ = load_model(BASE, trained_dir, device)
-    with computing(base, BASE):
-        before = probe_attention(base, aligner, records, map_size)
-    return compare_probes(before, after, labels=(BASE.name, ADAPTER.name))
+    """Ray task body: `eval.generation.probe_before_after`, imported in the task (the VLM stack
+    loads there, never in this driver)."""
+    from lavender_ray.eval.generation import probe_before_after as probe
+
+    return probe(config, trained_dir)
 
 
 def start_probe(cfg: LavenderConfig, trained_dir: Path) -> Any:

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from lavender_ray.config import LavenderConfig
-from lavender_ray.eval.inference import ADAPTER, BASE
+from lavender_ray.eval.models import ADAPTER, BASE
 from lavender_ray.eval.scoring import BenchmarkScores
 
 

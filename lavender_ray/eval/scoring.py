@@ -8,8 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lavender_ray.eval.inference import ModelSpec
 from lavender_ray.eval.metrics import Metric, MetricResult, Prediction, score_rows
+from lavender_ray.eval.models import ModelSpec
 
 
 def to_prediction(row: dict[str, Any], column: str) -> Prediction:
