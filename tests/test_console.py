@@ -34,6 +34,7 @@ from lavender_ray.console import (
     WorkerOutput,
     eta_seconds,
     format_duration,
+    format_rate,
     mark_worker_warnings,
 )
 from lavender_ray.storage import JsonlTail
@@ -77,6 +78,14 @@ def test_eta_is_the_units_left_at_the_rate_and_unknown_without_a_total_or_rate()
     assert format_duration(None) == "?" and format_duration(float("inf")) == "?"
 
 
+def test_a_rate_under_one_a_second_reads_per_minute():
+    """A Tune trial every minute or so: "0.954 trials/min", not "0.0159 trials/s"."""
+    assert format_rate(13.6, "samples") == "13.6 samples/s"
+    assert format_rate(1.0, "images") == "1 images/s"
+    assert format_rate(0.5, "steps") == "30 steps/min"
+    assert format_rate(0.0159, "trials") == "0.954 trials/min"
+
+
 def test_the_measured_rate_leaves_the_start_up_time_out():
     clock = Clock()
     shown, out = plain(total=24, clock=clock)
@@ -111,9 +120,9 @@ def test_a_first_report_that_mostly_waited_for_the_pipeline_shows_the_wait_not_a
     assert fields == ["loss 6", "first batches after 28 s"]
     assert eta == pytest.approx(4.0)
     steady = {**first, "time/data_wait_s": 2.0}  # a short wait: the rate as before
-    assert train_status(steady, None, 6)[0] == ["loss 6", "0.267 samples/s"]
+    assert train_status(steady, None, 6)[0] == ["loss 6", "16 samples/min"]  # 0.267 a second
     later = {"step": 4, "records": 16, "time/step_s": 15.0, "time/data_wait_s": 28.0}
-    assert "samples/s" in train_status(later, first, 6)[0][0]  # a slow pipeline later: a rate
+    assert "samples/min" in train_status(later, first, 6)[0][0]  # a slow pipeline later: a rate
 
 
 # ----------------------------------------------------------------------------- the display

@@ -58,6 +58,7 @@ from lavender_ray.console.display import (
     Progress,
     eta_seconds,
     format_duration,
+    format_rate,
 )
 from lavender_ray.console.logs import (
     PACKAGE,
@@ -80,7 +81,8 @@ from lavender_ray.console.workers import (
 
 __all__ = [
     "Console", "LogFile", "Progress", "SETUP_HOOK", "WORKER_MARK", "WorkerOutput", "active",
-    "after_ray_init", "eta_seconds", "format_duration", "mark_worker_warnings", "polling",
+    "after_ray_init", "eta_seconds", "format_duration", "format_rate", "mark_worker_warnings",
+    "polling",
     "progress", "quiet", "ray_init_options", "stdout_to_log",
 ]
 

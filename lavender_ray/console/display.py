@@ -25,6 +25,14 @@ def format_duration(seconds: float | None) -> str:
     return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
 
+def format_rate(per_second: float, unit: str) -> str:
+    """`<rate> <unit>/s`, or per minute below one a second (Tune trials, big models' samples):
+    "1.2 trials/min" reads where "0.02 trials/s" does not."""
+    if per_second < 1:
+        return f"{per_second * 60:.3g} {unit}/min"
+    return f"{per_second:.3g} {unit}/s"
+
+
 def eta_seconds(done: float, total: float | None, rate: float | None) -> float | None:
     """Seconds left for `total - done` units at `rate` units per second (None: unknown)."""
     if total is None or not rate or rate <= 0 or not math.isfinite(rate):
@@ -38,8 +46,8 @@ class Progress:
 
     `set(n)` moves it to `n` units of `total` (None: unknown). Without an `eta_s`, the rate is
     measured between the first update with progress and the latest one, once `MIN_RATE_S`
-    apart (start-up time left out), and shown as `<rate> <rate_unit>/s` with the ETA it gives;
-    `fields` are shown as given (e.g. `loss 6.41`)."""
+    apart (start-up time left out), and shown per second or per minute (`format_rate`) with the
+    ETA it gives; `fields` are shown as given (e.g. `loss 6.41`)."""
 
     def __init__(self, label: str, total: int | None = None, unit: str = "items",
                  rate_unit: str | None = None, stream: TextIO | None = None, live: bool = False,
@@ -83,7 +91,7 @@ class Progress:
         if eta_s is None:
             rate = self.rate(now)
             if rate is not None:
-                parts.append(f"{rate:.3g} {self.rate_unit}/s")
+                parts.append(format_rate(rate, self.rate_unit))
             eta_s = eta_seconds(n, self.total, rate)
         if self.total is not None and n < self.total:
             parts.append(f"ETA {format_duration(eta_s)}")

@@ -50,7 +50,7 @@ def train_status(
     else:
         per_step = record.get("records", 0) / step if step else 0.0
     if step_s:
-        fields.append(f"{per_step / step_s:.3g} samples/s")
+        fields.append(console.format_rate(per_step / step_s, "samples"))
     eta = (max_steps - step) * step_s if step_s is not None else None
     return fields, eta
 
