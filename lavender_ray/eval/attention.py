@@ -14,6 +14,10 @@ Before vs after training: `compare_probes` puts the probes of the base model and
 model side by side (panels SD | VLM before | VLM after | aligned before | aligned after) and
 `probe_agreement` scores every panel against the SD maps (per-word MSE, Pearson correlation,
 top-10% IoU; `eval.map_metrics.map_agreement`).
+
+The probe records (`probe_records`) are the first `eval.probe_samples` records of
+`eval.probe_path` (a folder `lavender extract` wrote), else synthetic records with SD targets
+extracted on the spot; `probe_folder` checks that path cheaply in the driver.
 """
 
 from __future__ import annotations
