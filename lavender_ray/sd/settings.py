@@ -1,7 +1,8 @@
 """What the `sd` section means without loading SD: the concrete dtype of `sd.dtype` on a device
 and the hash of everything that changes the maps (`sd_config_hash`: the target cache's key).
 
-Imports no diffusers and no torch, so a driver that only names a cache folder or plans memory stays light.
+Imports no diffusers and no torch, so a driver that only names a cache folder or plans memory
+stays light.
 """
 
 from __future__ import annotations
