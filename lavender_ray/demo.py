@@ -15,8 +15,9 @@ from pathlib import Path
 
 from lavender_ray.config import LavenderConfig
 from lavender_ray.data.synthetic import write_synthetic_parquet
-from lavender_ray.eval.attention import probe_attention, synthetic_probe_records, write_probe_pngs
+from lavender_ray.eval.attention import probe_attention, synthetic_probe_records
 from lavender_ray.eval.evaluate import describe, evaluate
+from lavender_ray.eval.probes import write_probe_pngs
 from lavender_ray.resources import connect
 from lavender_ray.runs import METRICS_FILE, load_trained
 from lavender_ray.train.launch import train

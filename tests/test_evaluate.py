@@ -17,12 +17,13 @@ from PIL import Image
 
 from lavender_ray.cli import main
 from lavender_ray.config import ConfigError, LavenderConfig, load_config
-from lavender_ray.eval.attention import stored_probe_records, synthetic_probe_records
+from lavender_ray.eval.attention import synthetic_probe_records
 from lavender_ray.eval.evaluate import MODELS, EvalReport, describe
 from lavender_ray.eval.generation import computing, generate_answers, load_model
 from lavender_ray.eval.inference import build_prompt
 from lavender_ray.eval.metrics import METRICS
 from lavender_ray.eval.models import ADAPTER, BASE
+from lavender_ray.eval.probes import stored_probe_records
 from lavender_ray.eval.report import markdown_report, results_dict
 from lavender_ray.eval.scoring import score_benchmark
 from lavender_ray.eval.synthetic_bench import (

@@ -80,7 +80,7 @@ def test_with_targets_appends_the_schema_columns() -> None:
 def test_probe_rows_are_as_tall_as_the_image_shown() -> None:
     """A 4:1 image makes rows a quarter of a cell tall (no white band around each row), and
     the SD panel's hot left half sits over the image's left half."""
-    from lavender_ray.eval.attention import ProbeSample, render_probe
+    from lavender_ray.pictures import ProbeSample, render_probe
 
     hot_left = np.zeros((1, 8, 8), np.float32)
     hot_left[:, :, :4] = 1.0

@@ -39,10 +39,10 @@ import ray
 
 from lavender_ray import console
 from lavender_ray.config import ConfigError, LavenderConfig
-from lavender_ray.eval.attention import probe_agreement, probe_folder, write_probe_pngs
 from lavender_ray.eval.inference import add_predictions, tag_benchmark
 from lavender_ray.eval.metrics import Metric, metric_for
 from lavender_ray.eval.models import ADAPTER, BASE
+from lavender_ray.eval.probes import probe_agreement, probe_folder, write_probe_pngs
 from lavender_ray.eval.report import format_number, markdown_report, results_dict
 from lavender_ray.eval.scoring import BenchmarkScores, score_benchmark, write_predictions
 from lavender_ray.eval.synthetic_bench import write_synthetic_benchmark

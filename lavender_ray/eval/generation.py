@@ -21,8 +21,9 @@ from PIL import Image
 
 from lavender_ray.align import Aligner, load_aligner
 from lavender_ray.config import LavenderConfig
-from lavender_ray.eval.attention import compare_probes, probe_attention, probe_records
+from lavender_ray.eval.attention import probe_attention, probe_records
 from lavender_ray.eval.models import ADAPTER, BASE, ModelSpec, inference_device
+from lavender_ray.eval.probes import compare_probes
 from lavender_ray.runs import ALIGNER_FILE, load_trained, trained_config
 from lavender_ray.vlm import VLMAdapter, build_adapter
 from lavender_ray.vlm.chat import template_messages
