@@ -2,8 +2,11 @@
 
 Stages write small Parquet files (`REJECT_SCHEMA`) into one folder, local or any pyarrow
 filesystem URI, so a streaming stage can reject rows without a second output of the dataset:
-records in = records out + rows under the rejects folder. `summarise_rejects` is what a
-console shows of them: per stage and reason the count and the first few ids with their detail.
+in each pass over the data, records in = records out + records rejected. A record read again (a training
+run's second epoch, a stream restarted after a worker failure) is rejected again, so the readers
+here count it once: rows equal in all their fields are one rejected record. `summarise_rejects` is
+what a console shows of them: per stage and reason the count and the first few ids with their
+detail.
 """
 
 from __future__ import annotations
@@ -35,7 +38,9 @@ def write_rejects(rejects: list[Reject], rejects_dir: str | None, stage: str) ->
 
 
 def read_rejects(rejects_dir: str) -> pa.Table:
-    """All rejects under `rejects_dir` (an empty table if there are none)."""
+    """Every rejected record under `rejects_dir` once (an empty table if there are none): rows
+    written again for the same record (a later epoch, a restarted stream: equal id, source,
+    stage, reason and detail) are left out."""
     fs, root = filesystem_and_path(rejects_dir)
     info = fs.get_file_info(root)
     if info.type == pafs.FileType.NotFound:
@@ -43,7 +48,11 @@ def read_rejects(rejects_dir: str) -> pa.Table:
     selector = pafs.FileSelector(root, recursive=True)
     files = sorted(f.path for f in fs.get_file_info(selector) if f.path.endswith(".parquet"))
     tables = [pq.read_table(p, filesystem=fs, schema=REJECT_SCHEMA) for p in files]
-    return pa.concat_tables(tables) if tables else REJECT_SCHEMA.empty_table()
+    if not tables:
+        return REJECT_SCHEMA.empty_table()
+    rows = pa.concat_tables(tables).to_pylist()
+    distinct = {tuple(row.values()): row for row in rows}  # keeps the first one's place
+    return pa.Table.from_pylist(list(distinct.values()), schema=REJECT_SCHEMA)
 
 
 def count_rejects(rejects_dir: str) -> dict[str, int]:

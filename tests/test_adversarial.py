@@ -685,3 +685,23 @@ def test_summary_lists_counts_and_the_first_ids_per_reason(tmp_path, first):
     counts = count_rejects(str(tmp_path / "rej"))
     assert format_counts(counts) == "read/bad_json 1, read/missing_image 4"
     assert format_counts({}) == "none"
+
+
+def test_a_record_rejected_in_every_epoch_counts_once(tmp_path):
+    """A second epoch (or a stream restarted after a worker failure) reads the same records and
+    writes their rejects again: the count, the summary and the rows are per record."""
+    from lavender_ray.rejects import write_rejects
+    from lavender_ray.schema import Reject
+
+    missing = Reject("m1", "mine", "read", "missing_image", "/data/m1.png: no such file")
+    broken = Reject("l1", "llava", "read", "corrupt_image", "not an image format PIL reads")
+    for _ in range(2):  # two epochs, each its own file
+        write_rejects([missing, broken], str(tmp_path / "rej"), "read")
+    assert len(list((tmp_path / "rej").glob("*.parquet"))) == 2
+    assert count_rejects(str(tmp_path / "rej")) == {"read/missing_image": 1,
+                                                    "read/corrupt_image": 1}
+    assert [r["id"] for r in read_rejects(str(tmp_path / "rej")).to_pylist()] in (
+        ["m1", "l1"], ["l1", "m1"])
+    lines = summarise_rejects(str(tmp_path / "rej")).splitlines()
+    assert lines[0] == f"rejects: 2  [{tmp_path}/rej]"
+    assert "  read/missing_image  1" in lines and "  read/corrupt_image  1" in lines
