@@ -109,10 +109,10 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         print(f"lavender {args.command}: {err}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"\nlavender {args.command}: interrupted (Ctrl-C); a training run or Tune search "
-              "continues with --resume --set train.run_name=<its name> (its own config)",
-              file=sys.stderr)
+    except KeyboardInterrupt as err:  # a stopped run says itself how to continue it
+        how = str(err) or ("a training run or Tune search continues with --resume --set "
+                           "train.run_name=<its name> (its own config)")
+        print(f"\nlavender {args.command}: interrupted (Ctrl-C); {how}", file=sys.stderr)
         return 130
 
 

@@ -145,10 +145,11 @@ class StallWatchdog:
             try:
                 message = self.check()
             except Exception as err:  # the State API unreachable: the run goes on unwatched
-                print(f"note: the stall watchdog stopped ({type(err).__name__}: {err})",
-                      file=self.out, flush=True)
+                if not self._stop.is_set():  # else Ray went down with the run: nothing to say
+                    print(f"note: the stall watchdog stopped ({type(err).__name__}: {err})",
+                          file=self.out, flush=True)
                 return
-            if message:
+            if message and not self._stop.is_set():
                 print(message, file=self.out, flush=True)
 
 

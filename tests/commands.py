@@ -52,9 +52,12 @@ def run_lavender(cwd: Path, *args: str, timeout_s: float = 420, exit_code: int =
     return Lavender(cwd, *args).finish(timeout_s, exit_code)
 
 
-def interrupt_when(cwd: Path, marker: Path, *args: str, timeout_s: float = 420) -> str:
+def interrupt_when(
+    cwd: Path, marker: Path, *args: str, timeout_s: float = 420, exit_code: int = 1
+) -> str:
     """`lavender ARGS` interrupted as Ctrl-C does (SIGINT) once `marker` exists; its output
-    once it exits with 1 (interrupted)."""
+    once it exits with `exit_code` (`tune`: 1, its summary says what is unfinished; `train`:
+    130)."""
     lavender = Lavender(cwd, *args)
     deadline = time.monotonic() + timeout_s
     while not marker.exists() and lavender.process.poll() is None:
@@ -67,4 +70,4 @@ def interrupt_when(cwd: Path, marker: Path, *args: str, timeout_s: float = 420) 
         output = lavender.finish(60, exit_code=code)
         raise AssertionError(f"{marker} never appeared (exit {code}):\n{output[-4000:]}")
     lavender.process.send_signal(signal.SIGINT)
-    return lavender.finish(max(deadline - time.monotonic(), 120), exit_code=1)
+    return lavender.finish(max(deadline - time.monotonic(), 120), exit_code=exit_code)

@@ -213,6 +213,25 @@ def test_the_train_display_follows_the_metrics_log(tmp_path):
     assert lines(out)[-1].startswith("train: 3/6 steps (50%)  loss 6.7  16 samples/s  ETA 0:00:02")
 
 
+def test_a_resumed_run_shows_its_progress_from_the_checkpoint_step(tmp_path):
+    """Resumed at step 4: the restored history (steps 2 and 4) is not shown again, the display
+    starts at 4, and the first new report, mostly the wait for the new SD actors, shows that
+    wait (not 2 records over 16 s)."""
+    shown, out = plain(total=8)
+    follower = TrainFollower(str(tmp_path), 8, shown, from_step=4)
+    assert lines(out) == ["train: 4/8 steps (50%)  ETA ?  [0:00:00]"]
+    waited = json.dumps({"step": 6, "records": 12, "loss/total": 6.5, "time/step_s": 16.0,
+                         "time/data_wait_s": 31.0}) + "\n"
+    (tmp_path / "metrics.jsonl").write_text(report(2, 4) + report(4, 8) + waited)
+    follower.poll()
+    assert lines(out)[1:] == ["train: 6/8 steps (75%)  loss 6.5  first batches after 31 s  "
+                              "ETA 0:00:01  [0:00:00]"]
+    with open(tmp_path / "metrics.jsonl", "a") as f:
+        f.write(report(8, 16))
+    follower.poll()
+    assert lines(out)[-1] == "train: 8/8 steps (100%)  loss 6.2  4 samples/s  [0:00:00]"
+
+
 def test_follow_training_polls_from_a_thread_while_the_block_runs(tmp_path, capsys):
     log = tmp_path / "metrics.jsonl"
     with Console("train", str(tmp_path / "logs"), stream=sys.stderr):

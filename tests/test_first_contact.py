@@ -5,12 +5,16 @@ arguments and Ctrl-C are one line each."""
 from __future__ import annotations
 
 import argparse
+import io
 import json
+import signal
+import threading
 import time
 
 import pytest
 import ray
 import yaml
+from test_worker import write_checkpoint
 
 from lavender_ray import resources
 from lavender_ray.cli import main, resumable_config
@@ -218,6 +222,73 @@ def test_ctrl_c_is_one_line_and_exit_code_130(capsys, monkeypatch):
     err = capsys.readouterr().err.strip()
     assert err == ("lavender train: interrupted (Ctrl-C); a training run or Tune search "
                    "continues with --resume --set train.run_name=<its name> (its own config)")
+
+
+def test_ctrl_c_in_fit_names_the_checkpoint_to_go_on_from_and_puts_back_the_handler(
+        capsys, monkeypatch, tmp_path):
+    """Ray Train's SIGINT handler aborts the run, then `fit()` ends in `SystemExit` (exit code 1,
+    nothing printed, before this): `lavender train` names the run's last complete checkpoint and
+    the command that continues it, exits 130, and the SIGINT handler from before `fit()` is back
+    (Ray's stays installed and would abort the finished run on a later Ctrl-C)."""
+    cfg = absolute_paths(load_config("demo", [f"train.storage_path={tmp_path}",
+                                              "train.run_name=r1", "train.num_workers=2"]))
+    run_dir = f"{tmp_path}/r1"
+    write_checkpoint(tmp_path / "r1", 2)
+    write_checkpoint(tmp_path / "r1", 4, ranks=(0,))  # rank 1 was stopped while writing it
+
+    class Trainer:
+        def fit(self):
+            signal.signal(signal.SIGINT, lambda *_: None)  # as Ray Train's fit() does
+            raise SystemExit(1)
+
+    before = signal.getsignal(signal.SIGINT)
+    with pytest.raises(launch.TrainingInterrupted) as stopped:
+        launch.fit(Trainer(), cfg, run_dir)
+    assert signal.getsignal(signal.SIGINT) is before
+
+    def interrupted(args):
+        raise stopped.value
+
+    monkeypatch.setattr(train_command, "run", interrupted)
+    assert main(["train"]) == 130
+    assert capsys.readouterr().err.strip() == (
+        f"lavender train: interrupted (Ctrl-C); run 'r1' stopped; its last checkpoint is "
+        f"{run_dir}/checkpoint_step0000002 (step 2 of {cfg.train.max_steps}). Continue it with "
+        f"`lavender train --resume --set train.storage_path={tmp_path} --set "
+        "train.run_name=r1`")
+    empty = absolute_paths(load_config("demo", [f"train.storage_path={tmp_path}",
+                                                "train.run_name=r2"]))
+    assert "no complete checkpoint (it starts again at step 0)" in str(
+        launch.TrainingInterrupted(empty, f"{tmp_path}/r2"))
+
+
+def test_a_watchdog_stopped_with_its_run_says_nothing_of_ray_going_down():
+    """The State API call still open when the run ends (Ctrl-C takes Ray down) fails after
+    `stop()`: no note. Failing while the run goes on, it says the run is unwatched."""
+    out = io.StringIO()
+    watchdog = StallWatchdog(timeout_s=1.0, out=out, poll_s=0.05)
+    looking = threading.Event()
+
+    def check_while_ray_goes_down(now=None):
+        looking.set()
+        watchdog._stop.wait(5)
+        raise ConnectionError("Failed to connect to API server")
+
+    watchdog.check = check_while_ray_goes_down
+    watchdog.start()
+    assert looking.wait(5)
+    watchdog.stop()
+    assert out.getvalue() == ""
+
+    running = StallWatchdog(timeout_s=1.0, out=out, poll_s=0.05)
+    running.check = lambda now=None: (_ for _ in ()).throw(ConnectionError("no API server"))
+    running.start()
+    deadline = time.monotonic() + 5
+    while not out.getvalue() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    running.stop()
+    assert out.getvalue() == ("note: the stall watchdog stopped (ConnectionError: no API "
+                              "server)\n")
 
 
 # ---------------------------------------------------------------------------- Ray Data tasks

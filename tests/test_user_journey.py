@@ -4,9 +4,10 @@ A folder with images of twelve aspect ratios (some in a sub-folder, PNG and JPEG
 JSONL and a LLaVA JSON that refer to them by relative paths (one to a missing file, one to a
 broken image), a VLMEvalKit TSV and a preset extending `demo`. From that folder, each as its own
 `lavender` process pinned to two cores (`taskset`) so every command starts the local Ray a
-2-core machine gets: `data inspect`, `train`, `extract`, `evaluate` without `--bench` (its probes
-from the extracted targets), and a `tune` over three trials that ASHA prunes, Ctrl-C interrupts,
-two mistaken reruns are refused and `--resume` completes.
+2-core machine gets: `data inspect`, `train` stopped by Ctrl-C and resumed from its last
+checkpoint, `extract`, `evaluate` without `--bench` (its probes from the extracted targets), and
+a `tune` over three trials that ASHA prunes, Ctrl-C interrupts, two mistaken reruns are refused
+and `--resume` completes.
 Each must finish, name its rejects and write what it says it wrote."""
 
 from __future__ import annotations
@@ -97,7 +98,7 @@ def user_folder(tmp_path_factory) -> Path:
     return root
 
 
-@pytest.mark.slow  # five lavender commands, each with its own local Ray (~4-7 min on 2 cores)
+@pytest.mark.slow  # lavender commands, each with its own local Ray (~9-10 min on 2 cores)
 @pytest.mark.timeout(1200)
 def test_a_user_folder_inspects_trains_evaluates_and_tunes_on_two_cores(user_folder):
     root = user_folder
@@ -107,11 +108,27 @@ def test_a_user_folder_inspects_trains_evaluates_and_tunes_on_two_cores(user_fol
     sheet = root / "outputs" / "data_inspect" / "contact_sheet.png"
     assert Image.open(sheet).width > 0
 
-    train = run_lavender(root, "train", "--preset", "mine.yaml", "--set", "train.run_name=first")
-    adapter = root / "outputs" / "first" / "adapter"
+    # train: Ctrl-C once checkpoint 4 is being written (step 6 then waits ~20 s for the second
+    # epoch's SD targets), then --resume goes on from the newest complete checkpoint to step 8
+    run = root / "outputs" / "first"
+    steps = ("--set", "train.max_steps=8")
+    stopped = interrupt_when(root, run / "checkpoint_step0000004", "train", "--preset",
+                             "mine.yaml", "--set", "train.run_name=first", *steps, exit_code=130)
+    resume = (f"`lavender train --resume --set train.storage_path={root / 'outputs'} --set "
+              "train.run_name=first`")
+    point = re.search(r"run 'first' stopped; its last checkpoint is \S+(\d) \(step \d of 8\)\. "
+                      r"Continue it with (.*)$", stopped, re.M)
+    assert point and point.group(2) == resume, stopped[-3000:]
+    train = run_lavender(root, "train", "--resume", "--set", "train.run_name=first")
+    assert f"resuming run first: its last checkpoint is {run}/checkpoint_step000000" in train
+    assert re.search(rf"^train: {point.group(1)}/8 steps", train, re.M), train
+    history = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in history] == [2, 4, 6, 8]
+    assert history[-1]["train/resumed_from"] == int(point.group(1))  # not from scratch
+    adapter = run / "adapter"
     assert f"adapter:    {adapter}" in train
     assert {"aligner.safetensors", "config.yaml"} <= {p.name for p in adapter.iterdir()}
-    assert "rejects: 2" in train and "step=4" in train
+    assert "rejects: 2" in train and "step=8" in train  # 2 epochs, each record counted once
 
     extract = run_lavender(root, "extract", "--preset", "mine.yaml", "--out", "targets")
     assert "11 written, 0 already cached" in extract and "rejects: 2" in extract

@@ -5,7 +5,9 @@ TorchTrainer run whose loss diverges."""
 
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -15,6 +17,14 @@ from ranks import run_two_ranks
 from test_sd_stage import OVERRIDES as SD_OVERRIDES
 
 from lavender_ray.config import load_config
+from lavender_ray.runs import (
+    EXPORT_DIR,
+    METRICS_FILE,
+    SAVED_RUN_PARTS,
+    STATE_FILE,
+    checkpoint_name,
+    latest_complete_checkpoint,
+)
 from lavender_ray.train.launch import train
 from lavender_ray.train.reporting import (
     MAX_SKIPS_IN_A_ROW,
@@ -25,6 +35,7 @@ from lavender_ray.train.reporting import (
     all_reduce_sum,
     average_norm_statistics,
     format_metrics,
+    restore,
 )
 from lavender_ray.train.schedule import report_due, report_steps
 from lavender_ray.train.step import TrainBatch
@@ -124,6 +135,54 @@ def test_ingest_options_carry_no_deprecated_field():
             DataConfig()._resolve_execution_options("train")
         options = ingest_config()._resolve_execution_options("train")
     assert options.preserve_order is False
+
+
+# ------------------------------------------------------------------------------- restore
+def write_checkpoint(run_dir, step: int, ranks: tuple[int, ...] = (0, 1)) -> None:
+    """A checkpoint folder as the ranks leave it: each rank's state file, rank 0's metrics
+    history and export (a DeepSpeed state is not needed: the engine below records the load)."""
+    folder = run_dir / checkpoint_name(step)
+    for rank in ranks:
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / STATE_FILE.format(rank=rank)).write_text(
+            json.dumps({"step": step, "records": 2 * step}))
+    if 0 in ranks:
+        (folder / METRICS_FILE).write_text(json.dumps({"step": step}) + "\n")
+        for part in SAVED_RUN_PARTS:
+            (folder / EXPORT_DIR / part).mkdir(parents=True)
+
+
+@pytest.mark.parametrize("registered", [None, 2])
+def test_a_resumed_run_restores_the_newest_complete_checkpoint_of_its_folder(
+        tmp_path, monkeypatch, registered):
+    """Ctrl-C can stop the driver before Ray Train registers a checkpoint the ranks wrote (its
+    snapshot then names an older one, or none): the run goes on from the newest complete
+    checkpoint in its folder, never from scratch; a half-written one is passed over."""
+    cfg = load_config("demo", [f"train.storage_path={tmp_path}", "train.run_name=r",
+                               "train.num_workers=2"])
+    run_dir = tmp_path / "r"
+    write_checkpoint(run_dir, 2)
+    write_checkpoint(run_dir, 4)
+    write_checkpoint(run_dir, 6, ranks=(0,))  # rank 1 was stopped while writing
+    assert latest_complete_checkpoint(str(run_dir), 2) == 4
+    assert latest_complete_checkpoint(str(run_dir), 1) == 6
+    assert latest_complete_checkpoint(str(tmp_path / "none"), 2) is None
+    ray_checkpoint = None if registered is None else ray.train.Checkpoint(
+        str(run_dir / checkpoint_name(registered)))
+    monkeypatch.setattr(ray.train, "get_checkpoint", lambda: ray_checkpoint)
+    loaded = []
+    engine = SimpleNamespace(load_checkpoint=lambda folder, **kw: loaded.append(folder))
+    state = restore(engine, 1, cfg)
+    assert (state.step, state.records, state.resumed_from) == (4, 8, 4)
+    assert [Path(folder).name for folder in loaded] == [checkpoint_name(4)]
+    # Ray's registered checkpoint (after a worker failure) when none in the folder is newer
+    write_checkpoint(run_dir, 8)
+    monkeypatch.setattr(ray.train, "get_checkpoint",
+                        lambda: ray.train.Checkpoint(str(run_dir / checkpoint_name(8))))
+    assert restore(engine, 1, cfg).step == 8 and Path(loaded[-1]).name == checkpoint_name(8)
+    fresh = load_config("demo", [f"train.storage_path={tmp_path}", "train.run_name=new"])
+    monkeypatch.setattr(ray.train, "get_checkpoint", lambda: None)
+    assert restore(engine, 0, fresh).step == 0
 
 
 # ---------------------------------------------------------------------- health and schedule

@@ -13,7 +13,8 @@ HELP = (
     "<train.storage_path>/<train.run_name> (a new run name each time unless you set one); the "
     "console shows a progress bar (steps, loss, samples/s, ETA), Ray's and DeepSpeed's own "
     "output goes to <run>/logs/ (--verbose: on the console instead); metrics go to "
-    "<run>/metrics.jsonl and to the trackers of train.report_to=[tensorboard,mlflow,wandb]"
+    "<run>/metrics.jsonl and to the trackers of train.report_to=[tensorboard,mlflow,wandb]. "
+    "Ctrl-C stops the run at its last checkpoint (exit code 130); --resume continues it"
 )
 
 
@@ -22,8 +23,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                          "config the run was started with, its config.yaml")
     parser.add_argument(
         "--resume", action="store_true",
-        help="continue the run named by train.run_name (and train.storage_path) from its latest "
-        "checkpoint, with the config it was started with: `--resume --set "
+        help="continue the run named by train.run_name (and train.storage_path) from its newest "
+        "complete checkpoint (Ctrl-C prints which, and this command), with the config it was "
+        "started with: `--resume --set "
         "train.run_name=NAME` is enough; a --preset or other --set values must give that same "
         "config. A run that has finished is not trained again: its summary is printed",
     )  # fmt: skip

@@ -90,15 +90,37 @@ def is_saved_run(folder: str | Path) -> bool:
     return all(info.type != pafs.FileType.NotFound for info in found)
 
 
+def checkpoint_step(path: str) -> int | None:
+    """The step of a `checkpoint_step<N>` folder (its path or name), None for another name."""
+    name = PurePosixPath(path).name
+    digits = name[len(CHECKPOINT_PREFIX):]
+    return int(digits) if name.startswith(CHECKPOINT_PREFIX) and digits.isdigit() else None
+
+
 def checkpoint_steps(run_dir: str) -> list[int]:
     """The steps of the run's `checkpoint_step<N>/` folders (local path or URI), ascending."""
     fs, root = filesystem_and_path(run_dir)
     found = fs.get_file_info(pafs.FileSelector(root, allow_not_found=True))
-    return sorted(
-        int(info.base_name[len(CHECKPOINT_PREFIX):]) for info in found
-        if info.type == pafs.FileType.Directory and info.base_name.startswith(CHECKPOINT_PREFIX)
-        and info.base_name[len(CHECKPOINT_PREFIX):].isdigit()
-    )  # fmt: skip
+    steps = (checkpoint_step(info.base_name) for info in found
+             if info.type == pafs.FileType.Directory)
+    return sorted(step for step in steps if step is not None)
+
+
+def latest_complete_checkpoint(run_dir: str, ranks: int) -> int | None:
+    """The step of the run's newest checkpoint that every one of `ranks` ranks finished writing
+    (each rank's `STATE_FILE`, written after its DeepSpeed state, and rank 0's export and
+    metrics history), or None. A run stopped by Ctrl-C or a lost driver can leave a newer
+    checkpoint that Ray Train never registered, or a half-written one: this reads the folders
+    themselves, so `reporting.restore` resumes from the newest checkpoint there is."""
+    fs, root = filesystem_and_path(run_dir)
+    for step in reversed(checkpoint_steps(run_dir)):
+        folder = f"{root.rstrip('/')}/{checkpoint_name(step)}"
+        parts = [STATE_FILE.format(rank=r) for r in range(ranks)]
+        parts += [METRICS_FILE, *(f"{EXPORT_DIR}/{part}" for part in SAVED_RUN_PARTS)]
+        found = fs.get_file_info([f"{folder}/{part}" for part in parts])
+        if all(info.type != pafs.FileType.NotFound for info in found):
+            return step
+    return None
 
 
 def attention_report_dir(step: int) -> str:

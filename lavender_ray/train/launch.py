@@ -11,12 +11,15 @@ attention PNGs and `curves.png`, and the trackers of `train.report_to` their run
 
 A run is never reused by accident: a run name that exists is refused unless the run is resumed
 (`resume=True`, `lavender train --resume`), and a resumed run must have the config it was started
-with (the differing keys are named); its `config.yaml` is never overwritten.
+with (the differing keys are named); its `config.yaml` is never overwritten. Ctrl-C stops a run
+at its last checkpoint (`TrainingInterrupted` says which, and the command that continues it).
 """
 
 from __future__ import annotations
 
 import json
+import signal
+import threading
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -46,6 +49,7 @@ from lavender_ray.runs import (
     checkpoint_name,
     checkpoint_steps,
     is_saved_run,
+    latest_complete_checkpoint,
     metrics_path,
     run_dir_of,
 )
@@ -65,6 +69,43 @@ class TrainSummary:
     rejects: dict[str, int] = field(default_factory=dict)
     resumed: bool = False
     rejects_dir: str = ""
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C stopped `fit()`. Ray Train's own SIGINT handler aborts the run and its `ray.get`
+    then ends the driver with `SystemExit`; this takes its place, naming the run's last
+    checkpoint and the command that continues it (the CLI prints it, exit code 130)."""
+
+    def __init__(self, cfg: LavenderConfig, run_dir: str) -> None:
+        t = cfg.train
+        where = resume_point(cfg, run_dir, latest_complete_checkpoint(run_dir, t.num_workers))
+        super().__init__(
+            f"run {t.run_name!r} stopped; {where}. Continue it with `lavender train --resume "
+            f"--set train.storage_path={t.storage_path} --set train.run_name={t.run_name}`"
+        )
+
+
+def fit(trainer: TorchTrainer, cfg: LavenderConfig, run_dir: str) -> ray.train.Result:
+    """`trainer.fit()`; Ctrl-C raises `TrainingInterrupted`. Ray Train leaves its SIGINT handler
+    installed after `fit()` (a later Ctrl-C would abort a finished run and exit the process):
+    the one before it is put back."""
+    before = signal.getsignal(signal.SIGINT)
+    try:
+        return trainer.fit()
+    except SystemExit as err:
+        raise TrainingInterrupted(cfg, run_dir) from err
+    finally:
+        if threading.current_thread() is threading.main_thread():  # not in a Tune trial
+            signal.signal(signal.SIGINT, before)
+
+
+def resume_point(cfg: LavenderConfig, run_dir: str, step: int | None) -> str:
+    """Where the run in `run_dir` goes on from when resumed, for people: its newest complete
+    checkpoint (`step`, `runs.latest_complete_checkpoint`; `reporting.restore` loads it)."""
+    if step is None:
+        return "it has no complete checkpoint (it starts again at step 0)"
+    return (f"its last checkpoint is {run_dir}/{checkpoint_name(step)} (step {step} of "
+            f"{cfg.train.max_steps})")
 
 
 def describe(summary: TrainSummary) -> str:
@@ -218,14 +259,20 @@ def train(
     nodes = cluster_nodes()
     check_storage(cfg, nodes)
     check_placement(cfg, nodes)
-    print(f"{'resuming' if resumed else 'new'} run {cfg.train.run_name}: {run_dir}", flush=True)
+    start = latest_complete_checkpoint(run_dir, cfg.train.num_workers) if resumed else None
+    if resumed:
+        print(f"resuming run {cfg.train.run_name}: {resume_point(cfg, run_dir, start)}",
+              flush=True)
+    else:
+        print(f"new run {cfg.train.run_name}: {run_dir}", flush=True)
     rejects_dir = cfg.data.rejects_path or f"{run_dir}/rejects"
     if not resumed:
         write_text(f"{run_dir}/{CONFIG_FILE}", cfg.to_yaml())
     dataset = build_train_dataset(cfg, rejects_dir)
-    with stall_watchdog(cfg.train.stall_timeout_s), follow_training(run_dir, cfg.train.max_steps):
+    with stall_watchdog(cfg.train.stall_timeout_s), follow_training(
+            run_dir, cfg.train.max_steps, from_step=start or 0):
         with tracked(cfg, run_dir, resumed):  # tracker runs; curves.png at the end
-            result = build_trainer(cfg, {"train": dataset}, callbacks).fit()
+            result = fit(build_trainer(cfg, {"train": dataset}, callbacks), cfg, run_dir)
     checkpoint = (
         checkpoint_location(run_dir, result.checkpoint.path) if result.checkpoint else None
     )

@@ -25,24 +25,28 @@ POLL_S = 2.0
 
 
 def train_status(
-    record: dict[str, Any], previous: dict[str, Any] | None, max_steps: int
+    record: dict[str, Any], previous: dict[str, Any] | None, max_steps: int,
+    first: bool | None = None,
 ) -> tuple[list[str], float | None]:
     """(fields, ETA in seconds) for one report: the last loss, samples/s (records per step since
     the previous report, or since the start, over the reported mean step time) and the ETA
     (the steps left at that step time).
 
-    The first report of a run whose window was mostly the wait for the pipeline's first
-    batches (SD actors loading: `time/data_wait_s` over half the window) shows that wait instead
-    of a rate, and the ETA from the steps' own time: a rate over the start-up would read 0.07
-    samples/s and an ETA the next report takes back."""
+    The first report of a run (`first`, by default when there is no `previous`; a resumed run's
+    first has its checkpoint's report as `previous`) whose window was mostly the wait for the
+    pipeline's first batches (SD actors loading: `time/data_wait_s` over half the window) shows
+    that wait instead of a rate, and the ETA from the steps' own time: a rate over the start-up
+    would read 0.07 samples/s and an ETA the next report takes back."""
     step, step_s = record.get("step", 0), record.get("time/step_s")
     fields = []
     if "loss/total" in record:
         fields.append(f"loss {record['loss/total']:.4g}")
     wait = record.get("time/data_wait_s") or 0.0
-    if previous is None and step and step_s and wait > step_s * step / 2:
+    window = step - (previous.get("step", 0) if previous else 0)  # steps since the last report
+    if (previous is None if first is None else first) and window > 0 and step_s and (
+            wait > step_s * window / 2):
         fields.append(f"first batches after {wait:.0f} s")
-        compute_s = (step_s * step - wait) / step
+        compute_s = (step_s * window - wait) / window
         return fields, (max_steps - step) * compute_s if compute_s > 0 else None
     if previous is not None and step > previous.get("step", 0):
         per_step = (record.get("records", 0) - previous.get("records", 0)) / (
@@ -56,28 +60,40 @@ def train_status(
 
 
 class TrainFollower:
-    """Moves `shown` to each new report of the run in `run_dir` (see the module docstring)."""
+    """Moves `shown` to each new report of the run in `run_dir` (see the module docstring). A
+    run resumed at `from_step` starts there: the reports up to it (the restored history) are
+    not shown again, and the first one after it is the run's first (`train_status`)."""
 
-    def __init__(self, run_dir: str, max_steps: int, shown: console.Progress) -> None:
-        self.max_steps, self.shown = max_steps, shown
+    def __init__(
+        self, run_dir: str, max_steps: int, shown: console.Progress, from_step: int = 0
+    ) -> None:
+        self.max_steps, self.shown, self.from_step = max_steps, shown, from_step
         self.tail = JsonlTail(metrics_path(run_dir))
         self.last: dict[str, Any] | None = None
+        self.first = True
+        if from_step:
+            shown.set(from_step)
 
     def poll(self) -> None:
         for record in self.tail.read_new():
             if "step" not in record or (self.last and record["step"] <= self.last["step"]):
                 continue
-            fields, eta = train_status(record, self.last, self.max_steps)
-            self.shown.set(record["step"], eta_s=eta, fields=fields)
+            if record["step"] > self.from_step:
+                fields, eta = train_status(record, self.last, self.max_steps, self.first)
+                self.shown.set(record["step"], eta_s=eta, fields=fields)
+                self.first = False
             self.last = record
 
 
 @contextmanager
-def follow_training(run_dir: str, max_steps: int, every_s: float = POLL_S) -> Iterator[None]:
-    """Show the run's progress while the block trains (see the module docstring)."""
+def follow_training(
+    run_dir: str, max_steps: int, every_s: float = POLL_S, from_step: int = 0
+) -> Iterator[None]:
+    """Show the run's progress while the block trains (see the module docstring); a resumed run
+    from `from_step` (`TrainFollower`)."""
     if not console.active():
         yield
         return
     with console.progress("train", max_steps, unit="steps", every_s=0.0) as shown:
-        with console.polling(TrainFollower(run_dir, max_steps, shown).poll, every_s):
+        with console.polling(TrainFollower(run_dir, max_steps, shown, from_step).poll, every_s):
             yield

@@ -1,6 +1,6 @@
 """Where a train worker's metrics and checkpoints leave it: one `Reporter` per worker.
 
-    state = restore(engine, rank)                       # from ray.train.get_checkpoint(), or fresh
+    state = restore(engine, rank, cfg)                  # the newest checkpoint, or fresh
     reporter = Reporter(cfg, engine, module, scheduler, rank, state)
     for batch in reporter.timed(batches):               # time spent waiting counts as data wait
         ...forward...
@@ -46,7 +46,16 @@ import ray.train
 import torch
 
 from lavender_ray.config import LavenderConfig
-from lavender_ray.runs import DS_TAG, EXPORT_DIR, METRICS_FILE, STATE_FILE, checkpoint_name
+from lavender_ray.runs import (
+    DS_TAG,
+    EXPORT_DIR,
+    METRICS_FILE,
+    STATE_FILE,
+    checkpoint_name,
+    checkpoint_step,
+    latest_complete_checkpoint,
+    run_dir_of,
+)
 from lavender_ray.train.attention_pngs import pictures_due, probe_batch
 from lavender_ray.train.export import export_trained
 from lavender_ray.train.schedule import report_due
@@ -140,10 +149,18 @@ def format_metrics(metrics: dict[str, float], max_steps: int) -> str:
     return f"step {int(metrics['step'])}/{max_steps}  " + "  ".join(parts)
 
 
-def restore(engine: Any, rank: int) -> TrainState:
-    """The state saved in `ray.train.get_checkpoint()` (DeepSpeed state loaded into `engine`),
-    or a fresh one when the run starts."""
+def restore(engine: Any, rank: int, cfg: LavenderConfig) -> TrainState:
+    """The state of the run's newest checkpoint (DeepSpeed state loaded into `engine`), or a
+    fresh one when there is none. Ray Train's `get_checkpoint()` is the last one it registered
+    (after a worker failure, or from its snapshot when the run is resumed); the run folder can
+    hold a newer complete one (`runs.latest_complete_checkpoint`) when the driver was stopped
+    (Ctrl-C) before Ray registered it, or before it wrote any snapshot."""
     checkpoint = ray.train.get_checkpoint()
+    registered = checkpoint_step(checkpoint.path) if checkpoint is not None else None
+    run_dir = run_dir_of(cfg)
+    newest = latest_complete_checkpoint(run_dir, cfg.train.num_workers)
+    if newest is not None and (registered is None or newest > registered):
+        checkpoint = ray.train.Checkpoint(f"{run_dir}/{checkpoint_name(newest)}")
     if checkpoint is None:
         return TrainState()
     history: list[dict[str, float]] = []

@@ -170,7 +170,7 @@ def train_fn_per_worker(config: dict[str, Any]) -> None:
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     engine, module, scheduler, dtype = build_engine(cfg, world)
-    state = restore(engine, rank)
+    state = restore(engine, rank, cfg)
     tracker = RunTracker.open(cfg, state) if rank == 0 else None
     reporter = Reporter(cfg, engine, module, scheduler, rank, state, tracker)
     collate = CollateRecords(module.adapter, cfg.sd.output_size)
