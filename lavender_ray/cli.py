@@ -96,23 +96,25 @@ def build_parser() -> argparse.ArgumentParser:
         module = importlib.import_module(f"lavender_ray.commands.{module_name}")
         cmd = sub.add_parser(name, help=module.HELP, description=module.HELP)
         module.add_arguments(cmd)
-        cmd.set_defaults(_run=module.run)
+        cmd.set_defaults(_run=module.run, _interrupted=getattr(module, "INTERRUPTED", ""))
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run one subcommand. A bad config, path or argument (`ConfigError`) is one message and
-    exit code 2; Ctrl-C is one line and 130 (the interrupted run can be resumed)."""
+    exit code 2; Ctrl-C is one line and 130, saying how the work goes on where there is a way
+    (the exception's own text, e.g. `train.launch.TrainingInterrupted`, else the command
+    module's `INTERRUPTED`)."""
     args = build_parser().parse_args(argv)
     try:
         return int(args._run(args) or 0)
     except ConfigError as err:
         print(f"lavender {args.command}: {err}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt as err:  # a stopped run says itself how to continue it
-        how = str(err) or ("a training run or Tune search continues with --resume --set "
-                           "train.run_name=<its name> (its own config)")
-        print(f"\nlavender {args.command}: interrupted (Ctrl-C); {how}", file=sys.stderr)
+    except KeyboardInterrupt as err:
+        how = str(err) or args._interrupted
+        print(f"\nlavender {args.command}: interrupted (Ctrl-C){'; ' + how if how else ''}",
+              file=sys.stderr)
         return 130
 
 

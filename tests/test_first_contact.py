@@ -5,6 +5,7 @@ arguments and Ctrl-C are one line each."""
 from __future__ import annotations
 
 import argparse
+import importlib
 import io
 import json
 import signal
@@ -213,15 +214,23 @@ def test_missing_or_malformed_paths_are_one_line(capsys, tmp_path):
     assert "--out" in err and "file.txt" in err
 
 
-def test_ctrl_c_is_one_line_and_exit_code_130(capsys, monkeypatch):
+@pytest.mark.parametrize(("command", "args", "how"), [
+    ("train", ["--preset", "demo"], "; a run that has started continues from its last "
+     "checkpoint with `lavender train --resume --set train.run_name=<its name>`"),
+    ("extract", [], "; the targets written so far stay in the cache: the same command goes on "
+     "from them (it counts them as already cached)"),
+    ("tune", [], "; the search continues with `lavender tune --resume --set "
+     "train.run_name=<experiment>`: finished trials are kept"),
+    ("evaluate", ["--adapter", "x"], ""),  # nothing to go on from
+])
+def test_ctrl_c_is_one_line_and_exit_code_130(capsys, monkeypatch, command, args, how):
     def interrupted(args):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(train_command, "run", interrupted)
-    assert main(["train", "--preset", "demo"]) == 130
-    err = capsys.readouterr().err.strip()
-    assert err == ("lavender train: interrupted (Ctrl-C); a training run or Tune search "
-                   "continues with --resume --set train.run_name=<its name> (its own config)")
+    module = importlib.import_module(f"lavender_ray.commands.{command}")
+    monkeypatch.setattr(module, "run", interrupted)
+    assert main([command, *args]) == 130
+    assert capsys.readouterr().err.strip() == f"lavender {command}: interrupted (Ctrl-C){how}"
 
 
 def test_ctrl_c_in_fit_names_the_checkpoint_to_go_on_from_and_puts_back_the_handler(

@@ -18,6 +18,8 @@ HELP = (
     "progress bar (records, images/s, ETA), Ray's own output goes to <out>/logs/ (--verbose: on "
     "the console instead)"
 )
+INTERRUPTED = ("the targets written so far stay in the cache: the same command goes on from "
+               "them (it counts them as already cached)")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -16,6 +16,9 @@ HELP = (
     "<run>/metrics.jsonl and to the trackers of train.report_to=[tensorboard,mlflow,wandb]. "
     "Ctrl-C stops the run at its last checkpoint (exit code 130); --resume continues it"
 )
+# what Ctrl-C before the trainer starts says (in `fit()`, `TrainingInterrupted` names the run)
+INTERRUPTED = ("a run that has started continues from its last checkpoint with `lavender train "
+               "--resume --set train.run_name=<its name>`")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -13,6 +13,8 @@ HELP = (
     "console shows the trials done, Ray's and Tune's own output goes to <experiment>/logs/ "
     "(--verbose: on the console instead)"
 )
+INTERRUPTED = ("the search continues with `lavender tune --resume --set "
+               "train.run_name=<experiment>`: finished trials are kept")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
