@@ -2,11 +2,11 @@
 
 Stages write small Parquet files (`REJECT_SCHEMA`) into one folder, local or any pyarrow
 filesystem URI, so a streaming stage can reject rows without a second output of the dataset:
-in each pass over the data, records in = records out + records rejected. A record read again (a training
-run's second epoch, a stream restarted after a worker failure) is rejected again, so the readers
-here count it once: rows equal in all their fields are one rejected record. `summarise_rejects` is
-what a console shows of them: per stage and reason the count and the first few ids with their
-detail.
+in each pass over the data, records in = records out + records rejected. A record read again (a
+training run's second epoch, a stream restarted after a worker failure) is rejected again, so
+the readers here count it once: rows equal in all their fields are one rejected record.
+`summarise_rejects` is what a console shows of them: per stage and reason the count and the
+first few ids with their detail.
 """
 
 from __future__ import annotations
