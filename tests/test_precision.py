@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 
 from lavender_ray.config import ConfigError, load_config
@@ -57,3 +60,24 @@ def test_deepspeed_config_batch_arithmetic_and_zero3():
     assert ds["bf16"]["enabled"] and not ds["fp16"]["enabled"]
     ds2 = deepspeed_config(load_config("demo"), world_size=2, precision="fp16")
     assert ds2["zero_optimization"] == {"stage": 2} and ds2["fp16"]["enabled"]
+
+
+# what the train worker's module loads: DeepSpeed without MLflow; MLflow still imports afterwards
+# (the MLflow tracker) and DeepSpeed's autotuner, never run, has recorded that it has none
+WORKER_IMPORT_PROBE = """
+import sys
+import lavender_ray.train.worker
+print("mlflow" in sys.modules)
+from deepspeed.autotuning import autotuner
+import mlflow
+print(autotuner.has_mlflow, mlflow.__name__)
+"""
+
+
+@pytest.mark.slow  # a fresh interpreter importing the train worker's stack (~12 s)
+def test_a_train_worker_imports_deepspeed_without_mlflow():
+    pytest.importorskip("mlflow")
+    probe = subprocess.run([sys.executable, "-c", WORKER_IMPORT_PROBE], capture_output=True,
+                           text=True, timeout=300)
+    assert probe.returncode == 0, probe.stderr[-3000:]
+    assert probe.stdout.split() == ["False", "False", "mlflow"]

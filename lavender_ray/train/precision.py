@@ -2,11 +2,13 @@
 
 `deepspeed_config` builds DeepSpeed's config dict from the typed config, the world size and the
 precision `placement.resolve_precision` decided. No hand-written DeepSpeed JSON exists anywhere
-else.
+else. `import_deepspeed` is how the library imports DeepSpeed (once per train worker).
 """
 
 from __future__ import annotations
 
+import sys
+from types import ModuleType
 from typing import Any
 
 from lavender_ray.config import LavenderConfig
@@ -45,3 +47,24 @@ def deepspeed_config(cfg: LavenderConfig, world_size: int, precision: Precision)
         "steps_per_print": 10**9,
         "wall_clock_breakdown": False,
     }
+
+
+def import_deepspeed() -> ModuleType:
+    """`import deepspeed`, without the MLflow import DeepSpeed's autotuner makes at import time.
+
+    The autotuner (never run here) imports MLflow whenever it is installed (the `tracking` extra),
+    and MLflow brings pandas, SciPy, FastAPI and OpenTelemetry: 2-3 s of every train worker's
+    start on a 2-core machine, twice per run at two ranks. While DeepSpeed imports, `mlflow` is
+    marked absent in `sys.modules` (the autotuner then records that it has none); afterwards the
+    mark is removed, so the MLflow tracker imports the real package as before."""
+    if "deepspeed" in sys.modules:
+        return sys.modules["deepspeed"]
+    hide = "mlflow" not in sys.modules
+    if hide:
+        sys.modules["mlflow"] = None  # type: ignore[assignment]  (import mlflow -> ImportError)
+    try:
+        import deepspeed
+    finally:
+        if hide and sys.modules.get("mlflow", 0) is None:
+            del sys.modules["mlflow"]
+    return deepspeed

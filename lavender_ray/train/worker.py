@@ -17,7 +17,6 @@ import warnings
 from collections.abc import Iterator
 from typing import Any
 
-import deepspeed
 import pyarrow as pa
 import ray.train
 import torch
@@ -30,7 +29,7 @@ from lavender_ray.config import LavenderConfig
 from lavender_ray.placement import Device, resolve_precision
 from lavender_ray.runs import FAULT_MARKER, run_dir_of
 from lavender_ray.tensors import TORCH_DTYPES
-from lavender_ray.train.precision import deepspeed_config
+from lavender_ray.train.precision import deepspeed_config, import_deepspeed
 from lavender_ray.train.reporting import Reporter, restore
 from lavender_ray.train.step import (
     LavenderModule,
@@ -41,6 +40,8 @@ from lavender_ray.train.step import (
 )
 from lavender_ray.train.trackers import RunTracker
 from lavender_ray.vlm import build_adapter
+
+deepspeed = import_deepspeed()
 
 
 class InjectedFault(RuntimeError):
