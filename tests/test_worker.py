@@ -39,7 +39,7 @@ from lavender_ray.train.reporting import (
 )
 from lavender_ray.train.schedule import report_due, report_steps
 from lavender_ray.train.step import TrainBatch
-from lavender_ray.train.worker import cast_inputs
+from lavender_ray.train.worker import cast_inputs, micro_batches
 
 
 def test_all_reduce_sum_without_a_process_group_is_the_value():
@@ -274,6 +274,35 @@ def test_reported_metrics_keep_a_nan(reports):
     r = reporter("train.report_every=1")
     r.micro_batch({**step_metrics(), "optim/grad_norm": math.nan}, records=1)
     assert math.isnan(reports[0]["optim/grad_norm"]) and reports[0]["train/skipped_steps"] == 0
+
+
+class EpochShard:
+    """A dataset shard with `per_epoch` batches in each epoch (0: an empty shard)."""
+
+    def __init__(self, per_epoch: int) -> None:
+        self.per_epoch, self.epochs = per_epoch, 0
+
+    def iter_torch_batches(self, **_: object):
+        self.epochs += 1
+        return iter(range(self.per_epoch))
+
+
+def test_a_stream_run_warns_once_as_its_second_epoch_runs_sd_again(caplog):
+    def epochs(*overrides: str, rank: int = 0, batches: int = 7) -> list[str]:
+        caplog.clear()
+        shard = EpochShard(3)
+        got = micro_batches(shard, load_config("demo", list(overrides)), None, rank)
+        assert [next(got) for _ in range(batches)] == [0, 1, 2, 0, 1, 2, 0][:batches]
+        return [m for m in caplog.messages if "second epoch" in m]
+
+    (warning,) = epochs()  # three epochs begun, one warning
+    assert "every epoch runs SD on every record again" in warning
+    assert "3 micro-batches on rank 0" in warning and "pipeline.mode=cache" in warning
+    assert not epochs(batches=3)  # the first epoch's last batch: nothing yet
+    assert not epochs(rank=1)
+    assert not epochs("pipeline.mode=cache")
+    with pytest.raises(RuntimeError, match="rank 1: the train dataset shard is empty"):
+        next(micro_batches(EpochShard(0), load_config("demo"), None, 1))
 
 
 def test_no_matched_word_in_the_first_reports_warns_once_that_the_run_is_plain_sft(

@@ -13,6 +13,8 @@ non-finite loss stops the run or is left out (`train_micro_batch`, `train.on_non
 
 from __future__ import annotations
 
+import logging
+import time
 import warnings
 from collections.abc import Iterator
 from typing import Any
@@ -26,6 +28,7 @@ from transformers.integrations import HfDeepSpeedConfig
 from lavender_ray import storage
 from lavender_ray.align import build_aligner
 from lavender_ray.config import LavenderConfig
+from lavender_ray.console.display import format_duration
 from lavender_ray.placement import Device, resolve_precision
 from lavender_ray.runs import FAULT_MARKER, run_dir_of
 from lavender_ray.tensors import TORCH_DTYPES
@@ -42,6 +45,14 @@ from lavender_ray.train.trackers import RunTracker
 from lavender_ray.vlm import build_adapter
 
 deepspeed = import_deepspeed()
+
+
+log = logging.getLogger(__name__)
+STREAM_EPOCH_WARNING = (
+    "the second epoch starts: in pipeline.mode=stream every epoch runs SD on every record again "
+    "(the first took %s, %d micro-batches on rank 0); pipeline.mode=cache computes each "
+    "record's target once, writes it to pipeline.cache_path and reads it in later epochs"
+)
 
 
 class InjectedFault(RuntimeError):
@@ -144,22 +155,29 @@ def train_micro_batch(
     return True
 
 
-def micro_batches(cfg: LavenderConfig, collate: CollateRecords, rank: int) -> Iterator[TrainBatch]:
-    """This worker's shard of the "train" dataset, one epoch after the other, without end;
-    an epoch that yields nothing is an error (every record was rejected)."""
-    shard = ray.train.get_dataset_shard("train")
+def micro_batches(
+    shard: Any, cfg: LavenderConfig, collate: CollateRecords, rank: int
+) -> Iterator[TrainBatch]:
+    """This worker's shard of the "train" dataset (`ray.train.get_dataset_shard`), one epoch
+    after the other, without end; an epoch that yields nothing is an error (every record was
+    rejected). In stream mode rank 0 warns once, as the second epoch starts, that every epoch
+    runs the SD stage on every record again (`STREAM_EPOCH_WARNING`)."""
+    epoch, started = 1, time.monotonic()
     while True:
-        got_any = False
+        count = 0
         for batch in shard.iter_torch_batches(
             batch_size=cfg.train.micro_batch_size, collate_fn=collate, prefetch_batches=1
         ):
-            got_any = True
+            count += 1
             yield batch
-        if not got_any:
+        if not count:
             raise RuntimeError(
                 f"rank {rank}: the train dataset shard is empty (no records with SD targets); "
                 "check the rejects output for why every record was rejected"
             )
+        if epoch == 1 and rank == 0 and cfg.pipeline.mode == "stream":
+            log.warning(STREAM_EPOCH_WARNING, format_duration(time.monotonic() - started), count)
+        epoch += 1
 
 
 def train_fn_per_worker(config: dict[str, Any]) -> None:
@@ -175,7 +193,8 @@ def train_fn_per_worker(config: dict[str, Any]) -> None:
     tracker = RunTracker.open(cfg, state) if rank == 0 else None
     reporter = Reporter(cfg, engine, module, scheduler, rank, state, tracker)
     collate = CollateRecords(module.adapter, cfg.sd.output_size)
-    batches = reporter.timed(micro_batches(cfg, collate, rank))
+    shard = ray.train.get_dataset_shard("train")
+    batches = reporter.timed(micro_batches(shard, cfg, collate, rank))
     while not reporter.done:
         batch = next(batches)
         maybe_inject_fault(cfg, reporter.step, rank)
