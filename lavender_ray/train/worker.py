@@ -22,6 +22,7 @@ from typing import Any
 import pyarrow as pa
 import ray.train
 import torch
+from ray.data import DataIterator
 from ray.data.collate_fn import ArrowBatchCollateFn
 from transformers.integrations import HfDeepSpeedConfig
 
@@ -45,8 +46,6 @@ from lavender_ray.train.trackers import RunTracker
 from lavender_ray.vlm import build_adapter
 
 deepspeed = import_deepspeed()
-
-
 log = logging.getLogger(__name__)
 STREAM_EPOCH_WARNING = (
     "the second epoch starts: in pipeline.mode=stream every epoch runs SD on every record again "
@@ -156,7 +155,7 @@ def train_micro_batch(
 
 
 def micro_batches(
-    shard: Any, cfg: LavenderConfig, collate: CollateRecords, rank: int
+    shard: DataIterator, cfg: LavenderConfig, collate: CollateRecords, rank: int
 ) -> Iterator[TrainBatch]:
     """This worker's shard of the "train" dataset (`ray.train.get_dataset_shard`), one epoch
     after the other, without end; an epoch that yields nothing is an error (every record was
