@@ -70,7 +70,6 @@ class TrainFollower:
         self.max_steps, self.shown, self.from_step = max_steps, shown, from_step
         self.tail = JsonlTail(metrics_path(run_dir))
         self.last: dict[str, Any] | None = None
-        self.first = True
         if from_step:
             shown.set(from_step)
 
@@ -79,9 +78,9 @@ class TrainFollower:
             if "step" not in record or (self.last and record["step"] <= self.last["step"]):
                 continue
             if record["step"] > self.from_step:
-                fields, eta = train_status(record, self.last, self.max_steps, self.first)
+                first = self.last is None or self.last["step"] <= self.from_step
+                fields, eta = train_status(record, self.last, self.max_steps, first)
                 self.shown.set(record["step"], eta_s=eta, fields=fields)
-                self.first = False
             self.last = record
 
 
