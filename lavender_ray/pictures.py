@@ -14,11 +14,17 @@ one row per word: the word | image | one heat overlay per panel (SD | VLM | alig
 
 from __future__ import annotations
 
+import importlib.util
+import logging
 import textwrap
 from dataclasses import dataclass
+from functools import cache, lru_cache
+from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont, ImageOps
+
+log = logging.getLogger(__name__)
 
 CELL = 160
 CAPTION = 22
@@ -64,11 +70,118 @@ def overlay(image: Image.Image, word_map: np.ndarray, size: int = CELL) -> Image
     return cell
 
 
-def load_font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+# Where fonts are looked for (Linux, macOS, Windows), and matplotlib's own copy of DejaVu Sans
+FONT_DIRS = ("/usr/share/fonts", "/usr/local/share/fonts", "~/.local/share/fonts", "~/.fonts",
+             "/System/Library/Fonts", "/Library/Fonts", "~/Library/Fonts", "C:/Windows/Fonts")
+# file-name prefixes tried first, in this order: wide coverage (Latin, Greek, Cyrillic), then CJK
+PREFERRED_FONTS = ("DejaVuSans.", "NotoSans-Regular.", "LiberationSans-Regular.", "Arial.",
+                   "NotoSansCJK", "DroidSansFallback", "wqy-", "Arial Unicode", "ArialUni",
+                   "msyh.", "msgothic.")
+# matplotlib's Last Resort font "has" every glyph and draws none legibly at these sizes
+SKIPPED_FONTS = ("LastResort",)
+MAX_FONTS = 64  # fonts a string without a font of its own is tried against
+_TOLD_MISSING: list[str] = []  # the first text no font could draw: warned once per process
+
+
+@cache
+def font_files() -> tuple[str, ...]:
+    """The font files this machine has, the preferred ones first (see `PREFERRED_FONTS`)."""
+    spec = importlib.util.find_spec("matplotlib")  # located, not imported
+    roots = [Path(d).expanduser() for d in FONT_DIRS]
+    if spec and spec.submodule_search_locations:
+        roots += [Path(p) / "mpl-data" / "fonts" / "ttf" for p in spec.submodule_search_locations]
+    found = {str(f) for root in roots if root.is_dir() for f in root.rglob("*")
+             if f.suffix.lower() in (".ttf", ".otf", ".ttc")
+             and not f.name.startswith(SKIPPED_FONTS)}
+
+    def rank(path: str) -> tuple[int, str]:
+        name = Path(path).name
+        first = [i for i, prefix in enumerate(PREFERRED_FONTS) if name.startswith(prefix)]
+        return (first[0] if first else len(PREFERRED_FONTS), name)
+
+    return tuple(sorted(found, key=rank))[:MAX_FONTS]
+
+
+@cache
+def _font(path: str | None, size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont | None:
+    """The font of `path` at `size` (None: Pillow's own); None where it cannot be opened at that
+    size (a bitmap-only emoji font, a broken file)."""
     try:
-        return ImageFont.load_default(size=size)
-    except (TypeError, OSError):  # Pillow without FreeType: the bitmap font has one size
+        return ImageFont.truetype(path, size) if path else ImageFont.load_default(size=size)
+    except (OSError, ValueError):
+        return None
+    except TypeError:  # Pillow without FreeType: its bitmap font has one size
         return ImageFont.load_default()
+
+
+def missing_glyphs(font: ImageFont.ImageFont | ImageFont.FreeTypeFont, text: str) -> list[str]:
+    """The characters of `text` `font` has no glyph for, in order of first appearance."""
+    return [ch for ch in dict.fromkeys(text)
+            if (not ch.isspace() or ch == "\xa0") and not _has_glyph(font, ch)]
+
+
+@cache
+def _has_glyph(font: ImageFont.ImageFont | ImageFont.FreeTypeFont, ch: str) -> bool:
+    """Whether `font` draws `ch` otherwise than a noncharacter (no font maps U+FFFF: what it
+    draws for one is its "missing" box)."""
+    return _drawn(font, ch) != _drawn(font, "\uffff")
+
+
+@cache
+def _drawn(font: ImageFont.ImageFont | ImageFont.FreeTypeFont,
+           ch: str) -> tuple[tuple[int, int], bytes]:
+    mask = font.getmask(ch)
+    return mask.size, bytes(mask)
+
+
+@lru_cache(maxsize=4096)
+def font_for(text: str, size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+    """The font to draw `text` with at `size`: the first of this machine's fonts (`font_files`)
+    with a glyph for every character of it, so a caption with "café", "—" or "日本" is drawn, not
+    boxes (Pillow's built-in font has ASCII only). Without one that has them all, the font
+    missing the fewest, and a warning (once per process) naming what shows as boxes."""
+    best, fewest = None, None
+    for path in (*font_files(), None):
+        font = _font(path, size)
+        if font is None:
+            continue
+        missing = missing_glyphs(font, text)
+        if not missing:
+            return font
+        if fewest is None or len(missing) < len(fewest):
+            best, fewest = font, missing
+    if fewest and not _TOLD_MISSING:
+        _TOLD_MISSING.append(text)
+        named = ", ".join(f"{c!r} (U+{ord(c):04X})" for c in fewest[:5])
+        log.warning("no font on this machine draws %s (in %r): labels show boxes for them; "
+                    "install a font that has them (for Chinese, Japanese and Korean: Noto Sans "
+                    "CJK, `apt install fonts-noto-cjk`)", named, text[:60])
+    return best if best is not None else ImageFont.load_default()
+
+
+def wrap_to_width(text: str, width: int, size: int, max_lines: int | None = None) -> list[str]:
+    """`text` wrapped into lines at most `width` pixels wide, each in its font at `size`
+    (`font_for`); a word wider than a line is broken. Beyond `max_lines`, the last line is cut to
+    end in "…"."""
+    def fits(line: str) -> bool:
+        return font_for(line, size).getlength(line) <= width
+
+    # the most characters a line can hold whose lines all fit: between 1 and a line of "i"s
+    low, high = 1, max(1, int(width // font_for("i", size).getlength("i")))
+    while low < high:
+        middle = (low + high + 1) // 2
+        low, high = (middle, high) if all(map(fits, textwrap.wrap(text, middle))) else (
+            low, middle - 1)
+    lines = textwrap.wrap(text, low)
+    if max_lines is None or len(lines) <= max_lines:
+        return lines
+    kept, end = lines[:max_lines - 1], 0
+    for ch in "".join(kept).replace(" ", ""):  # where the kept lines end in `text`
+        end = text.index(ch, end) + 1
+    last = " ".join(text[end:].split())
+    while last and not fits(last + "…"):
+        last = last[:-1]
+    return [*kept, last.rstrip() + "…"]
 
 
 def render_target(
@@ -86,21 +199,22 @@ def render_target(
     cells += [(overlay(image, m), w) for w, m in zip(words, maps)]
     columns = max(1, min(columns, len(cells)))
     rows = -(-len(cells) // columns)
-    font = load_font(14)
     heading = f"{title}: {text}" if title else text
-    header = textwrap.wrap(heading, width=columns * CELL // 8) or [""]
-    header_h = 18 * len(header) + MARGIN
     width = columns * (CELL + MARGIN) + MARGIN
+    header = wrap_to_width(heading, width - 2 * MARGIN, 14) or [""]
+    header_h = 18 * len(header) + MARGIN
     height = header_h + rows * (CELL + CAPTION + MARGIN) + MARGIN
     canvas = Image.new("RGB", (width, height), (255, 255, 255))
     draw = ImageDraw.Draw(canvas)
     for i, line in enumerate(header):
-        draw.text((MARGIN, MARGIN + 18 * i), line, fill=(0, 0, 0), font=font)
+        draw.text((MARGIN, MARGIN + 18 * i), line, fill=(0, 0, 0), font=font_for(line, 14))
     for index, (picture, caption) in enumerate(cells):
         x = MARGIN + (index % columns) * (CELL + MARGIN)
         y = header_h + (index // columns) * (CELL + CAPTION + MARGIN)
         canvas.paste(picture, (x, y))
-        draw.text((x + CELL // 2, y + CELL + 3), caption, fill=(0, 0, 0), font=font, anchor="mt")
+        label = wrap_to_width(caption, CELL, 14, max_lines=1)[0]
+        draw.text((x + CELL // 2, y + CELL + 3), label, fill=(0, 0, 0), font=font_for(label, 14),
+                  anchor="mt")
     return canvas
 
 
@@ -119,7 +233,6 @@ def render_probe(sample: ProbeSample, panels: list[str] | None = None) -> Image.
     """A grid: one row per word; columns = the image, then one heat overlay per panel. Rows are
     as tall as the image shown at its aspect ratio (a wide image makes short rows)."""
     panels = panels or list(sample.maps)
-    font = load_font(14)
     header = 22
     cols = 1 + len(panels)
     thumb, (_, top, _, bottom) = fit_cell(sample.image)
@@ -129,13 +242,17 @@ def render_probe(sample: ProbeSample, panels: list[str] | None = None) -> Image.
     height = header * 2 + len(sample.words) * (row + MARGIN) + MARGIN
     canvas = Image.new("RGB", (width, height), (255, 255, 255))
     draw = ImageDraw.Draw(canvas)
-    draw.text((MARGIN, MARGIN), f"{sample.record_id}: {sample.text}", fill=(0, 0, 0), font=font)
+    heading = wrap_to_width(f"{sample.record_id}: {sample.text}", width - 2 * MARGIN, 14,
+                            max_lines=1)[0]  # one line: a long text ends in " ..."
+    draw.text((MARGIN, MARGIN), heading, fill=(0, 0, 0), font=font_for(heading, 14))
     for c, name in enumerate(["image", *panels]):
         x = LABEL_W + c * (CELL + MARGIN) + CELL // 2
-        draw.text((x, header + 4), name, fill=(0, 0, 0), font=font, anchor="mt")
+        draw.text((x, header + 4), name, fill=(0, 0, 0), font=font_for(name, 14), anchor="mt")
     for r, word in enumerate(sample.words):
         y = header * 2 + r * (row + MARGIN)
-        draw.text((MARGIN, y + row // 2), word, fill=(0, 0, 0), font=font, anchor="lm")
+        label = wrap_to_width(word, LABEL_W - 2 * MARGIN, 14, max_lines=1)[0]
+        draw.text((MARGIN, y + row // 2), label, fill=(0, 0, 0), font=font_for(label, 14),
+                  anchor="lm")
         canvas.paste(thumb.crop(band), (LABEL_W, y))
         for c, name in enumerate(panels, start=1):
             cell = overlay(sample.image, sample.maps[name][r]).crop(band)

@@ -1,13 +1,25 @@
-"""The show-targets picture and the row form of `SDTarget`."""
+"""The show-targets picture, the fonts of its labels and the row form of `SDTarget`."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pytest
 from PIL import Image
 
-from lavender_ray.pictures import CAPTION, CELL, MARGIN, heat_colors, overlay, render_target
+from lavender_ray import pictures
+from lavender_ray.pictures import (
+    CAPTION,
+    CELL,
+    MARGIN,
+    font_for,
+    heat_colors,
+    missing_glyphs,
+    overlay,
+    render_target,
+)
 from lavender_ray.schema import TARGET_SCHEMA
 from lavender_ray.sd.target import SDTarget, with_targets
 
@@ -95,3 +107,66 @@ def test_probe_rows_are_as_tall_as_the_image_shown() -> None:
     row = grid[-MARGIN - CELL // 8]  # the middle of the only row
     panel = row[-MARGIN - CELL:-MARGIN]
     assert panel[: CELL // 2].mean() > panel[CELL // 2:].mean() + 30
+
+
+def caption_pixels(word: str) -> np.ndarray:
+    """The caption strip under the one word cell of `render_target`, greyscale."""
+    picture = render_target(Image.new("RGB", (8, 8)), "x", [word], np.zeros((1, 8, 8)), 2)
+    strip = np.asarray(picture.convert("L"))[-CAPTION - MARGIN:]
+    return strip[:, CELL + 2 * MARGIN:]
+
+
+@pytest.mark.parametrize("text", ["café", "naïve — “Zürich”", "Ελληνικά", "кириллица"])
+def test_labels_of_real_captions_are_drawn_with_a_font_that_has_their_letters(text) -> None:
+    """Pillow's own font has ASCII only: "é", "—" or Greek came out as boxes. Labels take the
+    first font on the machine with every glyph (DejaVu Sans, which matplotlib ships too)."""
+    assert missing_glyphs(font_for(text, 14), text) == []
+    # the caption of a word with "é" is not the caption with a missing glyph in its place
+    assert not np.array_equal(caption_pixels("café"), caption_pixels("caf\uffff"))
+
+
+def test_a_label_no_font_can_draw_falls_back_and_says_so_once(monkeypatch, caplog) -> None:
+    """With no font files (or ones that cannot be opened), Pillow's own font draws; what it has
+    no glyph for is named once per process, with the code point."""
+    monkeypatch.setattr(pictures, "font_files", lambda: ("/nowhere/NoSuchFont.ttf",))
+    monkeypatch.setattr(pictures, "_TOLD_MISSING", [])
+    font_for.cache_clear()
+    try:
+        with caplog.at_level("WARNING", logger="lavender_ray.pictures"):
+            font = font_for("café", 14)
+            font_for("日本", 14)
+        assert font.getname()[0] == "Aileron" and missing_glyphs(font, "a dog") == []
+        [warning] = [r.getMessage() for r in caplog.records]
+        assert "'é' (U+00E9)" in warning and "'café'" in warning
+    finally:
+        font_for.cache_clear()
+
+
+def test_font_files_put_the_wide_coverage_fonts_first_and_skip_last_resort(monkeypatch,
+                                                                           tmp_path) -> None:
+    for name in ("AAA-Bold.ttf", "LastResortHE-Regular.ttf", "wqy-microhei.ttc",
+                 "DejaVuSans-Bold.ttf", "DejaVuSans.ttf", "notes.txt"):
+        (tmp_path / "sub" / name).parent.mkdir(exist_ok=True)
+        (tmp_path / "sub" / name).write_bytes(b"")
+    monkeypatch.setattr(pictures, "FONT_DIRS", (str(tmp_path),))
+    monkeypatch.setattr(pictures.importlib.util, "find_spec", lambda name: None)
+    pictures.font_files.cache_clear()
+    try:
+        names = [Path(f).name for f in pictures.font_files()]
+    finally:
+        pictures.font_files.cache_clear()
+    assert names == ["DejaVuSans.ttf", "wqy-microhei.ttc", "AAA-Bold.ttf", "DejaVuSans-Bold.ttf"]
+
+
+@pytest.mark.parametrize("text", [
+    "The 3-year-old café owner's bike leans on a red-and-white striped wall — by the sea.",
+    "日本の猫がいる。" * 8,  # no spaces: broken inside the word
+    "W" * 80])
+def test_wrapped_lines_fit_their_width_in_the_font_that_draws_them(text) -> None:
+    lines = pictures.wrap_to_width(text, 184, 11, max_lines=2)
+    assert 1 <= len(lines) <= 2
+    assert all(font_for(line, 11).getlength(line) <= 184 for line in lines), lines
+    assert "".join(lines).replace(" ", "")[:10] == text.replace(" ", "")[:10]
+    assert "".join(lines).replace(" ", "").rstrip("…") in text.replace(" ", "")  # nothing else
+    if len(text) > 60:
+        assert lines[-1].endswith("…")

@@ -16,7 +16,6 @@ from __future__ import annotations
 import io
 import json
 import shutil
-import textwrap
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,7 +28,7 @@ from lavender_ray.config import LavenderConfig
 from lavender_ray.data.checks import check_source_paths
 from lavender_ray.data.mixture import source_quotas
 from lavender_ray.images import decode_image
-from lavender_ray.pictures import load_font
+from lavender_ray.pictures import font_for, wrap_to_width
 from lavender_ray.pipeline.read import read_sources, sampling_fractions
 from lavender_ray.placement import check_shared_folders, cluster_nodes
 from lavender_ray.rejects import read_rejects, summarise_rejects
@@ -40,6 +39,7 @@ CLIP_WORD_WINDOW = 75  # 77 CLIP positions minus start and end tokens
 THUMB = 192  # contact sheet: thumbnail side in pixels
 TEXT_HEIGHT = 120  # contact sheet: text area under each thumbnail
 SHEET_COLUMNS = 4
+FONT_SIZE = 11  # contact sheet: text under each thumbnail, 14 pixels a line
 SHEET_NAME = "contact_sheet.png"
 
 
@@ -117,12 +117,15 @@ def rejects_by_source(table: pa.Table) -> dict[str, dict[str, int]]:
 
 # ------------------------------------------------------------------------------ contact sheet
 def _tile_text(sample: dict[str, Any]) -> list[str]:
-    lines = [f"[{sample['source']}] {sample['id']}"]
+    """The lines under a thumbnail, each fitting its width: source and id, then question, answer
+    and target text in two lines each, and a note on the image."""
+    width = THUMB - 8
+    lines = wrap_to_width(f"[{sample['source']}] {sample['id']}", width, FONT_SIZE, max_lines=1)
     for label, key in (("Q", "question"), ("A", "answer"), ("T", "target_text")):
-        lines += textwrap.wrap(f"{label}: {sample[key]}", width=36, max_lines=2,
-                               placeholder=" ...") or [f"{label}:"]
+        lines += wrap_to_width(f"{label}: {sample[key]}", width, FONT_SIZE, max_lines=2) or [
+            f"{label}:"]
     if sample.get("note"):
-        lines.append(f"image: {sample['note']}")
+        lines += wrap_to_width(f"image: {sample['note']}", width, FONT_SIZE, max_lines=1)
     return lines
 
 
@@ -132,13 +135,14 @@ def contact_sheet(samples: list[dict[str, Any]], path: Path) -> Path:
     rows = max(1, -(-len(samples) // columns))
     cell_h = THUMB + TEXT_HEIGHT
     sheet = Image.new("RGB", (columns * THUMB, rows * cell_h), (255, 255, 255))
-    draw, font = ImageDraw.Draw(sheet), load_font(11)
+    draw = ImageDraw.Draw(sheet)
     for i, sample in enumerate(samples):
         x, y = (i % columns) * THUMB, (i // columns) * cell_h
         with Image.open(io.BytesIO(sample["thumbnail"])) as thumb:
             sheet.paste(thumb, (x + (THUMB - thumb.width) // 2, y + (THUMB - thumb.height) // 2))
         for k, line in enumerate(_tile_text(sample)):
-            draw.text((x + 4, y + THUMB + 3 + 14 * k), line, fill=(0, 0, 0), font=font)
+            draw.text((x + 4, y + THUMB + 3 + 14 * k), line, fill=(0, 0, 0),
+                      font=font_for(line, FONT_SIZE))
         draw.rectangle([x, y, x + THUMB - 1, y + cell_h - 1], outline=(180, 180, 180))
     path.parent.mkdir(parents=True, exist_ok=True)
     sheet.save(path)
