@@ -306,8 +306,9 @@ def test_a_stream_run_warns_once_as_its_second_epoch_runs_sd_again(caplog):
 
 
 def test_no_matched_word_in_the_first_reports_warns_once_that_the_run_is_plain_sft(
-    reports, caplog
+    reports, caplog, monkeypatch
 ):
+    monkeypatch.setattr(Reporter, "save_checkpoint", lambda self, folder: None)  # the last step
     def warnings(r: Reporter, matched: list[float]) -> list[str]:
         caplog.clear()
         for value in matched:
@@ -315,12 +316,16 @@ def test_no_matched_word_in_the_first_reports_warns_once_that_the_run_is_plain_s
         return [m for m in caplog.messages if "plain SFT" in m]
 
     (warning,) = warnings(reporter("train.report_every=1"), [0, 0, 0, 0])
-    assert "first 2 reports (up to step 2)" in warning
+    assert "0 in every report up to step 2" in warning
     assert "loss.word_source=label" in warning and "loss.matching=root" in warning
     assert "target_text" in warning and "This run: loss.word_source=predicted" in warning
     assert not warnings(reporter("train.report_every=1"), [0, 2, 0, 0])
     assert not warnings(reporter("train.report_every=1", rank=1), [0, 0, 0])
     assert not warnings(reporter("train.report_every=1", "loss.lambda=0"), [0, 0, 0])
+    # a run that ends at its first report (max_steps <= report_every) is told as it ends
+    (warning,) = warnings(reporter("train.report_every=5", "train.max_steps=4"), [0, 0, 0, 0])
+    assert "0 in every report up to step 4" in warning
+    assert not warnings(reporter("train.report_every=5", "train.max_steps=4"), [0, 0, 0, 1])
 
 
 SKIP_SCRIPT = r"""

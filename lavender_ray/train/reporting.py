@@ -26,7 +26,7 @@ each report (`<run>/metrics.jsonl` and the trackers of `train.report_to`) and, e
 Health guards: a loss term that is NaN or inf on any rank (`finite`) stops the run on every rank
 with `NonFiniteLoss` (`train.on_nonfinite=stop`), or leaves the micro-batch out on every rank and
 counts it (`skip`); reported metrics are never filtered. When `align/matched_words` is 0 in each
-of the first reports, rank 0 warns once that the alignment term is off (the run is plain SFT).
+of the first reports (or every report of a shorter run), rank 0 warns once that the alignment term is off (the run is plain SFT).
 """
 
 from __future__ import annotations
@@ -71,7 +71,7 @@ LOSS_TERMS = ("loss/total", "loss/lm", "loss/att")
 PLAIN_SFT_REPORTS = 2  # reports without a matched word before the run is called plain SFT
 MAX_SKIPS_IN_A_ROW = 20  # non-finite micro-batches in a row after which skipping cannot help
 PLAIN_SFT_WARNING = (
-    "align/matched_words was 0 in each of the first %d reports (up to step %d): no word of the "
+    "align/matched_words was 0 in every report up to step %d: no word of the "
     "VLM matched an SD word, so loss/att is 0 and the run is plain SFT. Causes: "
     "loss.word_source=predicted takes the words the model predicts, which an untrained model "
     "rarely gets right (loss.word_source=label takes the answer's own words); "
@@ -329,14 +329,16 @@ class Reporter:
 
     def warn_if_plain_sft(self, metrics: dict[str, float]) -> None:
         """Warn once when `align/matched_words` was 0 in each of this worker's first
-        `PLAIN_SFT_REPORTS` reports (not with `loss.lambda=0`, plain SFT by choice)."""
+        `PLAIN_SFT_REPORTS` reports, or in each report of a run that ends before that many (not
+        with `loss.lambda=0`, plain SFT by choice)."""
         if len(self.first_matched) >= PLAIN_SFT_REPORTS or self.cfg.loss.lambda_ == 0:
             return
         self.first_matched.append(metrics.get("align/matched_words", math.nan))
-        if len(self.first_matched) == PLAIN_SFT_REPORTS and not any(self.first_matched):
+        if ((len(self.first_matched) == PLAIN_SFT_REPORTS or self.done)
+                and not any(self.first_matched)):
             loss = self.cfg.loss
-            log.warning(PLAIN_SFT_WARNING, PLAIN_SFT_REPORTS, self.state.step,
-                        loss.word_source, loss.matching, loss.skip_stop_words)
+            log.warning(PLAIN_SFT_WARNING, self.state.step, loss.word_source, loss.matching,
+                        loss.skip_stop_words)
 
     def save_checkpoint(self, folder: str) -> None:
         """This rank's part of a checkpoint: DeepSpeed state, its step and records; rank 0 adds
