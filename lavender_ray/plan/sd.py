@@ -13,6 +13,7 @@ full size, in about a second):
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -72,8 +73,11 @@ def sd_configs(sd: SDConfig) -> tuple[dict[str, Any], dict[str, Any], CLIPTextCo
     local = Path(sd.model_id).is_dir()
     kwargs = {"revision": sd.revision, "local_files_only": not local and sd.model_id in SD1_IDS}
     try:
-        unet = dict(UNet2DConditionModel.load_config(sd.model_id, subfolder="unet", **kwargs))
-        vae = dict(AutoencoderKL.load_config(sd.model_id, subfolder="vae", **kwargs))
+        with warnings.catch_warnings():  # diffusers 0.42 hands huggingface_hub an argument it
+            # deprecated, and `lavender plan` printed the warning on every Hub id
+            warnings.filterwarnings("ignore", message="The `local_dir_use_symlinks` argument")
+            unet = dict(UNet2DConditionModel.load_config(sd.model_id, subfolder="unet", **kwargs))
+            vae = dict(AutoencoderKL.load_config(sd.model_id, subfolder="vae", **kwargs))
         text = CLIPTextConfig.from_pretrained(sd.model_id, subfolder="text_encoder", **kwargs)
         return unet, vae, text, "local folder" if local else "Hub config"
     except (OSError, ValueError) as err:
