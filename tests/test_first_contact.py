@@ -9,6 +9,8 @@ import importlib
 import io
 import json
 import signal
+import subprocess
+import sys
 import threading
 import time
 
@@ -22,8 +24,9 @@ from lavender_ray.cli import main, resumable_config
 from lavender_ray.commands import train as train_command
 from lavender_ray.config import ConfigError, absolute_paths, load_config
 from lavender_ray.resources import check_plan, connect, resource_plan
+from lavender_ray.runs import check_run
 from lavender_ray.train import launch
-from lavender_ray.train.launch import check_run, finished_run
+from lavender_ray.train.launch import finished_run
 from lavender_ray.watchdog import StallWatchdog
 
 
@@ -143,6 +146,33 @@ def test_a_reused_run_name_is_refused_before_ray_starts(capsys, tmp_path, monkey
     assert "no run 'r2'" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["r1"]  # nothing written, no log file
     assert [p.name for p in (tmp_path / "r1").iterdir()] == ["config.yaml"]
+
+
+MISTAKES_PROBE = r"""
+import json, sys
+from lavender_ray.cli import main
+storage = sys.argv[1]
+codes = [main(args) for args in (
+    ["train", "--preset", "nosuch"], ["train", "--set", "train.nosuch=1"],
+    ["train", "--set", "train.run_name=r1", "--set", f"train.storage_path={storage}"],
+    ["demo", "--preset", "nosuch"], ["plan", "--preset", "nosuch"], ["plan", "--set", "lora.r=x"])]
+print(json.dumps([codes, sorted(m for m in ("ray", "torch", "transformers", "diffusers")
+                                if m in sys.modules)]))
+"""
+
+
+def test_a_mistyped_preset_key_or_reused_run_is_told_before_ray_or_torch_is_imported(tmp_path):
+    """`train`, `demo` and `plan` load the config and check the run folder before they import
+    Ray, torch or the model libraries (5-10 s on 2 cores): a typo is told in under a second."""
+    (tmp_path / "r1").mkdir()
+    (tmp_path / "r1" / "config.yaml").write_text("{}")
+    probe = subprocess.run([sys.executable, "-c", MISTAKES_PROBE, str(tmp_path)],
+                           capture_output=True, text=True, timeout=120)
+    assert probe.returncode == 0, probe.stderr[-3000:]
+    codes, imported = json.loads(probe.stdout.splitlines()[-1])
+    assert codes == [2] * 6, probe.stderr
+    assert imported == [], probe.stderr
+    assert "unknown preset 'nosuch'" in probe.stderr and "a run 'r1' exists" in probe.stderr
 
 
 def test_resuming_a_finished_run_prints_its_summary_without_starting_ray(capsys, tmp_path,

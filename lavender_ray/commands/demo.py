@@ -25,7 +25,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     # imported when the command runs: `lavender --help` stays fast (commands/__init__.py)
     from lavender_ray.console import Console
-    from lavender_ray.demo import run_demo
     from lavender_ray.rejects import format_counts
     from lavender_ray.runs import LOGS_DIR, run_dir_of
 
@@ -34,6 +33,8 @@ def run(args: argparse.Namespace) -> int:
         # a new run each time (the same run name would resume the previous run)
         overrides.append(f"train.run_name=demo-{time.strftime('%Y%m%d-%H%M%S')}")
     cfg = load_config(args.preset, overrides)
+    from lavender_ray.demo import run_demo  # Ray, torch: after a mistyped preset or key is told
+
     with Console("demo", f"{run_dir_of(cfg)}/{LOGS_DIR}", args.verbose):
         out = run_demo(cfg)
         print("\n== lavender demo: done ==")

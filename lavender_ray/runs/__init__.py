@@ -40,9 +40,16 @@ from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING
 
 import pyarrow.fs as pafs
+import yaml
 
-from lavender_ray.config import CONFIG_FILE, LavenderConfig, load_config
-from lavender_ray.storage import absolute, filesystem_and_path
+from lavender_ray.config import (
+    CONFIG_FILE,
+    ConfigError,
+    LavenderConfig,
+    config_differences,
+    load_config,
+)
+from lavender_ray.storage import absolute, filesystem_and_path, read_text
 
 if TYPE_CHECKING:
     import torch
@@ -71,6 +78,32 @@ FAULT_MARKER = "fault_injected"  # `train.fail_at_step`: the injected failure ha
 def run_dir_of(cfg: LavenderConfig) -> str:
     """`<storage_path>/<run_name>`; a local storage path is made absolute."""
     return f"{absolute(cfg.train.storage_path).rstrip('/')}/{cfg.train.run_name}"
+
+
+def check_run(cfg: LavenderConfig, run_dir: str, resume: bool | None) -> bool:
+    """Whether the run in `run_dir` is resumed. `resume`: False = the run must be new, True = it
+    must exist, None = resume it if it exists (Tune trials); a resumed run must have the config
+    it was started with. `ConfigError` naming what to do otherwise."""
+    name = cfg.train.run_name
+    saved = read_text(f"{run_dir}/{CONFIG_FILE}")
+    if saved is None:
+        if resume:
+            raise ConfigError(f"--resume: there is no run {name!r} at {run_dir} to resume")
+        return False
+    if resume is False:
+        raise ConfigError(
+            f"a run {name!r} exists at {run_dir}: continue it with --resume (the same preset and "
+            "--set values), or start a new one with another train.run_name (or none: a fresh "
+            "name is made for every run)"
+        )
+    differences = config_differences(yaml.safe_load(saved), cfg.to_dict())
+    if differences:
+        raise ConfigError(
+            f"--resume: run {name!r} ({run_dir}) was started with another config; it differs in "
+            f"{differences}. Resume with the same preset and --set values, or start a new run "
+            "(another train.run_name)"
+        )
+    return True
 
 
 def metrics_path(run_dir: str) -> str:

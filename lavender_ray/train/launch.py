@@ -25,16 +25,13 @@ from typing import Any
 
 import ray
 import ray.train
-import yaml
 from ray.data import DataContext, ExecutionOptions
 from ray.train.torch import TorchTrainer
 
 from lavender_ray.config import (
     CONFIG_FILE,
-    ConfigError,
     LavenderConfig,
     absolute_paths,
-    config_differences,
     run_paths,
 )
 from lavender_ray.data.checks import check_source_paths
@@ -45,6 +42,7 @@ from lavender_ray.resources import connect
 from lavender_ray.runs import (
     ADAPTER_DIR,
     EXPORT_DIR,
+    check_run,
     checkpoint_location,
     checkpoint_name,
     checkpoint_steps,
@@ -183,32 +181,6 @@ def ingest_config():
         verbose_progress=ctx.verbose_progress,
     )
     return ray.train.DataConfig(execution_options=options)
-
-
-def check_run(cfg: LavenderConfig, run_dir: str, resume: bool | None) -> bool:
-    """Whether the run in `run_dir` is resumed. `resume`: False = the run must be new, True = it
-    must exist, None = resume it if it exists (Tune trials); a resumed run must have the config
-    it was started with. `ConfigError` naming what to do otherwise."""
-    name = cfg.train.run_name
-    saved = read_text(f"{run_dir}/{CONFIG_FILE}")
-    if saved is None:
-        if resume:
-            raise ConfigError(f"--resume: there is no run {name!r} at {run_dir} to resume")
-        return False
-    if resume is False:
-        raise ConfigError(
-            f"a run {name!r} exists at {run_dir}: continue it with --resume (the same preset and "
-            "--set values), or start a new one with another train.run_name (or none: a fresh "
-            "name is made for every run)"
-        )
-    differences = config_differences(yaml.safe_load(saved), cfg.to_dict())
-    if differences:
-        raise ConfigError(
-            f"--resume: run {name!r} ({run_dir}) was started with another config; it differs in "
-            f"{differences}. Resume with the same preset and --set values, or start a new run "
-            "(another train.run_name)"
-        )
-    return True
 
 
 def finished_run(cfg: LavenderConfig, run_dir: str) -> TrainSummary | None:
