@@ -14,7 +14,8 @@ bf16/fp16, 4 in fp32):
   accumulation of bf16 gradients (/W from ZeRO-2);
 - AdamW: fp32 master weights and two moments, T*12 (/W from ZeRO-1);
 - activations: the measured worst-case micro-batch (`plan.vlm`) times `train.micro_batch_size`;
-- DeepSpeed's gradient buckets (reduce + all-gather, each at most 5e8 elements or T);
+- DeepSpeed's gradient buckets (reduce + all-gather, T elements each at most 5e8:
+  `train.precision.gradient_buckets`);
 - 10% allocator slack on top, and CUDA_RESERVED_GIB per GPU for the CUDA context.
 """
 
@@ -29,6 +30,7 @@ from lavender_ray.placement import Device, gpu_stages, resolve_precision
 from lavender_ray.plan.gpus import CUDA_RESERVED_GIB, GIB, GPU, gpus_for
 from lavender_ray.plan.sd import SDEstimate, estimate_sd
 from lavender_ray.plan.vlm import VLMEstimate, estimate_vlm
+from lavender_ray.train.precision import gradient_buckets
 
 # Share of a GPU's dense peak a stage reaches (model FLOPs utilisation): typical figures for
 # bf16 LoRA fine-tuning of a 10B model and for SD-1.x UNet inference at batch 8; the rates are
@@ -37,7 +39,6 @@ TRAIN_EFFICIENCY = 0.35
 SD_EFFICIENCY = 0.30
 SLACK = 0.10
 OVERHEAD_BOUND = 1000.0  # samples or images per second: beyond it, FLOPs say nothing
-DEEPSPEED_BUCKET = 5e8  # elements: DeepSpeed's default reduce and all-gather bucket sizes
 
 
 @dataclass
@@ -217,8 +218,8 @@ def train_fit(cfg: LavenderConfig, vlm: VLMEstimate, gpu: GPU) -> Fit:
         (f"activations ({t.micro_batch_size} x worst-case sample, "
          + ("measured)" if vlm.measured else "not measured)"),
          vlm.activation_bytes() * t.micro_batch_size * b / vlm.dtype_bytes),
-        ("DeepSpeed gradient buckets", min(DEEPSPEED_BUCKET, trained) * b * (1 if stage == 3
-                                                                             else 2)),
+        ("DeepSpeed gradient buckets", gradient_buckets(trained)["reduce_bucket_size"] * b
+         * (1 if stage == 3 else 2)),
     ]
     lines.append((f"allocator slack ({SLACK:.0%})", SLACK * sum(x for _, x in lines)))
     flops = vlm.flops_per_sample

@@ -33,7 +33,7 @@ from lavender_ray.console.display import format_duration
 from lavender_ray.placement import Device, resolve_precision
 from lavender_ray.runs import FAULT_MARKER, run_dir_of
 from lavender_ray.tensors import TORCH_DTYPES
-from lavender_ray.train.precision import deepspeed_config, import_deepspeed
+from lavender_ray.train.precision import deepspeed_config, gradient_buckets, import_deepspeed
 from lavender_ray.train.reporting import Reporter, restore
 from lavender_ray.train.step import (
     LavenderModule,
@@ -123,6 +123,9 @@ def build_engine(cfg: LavenderConfig, world: int) -> tuple[Any, LavenderModule, 
     aligner = build_aligner(cfg.aligner, adapter.num_heads)
     module = LavenderModule(adapter, aligner, cfg.loss, cfg.sd.output_size)
     module.train()
+    trained = sum(getattr(p, "ds_numel", p.numel()) for p in module.parameters()
+                  if p.requires_grad)
+    ds_config["zero_optimization"].update(gradient_buckets(trained))
     optimizer = build_optimizer(module, cfg.optim)
     steps_per_epoch = max(1, cfg.train.max_steps // cfg.train.epochs)
     scheduler = build_lr_scheduler(optimizer, cfg.optim, steps_per_epoch)
