@@ -155,22 +155,23 @@ storage = sys.argv[1]
 codes = [main(args) for args in (
     ["train", "--preset", "nosuch"], ["train", "--set", "train.nosuch=1"],
     ["train", "--set", "train.run_name=r1", "--set", f"train.storage_path={storage}"],
-    ["demo", "--preset", "nosuch"], ["plan", "--preset", "nosuch"], ["plan", "--set", "lora.r=x"])]
+    ["demo", "--preset", "nosuch"], ["plan", "--preset", "nosuch"], ["plan", "--set", "lora.r=x"],
+    ["tune", "--preset", "nosuch"], ["tune", "--set", "tune.nosuch=1"])]
 print(json.dumps([codes, sorted(m for m in ("ray", "torch", "transformers", "diffusers")
                                 if m in sys.modules)]))
 """
 
 
 def test_a_mistyped_preset_key_or_reused_run_is_told_before_ray_or_torch_is_imported(tmp_path):
-    """`train`, `demo` and `plan` load the config and check the run folder before they import
-    Ray, torch or the model libraries (5-10 s on 2 cores): a typo is told in under a second."""
+    """`train`, `demo`, `plan` and `tune` load the config and check the run folder before they
+    import Ray, torch or the model libraries (5-10 s on 2 cores): a typo is told at once."""
     (tmp_path / "r1").mkdir()
     (tmp_path / "r1" / "config.yaml").write_text("{}")
     probe = subprocess.run([sys.executable, "-c", MISTAKES_PROBE, str(tmp_path)],
                            capture_output=True, text=True, timeout=120)
     assert probe.returncode == 0, probe.stderr[-3000:]
     codes, imported = json.loads(probe.stdout.splitlines()[-1])
-    assert codes == [2] * 6, probe.stderr
+    assert codes == [2] * 8, probe.stderr
     assert imported == [], probe.stderr
     assert "unknown preset 'nosuch'" in probe.stderr and "a run 'r1' exists" in probe.stderr
 

@@ -198,7 +198,7 @@ def test_tune_plans_the_largest_value_of_each_searched_number(capsys):
     search's largest (200,000 worst-case samples) does not, and the refusal names it."""
     from lavender_ray.commands.plan import check_before_start
     from lavender_ray.config import ConfigError
-    from lavender_ray.tune import parse_search_space
+    from lavender_ray.tune.space import parse_search_space
 
     search = ('tune.search_space={"train.micro_batch_size": "choice([1, 200000])", '
               '"optim.lr": "loguniform(1e-5, 1e-3)", "aligner.variant": "grid([light, sim])"}')

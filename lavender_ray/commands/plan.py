@@ -75,7 +75,7 @@ def check_before_start(cfg: LavenderConfig, searched: bool = False) -> None:
 
     largest = {}
     if searched:
-        from lavender_ray.tune import parse_search_space
+        from lavender_ray.tune.space import parse_search_space
 
         largest = parse_search_space(cfg.tune.search_space, cfg.to_dict()).largest()
     if largest:

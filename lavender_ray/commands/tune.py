@@ -39,12 +39,13 @@ def run(args: argparse.Namespace) -> int:
     # imported when the command runs: `lavender --help` stays fast (commands/__init__.py)
     from lavender_ray.console import Console
     from lavender_ray.runs import LOGS_DIR, run_dir_of
-    from lavender_ray.tune import describe, run_tune
     from lavender_ray.tune.layout import layout_of
 
     cfg = resumable_config(args, lambda named: layout_of(named).config)
     if not args.no_plan:  # the largest value of each searched number: batch sizes, LoRA rank
         check_before_start(cfg, searched=True)
+    from lavender_ray.tune.experiment import describe, run_tune  # Ray Tune: after the checks
+
     with Console("tune", f"{run_dir_of(cfg)}/{LOGS_DIR}", args.verbose):  # the experiment
         summary = run_tune(cfg, resume=args.resume, address=args.address)
         print(describe(summary))
