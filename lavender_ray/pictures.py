@@ -166,8 +166,9 @@ def wrap_to_width(text: str, width: int, size: int, max_lines: int | None = None
     def fits(line: str) -> bool:
         return font_for(line, size).getlength(line) <= width
 
-    # the most characters a line can hold whose lines all fit: between 1 and a line of "i"s
-    low, high = 1, max(1, int(width // font_for("i", size).getlength("i")))
+    most = max(1, int(width // font_for("i", size).getlength("i")))  # a line of "i"s
+    # the most characters a line can hold whose lines all fit: between 1 and `most`
+    low, high = 1, most
     while low < high:
         middle = (low + high + 1) // 2
         low, high = (middle, high) if all(map(fits, textwrap.wrap(text, middle))) else (
@@ -178,7 +179,7 @@ def wrap_to_width(text: str, width: int, size: int, max_lines: int | None = None
     kept, end = lines[:max_lines - 1], 0
     for ch in "".join(kept).replace(" ", ""):  # where the kept lines end in `text`
         end = text.index(ch, end) + 1
-    last = " ".join(text[end:].split())
+    last = " ".join(text[end:].split())[:most]
     while last and not fits(last + "…"):
         last = last[:-1]
     return [*kept, last.rstrip() + "…"]
