@@ -6,8 +6,11 @@ line on a user's own files in `test_user_journey.py`.
 
 from __future__ import annotations
 
+import math
+import sys
 import warnings
 
+import numpy as np
 import pytest
 from ray import tune
 
@@ -19,9 +22,11 @@ from lavender_ray.tune.checks import check_experiment, check_tune_config, max_co
 from lavender_ray.tune.experiment import TuneSummary, describe
 from lavender_ray.tune.layout import layout_of
 from lavender_ray.tune.report import (
+    MATCHED,
     TrialRow,
     best_preset,
     best_trial,
+    objective,
     trial_status,
     trials_markdown,
 )
@@ -143,6 +148,29 @@ def row(name: str, status: str, total: float | None, **params) -> TrialRow:
     if total is not None:
         metrics["loss/total"] = total
     return TrialRow(name, status, params, metrics)
+
+
+def test_a_trial_that_matched_no_word_ranks_last_on_the_alignment_metrics():
+    """loss/att is 0 where no word matched (nothing aligned, nothing measured): minimising it
+    picked such a trial as best (seen by hand: `best: trial_000 loss/att=0`, a plain-SFT trial).
+    ASHA ranks reports by `objective` (finite: its rung cutoff interpolates) and so does
+    `best_trial`; the table keeps the measured values."""
+    aligned = TrialRow("trial_000", "completed", {}, {"step": 4, "loss/att": 0.2,
+                                                      "loss/total": 6.2, MATCHED: 3.5})
+    unaligned = TrialRow("trial_001", "completed", {}, {"step": 4, "loss/att": 0.0,
+                                                        "loss/total": 5.9, MATCHED: 0.0})
+    for metric in ("loss/att", "loss/total"):
+        assert best_trial([unaligned, aligned], metric, "min").name == "trial_000"
+        assert objective(unaligned.metrics, metric, "min") == sys.float_info.max
+        assert objective(unaligned.metrics, metric, "max") == -sys.float_info.max
+        assert objective(aligned.metrics, metric, "min") == aligned.metrics[metric]
+    assert best_trial([unaligned, aligned], "loss/lm", "min") is None  # not reported: none
+    assert objective(unaligned.metrics, "loss/lm", "min") is None
+    assert best_trial([unaligned], "loss/att", "min").name == "trial_001"  # the only one
+    cutoff = np.nanpercentile([-objective(unaligned.metrics, "loss/att", "min"), -0.2], 50)
+    assert math.isfinite(cutoff)  # ASHA's cutoff (mode min: rewards negated) stays a number
+    table = trials_markdown([unaligned, aligned], [], "loss/att", "trial_000")
+    assert "| trial_001 | completed | 0 |" in table  # the measured loss/att, not the rank
 
 
 def test_statuses_and_the_best_trial_prefer_full_budgets():

@@ -58,6 +58,7 @@ from lavender_ray.tune.checks import (
 )
 from lavender_ray.tune.layout import TuneLayout, layout_of
 from lavender_ray.tune.report import (
+    TUNE_OBJECTIVE,
     TrialRow,
     best_preset,
     best_trial,
@@ -187,7 +188,7 @@ def build_tuner(
         trainable,
         param_space=space.param_space(),
         tune_config=tune.TuneConfig(
-            metric=t.metric,
+            metric=TUNE_OBJECTIVE,  # tune.metric, a report without a matched word last
             mode=t.mode,
             scheduler=scheduler,
             # the generator caps concurrency itself (TuneConfig.max_concurrent_trials needs a

@@ -8,7 +8,8 @@ Statuses: `completed` (reached train.max_steps), `stopped early` (ended before i
 decision), `unfinished` (the experiment was interrupted: `lavender tune --resume` continues it),
 `error` (Tune wrote the traceback into the trial's folder). The best trial has the best last
 `tune.metric` among completed trials (the ones that used the whole step budget), or among all
-trials when none completed.
+trials when none completed; a trial whose last report matched no word ranks last on loss/att
+and loss/total (`objective`).
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from __future__ import annotations
 import csv
 import io
 import math
+import sys
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,7 +26,10 @@ import yaml
 
 from lavender_ray.config import LavenderConfig, apply_overrides
 
-METRIC_COLUMNS = ("loss/total", "loss/lm", "loss/att", "align/matched_words")
+MATCHED = "align/matched_words"
+METRIC_COLUMNS = ("loss/total", "loss/lm", "loss/att", MATCHED)
+ALIGNMENT_TERMS = ("loss/att", "loss/total")  # the metrics the alignment term is part of
+TUNE_OBJECTIVE = "tune/objective"  # the key ASHA ranks reports by: `objective`
 
 
 @dataclass(frozen=True)
@@ -51,14 +57,32 @@ def trial_status(tune_status: str, metrics: dict[str, Any], max_steps: int) -> s
     return "completed" if int(metrics.get("step") or 0) >= max_steps else "stopped early"
 
 
+def objective(metrics: Mapping[str, Any], metric: str, mode: str) -> Any:
+    """What trials are ranked by (ASHA's `TUNE_OBJECTIVE` and `best_trial`): the report's
+    `metric`, except that a report in which no word matched ranks last when the metric holds
+    the alignment term (`ALIGNMENT_TERMS`): there `loss/att` is 0 because nothing was aligned,
+    not because the maps agree, and a search would otherwise prefer the trials that match no
+    word (`loss.word_source=predicted` on an untrained model, `loss.matching=exact`). The
+    largest finite float, not inf: ASHA's rung cutoff interpolates between trials' values, and
+    inf - inf is nan."""
+    value = metrics.get(metric)
+    if metric in ALIGNMENT_TERMS and value is not None and metrics.get(MATCHED) == 0:
+        return sys.float_info.max if mode == "min" else -sys.float_info.max
+    return value
+
+
 def best_trial(rows: list[TrialRow], metric: str, mode: str) -> TrialRow | None:
-    """The row with the best `metric` among completed rows (all rows if none completed)."""
-    completed = [r for r in rows if r.status == "completed" and r.metric(metric) is not None]
-    candidates = completed or [r for r in rows if r.metric(metric) is not None]
+    """The row with the best `objective` among completed rows (all rows if none completed)."""
+    def score(row: TrialRow) -> float | None:
+        value = objective(row.metrics, metric, mode)
+        return float(value) if isinstance(value, int | float) and math.isfinite(value) else None
+
+    completed = [r for r in rows if r.status == "completed" and score(r) is not None]
+    candidates = completed or [r for r in rows if score(r) is not None]
     if not candidates:
         return None
     sign = 1.0 if mode == "min" else -1.0
-    return min(candidates, key=lambda r: sign * (r.metric(metric) or 0.0))
+    return min(candidates, key=lambda r: sign * score(r))
 
 
 def _format(value: Any) -> str:

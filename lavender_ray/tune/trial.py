@@ -3,7 +3,8 @@
 `run_trial` is the function trainable. It receives the trial's sampled values (dotted key ->
 value) and, through `tune.with_parameters`, the experiment's trial base config; it rebuilds its
 own `LavenderConfig` from those (nothing else from the driver) and calls `train.launch.train` with
-`TuneReportCallback`, which forwards rank 0's reported metrics and each checkpoint's path to Tune.
+`ReportToTune`, which forwards rank 0's reported metrics, the value ASHA ranks them by
+(`report.objective`) and each checkpoint's path to Tune.
 A trial is a training run, so `train.report_to` gives each trial its own tracker runs, named like
 the trial (`train.tracking`; MLflow's embedded store then lives in each trial's run folder, a
 tracking server gathers them in one experiment).
@@ -25,6 +26,7 @@ from ray.tune.integration.ray_train import TuneReportCallback
 
 from lavender_ray.config import LavenderConfig, apply_overrides
 from lavender_ray.train.launch import train
+from lavender_ray.tune.report import TUNE_OBJECTIVE, objective
 
 TRIAL_ID = re.compile(r"_(\d+)$")
 
@@ -47,9 +49,24 @@ def trial_config(base: dict[str, Any], sampled: dict[str, Any], name: str) -> La
     return LavenderConfig.from_dict(apply_overrides(base, {**sampled, "train.run_name": name}))
 
 
+class ReportToTune(TuneReportCallback):
+    """`TuneReportCallback` that adds to rank 0's metrics the value ASHA ranks the report by
+    (`TUNE_OBJECTIVE`: `report.objective` of `tune.metric`)."""
+
+    def __init__(self, metric: str, mode: str) -> None:
+        super().__init__()
+        self.metric, self.mode = metric, mode
+
+    def after_report(self, run_context: Any, metrics: list[dict[str, Any]],
+                     checkpoint: Any) -> None:
+        first = {**metrics[0], TUNE_OBJECTIVE: objective(metrics[0], self.metric, self.mode)}
+        super().after_report(run_context, [first, *metrics[1:]], checkpoint)
+
+
 def run_trial(config: dict[str, Any], base: dict[str, Any]) -> None:
     """Tune function trainable: train one sampled config, reporting to Tune through Ray Train."""
     cfg = trial_config(base, config, ray.tune.get_context().get_trial_name())
     # a restored trial resumes; the experiment's plan (`resources.tune_phases`) counted this
     # trial among those sharing the cluster, so its own share is not checked against all of it
-    train(cfg, callbacks=[TuneReportCallback()], resume=None, check_resources=False)
+    report = ReportToTune(cfg.tune.metric, cfg.tune.mode)
+    train(cfg, callbacks=[report], resume=None, check_resources=False)
