@@ -26,7 +26,8 @@ each report (`<run>/metrics.jsonl` and the trackers of `train.report_to`) and, e
 Health guards: a loss term that is NaN or inf on any rank (`finite`) stops the run on every rank
 with `NonFiniteLoss` (`train.on_nonfinite=stop`), or leaves the micro-batch out on every rank and
 counts it (`skip`); reported metrics are never filtered. When `align/matched_words` is 0 in each
-of the first reports (or every report of a shorter run), rank 0 warns once that the alignment term is off (the run is plain SFT).
+of the first reports (or every report of a shorter run), rank 0 warns once that the alignment
+term is off (the run is plain SFT).
 """
 
 from __future__ import annotations
