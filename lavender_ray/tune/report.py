@@ -43,8 +43,12 @@ class TrialRow:
     checkpoint: str | None = None
 
     def metric(self, key: str) -> float | None:
-        value = self.metrics.get(key)
-        return float(value) if isinstance(value, int | float) and math.isfinite(value) else None
+        return finite(self.metrics.get(key))
+
+
+def finite(value: Any) -> float | None:
+    """`value` as a float when it is a finite number, else None."""
+    return float(value) if isinstance(value, int | float) and math.isfinite(value) else None
 
 
 def trial_status(tune_status: str, metrics: dict[str, Any], max_steps: int) -> str:
@@ -74,8 +78,7 @@ def objective(metrics: Mapping[str, Any], metric: str, mode: str) -> Any:
 def best_trial(rows: list[TrialRow], metric: str, mode: str) -> TrialRow | None:
     """The row with the best `objective` among completed rows (all rows if none completed)."""
     def score(row: TrialRow) -> float | None:
-        value = objective(row.metrics, metric, mode)
-        return float(value) if isinstance(value, int | float) and math.isfinite(value) else None
+        return finite(objective(row.metrics, metric, mode))
 
     completed = [r for r in rows if r.status == "completed" and score(r) is not None]
     candidates = completed or [r for r in rows if score(r) is not None]
