@@ -123,6 +123,13 @@ def test_a_first_report_that_mostly_waited_for_the_pipeline_shows_the_wait_not_a
     assert train_status(steady, None, 6)[0] == ["loss 6", "16 samples/min"]  # 0.267 a second
     later = {"step": 4, "records": 16, "time/step_s": 15.0, "time/data_wait_s": 28.0}
     assert "samples/min" in train_status(later, first, 6)[0][0]  # a slow pipeline later: a rate
+    # the first batch waited 11 s, the next two 2.25 s each for a slow pipeline: the ETA is
+    # from their 1.67 s a step (the wait of the later batches counts), not 0.16 s
+    slow = {"step": 3, "records": 6, "time/step_s": 5.33, "time/data_wait_s": 15.5,
+            "time/first_batch_s": 11.0}
+    fields, eta = train_status(slow, None, max_steps=6)
+    assert fields == ["first batches after 11 s"]
+    assert eta == pytest.approx(3 * (5.33 * 3 - 11.0) / 3)
 
 
 # ----------------------------------------------------------------------------- the display

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -224,6 +225,25 @@ def test_the_reporter_checkpoints_at_multiples_of_checkpoint_every(monkeypatch):
         r.micro_batch(step_metrics(), records=1)
     assert calls == [(2, False), (3, True), (4, False), (6, True), (7, True)]
     assert r.done and r.state.records == 14
+
+
+def test_the_wait_for_the_first_batch_is_reported_apart_from_the_later_waits(reports):
+    """The first batch waits for the pipeline's start-up (SD actors loading), the others for
+    its steady rate: the progress display's ETA needs them apart."""
+    r = reporter("train.report_every=3", "train.max_steps=7")  # step 7 would checkpoint
+
+    def slow(waits):
+        for wait in waits:
+            time.sleep(wait)
+            yield wait
+
+    for _ in r.timed(slow([0.3, 0.1, 0.1, 0.0, 0.1, 0.0])):
+        r.micro_batch(step_metrics(), records=1)
+    first, second = reports
+    assert first["time/first_batch_s"] == pytest.approx(0.3, abs=0.05)
+    assert first["time/data_wait_s"] == pytest.approx(0.5, abs=0.05)
+    assert second["time/first_batch_s"] == first["time/first_batch_s"]  # per process, once
+    assert second["time/data_wait_s"] == pytest.approx(0.1, abs=0.05)
 
 
 def test_a_nonfinite_loss_stops_every_rank_naming_the_step_and_the_terms():

@@ -202,6 +202,7 @@ class Reporter:
         self.meter = MetricMeter()
         self.micro_batches = 0
         self.wait_s = 0.0
+        self.first_batch_s: float | None = None  # this process's wait for its first batch
         self.last_report = time.perf_counter()
         self.last_report_step = state.step
         self.skips_in_a_row = 0
@@ -217,7 +218,8 @@ class Reporter:
         return self.state.step >= self.cfg.train.max_steps
 
     def timed(self, batches: Iterable[T]) -> Iterator[T]:
-        """`batches`, counting the time spent waiting for each as data wait."""
+        """`batches`, counting the time spent waiting for each as data wait (the first one's
+        also on its own: the pipeline's start-up, SD actors loading)."""
         iterator = iter(batches)
         while True:
             start = time.perf_counter()
@@ -225,7 +227,10 @@ class Reporter:
                 batch = next(iterator)
             except StopIteration:
                 return
-            self.wait_s += time.perf_counter() - start
+            waited = time.perf_counter() - start
+            self.wait_s += waited
+            if self.first_batch_s is None:
+                self.first_batch_s = waited
             yield batch
 
     def finite(self, metrics: dict[str, float]) -> bool:
@@ -294,6 +299,7 @@ class Reporter:
                 "step": self.state.step,
                 "records": all_reduce_sum(self.state.records, self.engine.device),
                 "time/data_wait_s": self.wait_s,
+                "time/first_batch_s": self.first_batch_s or 0.0,  # since this process started
                 "time/step_s": (now - self.last_report) / steps,
                 "optim/lr": self.scheduler.get_last_lr()[0],
                 "train/resumed_from": self.state.resumed_from,  # -1: never resumed
