@@ -57,7 +57,8 @@ def make_run(run_dir: Path, family: str) -> Path:
     fit = fit_local(cfg, records, steps=STEPS)
     save_trained(run_dir / ADAPTER_DIR, fit.adapter, fit.aligner, cfg)
     cfg.save(run_dir)
-    history = [{**m, "step": i + 1, "records": 2.0 * (i + 1)} for i, m in enumerate(fit.history)]
+    history = [{**m, "step": i + 1, "records": 2.0 * (i + 1), "train/epoch": i // 2 + 1}
+               for i, m in enumerate(fit.history)]
     (run_dir / METRICS_FILE).write_text("".join(json.dumps(m) + "\n" for m in history))
     rejects = [Reject(f"r{i}", "synthetic", "read", "undecodable_image", "bad bytes")
                for i in range(3)]  # fmt: skip
@@ -137,6 +138,8 @@ def test_model_card_names_the_data_metrics_and_evaluation(exported) -> None:
     assert f"Records trained on: {2 * STEPS}." in body
     assert "| loss/att |" in body and f"{final['loss/att']:.4g} |" in body
     assert "| lambda | 10 |" in body and "| word matching | exact" in body
+    assert "| steps | 3, in 2 pass(es) over the data (of train.max_steps=30) |" in body
+    assert "StepLR gamma 0.85 every 30 steps (train.epochs=1)" in body  # not per data pass
     assert EVAL_TABLE in body and "### Benchmarks" in body
     assert "PeftModel.from_pretrained(base, path, subfolder='vlm')" in body
     assert "subfolder='merged'" in body

@@ -125,6 +125,9 @@ def test_a_user_folder_inspects_trains_evaluates_and_tunes_on_two_cores(user_fol
     history = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in history] == [2, 4, 6, 8]
     assert history[-1]["train/resumed_from"] == int(point.group(1))  # not from scratch
+    # the resumed run began a new pass over the data (Ray Data streams have no position)
+    at_checkpoint = next(r for r in history if r["step"] == int(point.group(1)))
+    assert history[-1]["train/epoch"] == at_checkpoint["train/epoch"] + 1
     adapter = run / "adapter"
     assert f"adapter:    {adapter}" in train
     assert {"aligner.safetensors", "config.yaml"} <= {p.name for p in adapter.iterdir()}

@@ -146,7 +146,7 @@ def write_checkpoint(run_dir, step: int, ranks: tuple[int, ...] = (0, 1)) -> Non
     for rank in ranks:
         folder.mkdir(parents=True, exist_ok=True)
         (folder / STATE_FILE.format(rank=rank)).write_text(
-            json.dumps({"step": step, "records": 2 * step}))
+            json.dumps({"step": step, "records": 2 * step, "epoch": step // 4 + 1}))
     if 0 in ranks:
         (folder / METRICS_FILE).write_text(json.dumps({"step": step}) + "\n")
         for part in SAVED_RUN_PARTS:
@@ -174,7 +174,7 @@ def test_a_resumed_run_restores_the_newest_complete_checkpoint_of_its_folder(
     loaded = []
     engine = SimpleNamespace(load_checkpoint=lambda folder, **kw: loaded.append(folder))
     state = restore(engine, 1, cfg)
-    assert (state.step, state.records, state.resumed_from) == (4, 8, 4)
+    assert (state.step, state.records, state.resumed_from, state.epoch) == (4, 8, 4, 2)
     assert [Path(folder).name for folder in loaded] == [checkpoint_name(4)]
     # Ray's registered checkpoint (after a worker failure) when none in the folder is newer
     write_checkpoint(run_dir, 8)
@@ -243,6 +243,7 @@ def test_the_wait_for_the_first_batch_is_reported_apart_from_the_later_waits(rep
     assert first["time/first_batch_s"] == pytest.approx(0.3, abs=0.05)
     assert first["time/data_wait_s"] == pytest.approx(0.5, abs=0.05)
     assert second["time/first_batch_s"] == first["time/first_batch_s"]  # per process, once
+    assert first["train/epoch"] == 0  # no `micro_batches` here to count the epochs
     assert second["time/data_wait_s"] == pytest.approx(0.1, abs=0.05)
 
 
@@ -310,9 +311,11 @@ class EpochShard:
 def test_a_stream_run_warns_once_as_its_second_epoch_runs_sd_again(caplog):
     def epochs(*overrides: str, rank: int = 0, batches: int = 7) -> list[str]:
         caplog.clear()
-        shard = EpochShard(3)
-        got = micro_batches(shard, load_config("demo", list(overrides)), None, rank)
-        assert [next(got) for _ in range(batches)] == [0, 1, 2, 0, 1, 2, 0][:batches]
+        shard, state = EpochShard(3), TrainState()
+        got = micro_batches(shard, load_config("demo", list(overrides)), None, rank, state)
+        taken = [(next(got), state.epoch) for _ in range(batches)]
+        # each batch comes with the epoch it is in (what the report of its step says)
+        assert taken == [(0, 1), (1, 1), (2, 1), (0, 2), (1, 2), (2, 2), (0, 3)][:batches]
         return [m for m in caplog.messages if "second epoch" in m]
 
     (warning,) = epochs()  # three epochs begun, one warning
@@ -322,7 +325,7 @@ def test_a_stream_run_warns_once_as_its_second_epoch_runs_sd_again(caplog):
     assert not epochs(rank=1)
     assert not epochs("pipeline.mode=cache")
     with pytest.raises(RuntimeError, match="rank 1: the train dataset shard is empty"):
-        next(micro_batches(EpochShard(0), load_config("demo"), None, 1))
+        next(micro_batches(EpochShard(0), load_config("demo"), None, 1, TrainState()))
 
 
 def test_no_matched_word_in_the_first_reports_warns_once_that_the_run_is_plain_sft(

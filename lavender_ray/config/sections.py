@@ -312,7 +312,13 @@ class TrainConfig(Section):
     micro_batch_size: int = Field(default=1, gt=0)
     grad_accum_steps: int = Field(default=1, gt=0)
     max_steps: int = Field(default=1000, gt=0)
-    epochs: int = Field(default=1, gt=0)
+    epochs: int = Field(
+        default=1, gt=0,
+        description="the epochs max_steps is taken to span, for the LR schedule only: StepLR "
+        "multiplies the LR by optim.step_lr_gamma every max_steps / epochs steps (the default 1 "
+        "keeps it flat: the paper trains a fraction of an epoch). A run always takes max_steps "
+        "steps, going round the data as often as that needs (metric train/epoch)",
+    )
     checkpoint_every: int = Field(default=200, gt=0)
     report_every: int = Field(default=10, gt=0)
     storage_path: str = Field(

@@ -149,14 +149,17 @@ def sampling(source: SourceConfig) -> str:
 
 def training_section(cfg: LavenderConfig, facts: RunFacts) -> str:
     train, optim = cfg.train, cfg.optim
-    steps = f"{facts.metrics[-1]['step']:.0f}" if facts.metrics and "step" in facts.metrics[-1] \
-        else "not recorded"
+    last = facts.metrics[-1] if facts.metrics else {}
+    steps = f"{last['step']:.0f}" if "step" in last else "not recorded"
+    if last.get("train/epoch"):
+        steps += f", in {last['train/epoch']:.0f} pass(es) over the data"
     return table("Training", [
-        ("steps", f"{steps} (of train.max_steps={train.max_steps}, {train.epochs} epoch(s))"),
+        ("steps", f"{steps} (of train.max_steps={train.max_steps})"),
         ("batch", f"{train.micro_batch_size} x {train.grad_accum_steps} accumulation x "
                   f"{train.num_workers} workers per optimizer step"),
         ("optimizer", f"AdamW lr {optim.lr:g}, weight decay {optim.weight_decay:g}, StepLR gamma "
-                      f"{optim.step_lr_gamma:g}, warm-up {optim.warmup_steps} steps"),
+                      f"{optim.step_lr_gamma:g} every {max(1, train.max_steps // train.epochs)} "
+                      f"steps (train.epochs={train.epochs}), warm-up {optim.warmup_steps} steps"),
         ("precision", f"{train.precision} (DeepSpeed ZeRO-{train.zero_stage})"),
         ("config", "`config.yaml` (the resolved config of the run)"),
     ])  # fmt: skip

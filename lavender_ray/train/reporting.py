@@ -90,13 +90,15 @@ class NonFiniteLoss(RuntimeError):
 @dataclass
 class TrainState:
     """Where a worker stands: optimizer steps done, records it trained on, rank 0's reported
-    metrics so far, and the step it resumed from (-1: a fresh run)."""
+    metrics so far, the step it resumed from (-1: a fresh run) and the passes over the data
+    begun (`epoch`: 1 in the first; a resumed run begins a new one)."""
 
     step: int = 0
     records: int = 0
     history: list[dict[str, float]] = field(default_factory=list)
     resumed_from: int = -1
     skipped: int = 0  # micro-batches left out for a non-finite loss (train.on_nonfinite=skip)
+    epoch: int = 0
 
 
 class MetricMeter:
@@ -178,7 +180,7 @@ def restore(engine: Any, rank: int, cfg: LavenderConfig) -> TrainState:
         log.info("resumed from %s at step %d", checkpoint.path, saved["step"])
     return TrainState(
         saved["step"], saved["records"], history, resumed_from=saved["step"],
-        skipped=saved.get("skipped", 0),
+        skipped=saved.get("skipped", 0), epoch=saved.get("epoch", 0),
     )
 
 
@@ -304,6 +306,7 @@ class Reporter:
                 "optim/lr": self.scheduler.get_last_lr()[0],
                 "train/resumed_from": self.state.resumed_from,  # -1: never resumed
                 "train/skipped_steps": self.state.skipped,  # the same on every rank
+                "train/epoch": self.state.epoch,  # the pass over the data this step was in
             }
         )
         self.last_report, self.wait_s, self.last_report_step = now, 0.0, self.state.step
@@ -348,14 +351,15 @@ class Reporter:
                         loss.skip_stop_words)
 
     def save_checkpoint(self, folder: str) -> None:
-        """This rank's part of a checkpoint: DeepSpeed state, its step and records; rank 0 adds
-        the verified export and the metrics history. Every rank must call it (ZeRO-3 gathers)."""
+        """This rank's part of a checkpoint: DeepSpeed state, its step, records and epoch; rank 0
+        adds the verified export and the metrics history. Every rank must call it (ZeRO-3
+        gathers)."""
         # without the frozen base weights: 2 x 21 GB per checkpoint at 11B under ZeRO-2
         self.engine.save_checkpoint(folder, tag=DS_TAG, exclude_frozen_parameters=True)
         export_trained(self.module, self.cfg, os.path.join(folder, EXPORT_DIR), rank=self.rank)
         with open(os.path.join(folder, STATE_FILE.format(rank=self.rank)), "w") as f:
             saved = {"step": self.state.step, "records": self.state.records,
-                     "skipped": self.state.skipped}
+                     "skipped": self.state.skipped, "epoch": self.state.epoch}
             json.dump(saved, f)
         if self.rank == 0:
             with open(os.path.join(folder, METRICS_FILE), "w") as f:

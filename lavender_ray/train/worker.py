@@ -34,7 +34,7 @@ from lavender_ray.placement import Device, resolve_precision
 from lavender_ray.runs import FAULT_MARKER, run_dir_of
 from lavender_ray.tensors import TORCH_DTYPES
 from lavender_ray.train.precision import deepspeed_config, gradient_buckets, import_deepspeed
-from lavender_ray.train.reporting import Reporter, restore
+from lavender_ray.train.reporting import Reporter, TrainState, restore
 from lavender_ray.train.step import (
     LavenderModule,
     TrainBatch,
@@ -158,15 +158,18 @@ def train_micro_batch(
 
 
 def micro_batches(
-    shard: DataIterator, cfg: LavenderConfig, collate: CollateRecords, rank: int
+    shard: DataIterator, cfg: LavenderConfig, collate: CollateRecords, rank: int,
+    state: TrainState,
 ) -> Iterator[TrainBatch]:
     """This worker's shard of the "train" dataset (`ray.train.get_dataset_shard`), one epoch
-    after the other, without end; an epoch that yields nothing is an error (every record was
-    rejected). In stream mode rank 0 warns once, as the second epoch starts, that every epoch
-    runs the SD stage on every record again (`STREAM_EPOCH_WARNING`)."""
+    after the other, without end, counting each epoch begun in `state.epoch`; an epoch that
+    yields nothing is an error (every record was rejected). In stream mode rank 0 warns once,
+    as the second epoch starts, that every epoch runs the SD stage on every record again
+    (`STREAM_EPOCH_WARNING`)."""
     epoch, started = 1, time.monotonic()
     while True:
         count = 0
+        state.epoch += 1
         for batch in shard.iter_torch_batches(
             batch_size=cfg.train.micro_batch_size, collate_fn=collate, prefetch_batches=1
         ):
@@ -196,7 +199,7 @@ def train_fn_per_worker(config: dict[str, Any]) -> None:
     reporter = Reporter(cfg, engine, module, scheduler, rank, state, tracker)
     collate = CollateRecords(module.adapter, cfg.sd.output_size)
     shard = ray.train.get_dataset_shard("train")
-    batches = reporter.timed(micro_batches(shard, cfg, collate, rank))
+    batches = reporter.timed(micro_batches(shard, cfg, collate, rank, state))
     while not reporter.done:
         batch = next(batches)
         maybe_inject_fault(cfg, reporter.step, rank)
