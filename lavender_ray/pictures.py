@@ -215,7 +215,7 @@ def render_target(
         canvas.paste(picture, (x, y))
         label = wrap_to_width(caption, CELL, 14, max_lines=1)[0]
         draw.text((x + CELL // 2, y + CELL + 3), label, fill=(0, 0, 0), font=font_for(label, 14),
-                  anchor="mt")
+                  anchor="ma")  # from the font's ascender: every caption on one baseline
     return canvas
 
 
@@ -248,7 +248,7 @@ def render_probe(sample: ProbeSample, panels: list[str] | None = None) -> Image.
     draw.text((MARGIN, MARGIN), heading, fill=(0, 0, 0), font=font_for(heading, 14))
     for c, name in enumerate(["image", *panels]):
         x = LABEL_W + c * (CELL + MARGIN) + CELL // 2
-        draw.text((x, header + 4), name, fill=(0, 0, 0), font=font_for(name, 14), anchor="mt")
+        draw.text((x, header + 4), name, fill=(0, 0, 0), font=font_for(name, 14), anchor="ma")
     for r, word in enumerate(sample.words):
         y = header * 2 + r * (row + MARGIN)
         label = wrap_to_width(word, LABEL_W - 2 * MARGIN, 14, max_lines=1)[0]

@@ -116,6 +116,15 @@ def caption_pixels(word: str) -> np.ndarray:
     return strip[:, CELL + 2 * MARGIN:]
 
 
+def test_word_captions_sit_on_one_baseline() -> None:
+    """"the" and "ace" (no descender) end on the same row, whatever their tallest letter: the
+    captions hung from their own top put "ace" lower by the height of "h" over "a"."""
+    def last_ink_row(word: str) -> int:
+        return int(np.nonzero((caption_pixels(word) < 128).any(axis=1))[0].max())
+
+    assert last_ink_row("the") == last_ink_row("ace") == last_ink_row("Tall")
+
+
 @pytest.mark.parametrize("text", ["café", "naïve — “Zürich”", "Ελληνικά", "кириллица"])
 def test_labels_of_real_captions_are_drawn_with_a_font_that_has_their_letters(text) -> None:
     """Pillow's own font has ASCII only: "é", "—" or Greek came out as boxes. Labels take the
