@@ -223,3 +223,20 @@ def test_a_cpu_preset_says_there_is_nothing_to_size(capsys):
     assert "Rates assume" not in out and "every GPU stage fits" not in out
     gpu = load_config("demo", ["train.use_gpu=true"])
     assert build_plan(gpu).on_gpu and "Rates assume" in build_plan(gpu).describe()
+
+
+def test_a_hub_id_this_machine_cannot_read_is_refused_naming_the_offline_switch(monkeypatch):
+    """Offline (`HF_HUB_OFFLINE=1`, as the README tells machines without internet), a Hub id
+    that is not in the cache is refused at once, naming the key and how to run offline."""
+    import huggingface_hub.constants
+
+    from lavender_ray.config import ConfigError
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    vlm = load_config("llama32_11b_lora", ["vlm.family=qwen2_vl",
+                                           "vlm.model_id=nobody/no-such-vlm"])
+    with pytest.raises(ConfigError, match=r"(?s)vlm.model_id='nobody/no-such-vlm'.*HF_HUB_OFFLINE=1"):
+        architecture(vlm)
+    sd = load_config("llama32_11b_lora", ["sd.model_id=nobody/no-such-sd"])
+    with pytest.raises(ConfigError, match=r"(?s)sd.model_id='nobody/no-such-sd'.*HF_HUB_OFFLINE=1"):
+        sd_configs(sd.sd)

@@ -85,7 +85,8 @@ def sd_configs(sd: SDConfig) -> tuple[dict[str, Any], dict[str, Any], CLIPTextCo
             return (*_offline(RANDOM_SD14_ID), "published SD-1.4 architecture")
         raise ConfigError(
             f"sd.model_id={sd.model_id!r}: cannot read its unet/vae/text_encoder configs to plan "
-            f"({err}); give a local diffusers folder, or a Hub id this machine can reach"
+            f"({err}); give a local diffusers folder, or a Hub id this machine can reach "
+            "(without internet: HF_HUB_OFFLINE=1 and the model in the HF cache)"
         ) from err
 
 

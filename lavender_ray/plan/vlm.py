@@ -114,7 +114,8 @@ def architecture(cfg: LavenderConfig) -> tuple[PretrainedConfig, Any, str]:
             return released[0], released[1], "published architecture"
         raise ConfigError(
             f"vlm.model_id={vlm.model_id!r}: cannot read its config.json and processor files to "
-            f"plan ({err}); give a local folder with them, or a Hub id this machine can reach"
+            f"plan ({err}); give a local folder with them, or a Hub id this machine can reach "
+            "(without internet: HF_HUB_OFFLINE=1 and the model in the HF cache)"
         ) from err
 
 
