@@ -116,8 +116,9 @@ class LargestOutput(TorchDispatchMode):
         return out
 
 
-def _fused_attention(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False,  # noqa: ANN001
-                     scale=None, **_: object) -> torch.Tensor:
+def _fused_attention(  # noqa: ANN001
+    query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, **_: object
+) -> torch.Tensor:
     """SDPA as a GPU runs it (flash for fp16/bf16 without a mask, else memory-efficient): on the
     meta device torch would pick the math kernel, which keeps the [q, k] probabilities."""
     if attn_mask is None and query.dtype in (torch.float16, torch.bfloat16):
