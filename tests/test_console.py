@@ -115,13 +115,15 @@ def test_a_first_report_that_mostly_waited_for_the_pipeline_shows_the_wait_not_a
     """2 steps in 30 s, 28 s of them waiting for the SD actors' first batches: no 0.27
     samples/s and 60 s ETA, but the wait and an ETA at the steps' own 1 s."""
     first = {"step": 2, "records": 8, "loss/total": 6.0, "time/step_s": 15.0,
-             "time/data_wait_s": 28.0}
+             "time/data_wait_s": 28.0, "time/first_batch_s": 28.0}
     fields, eta = train_status(first, None, max_steps=6)
     assert fields == ["loss 6", "first batches after 28 s"]
     assert eta == pytest.approx(4.0)
-    steady = {**first, "time/data_wait_s": 2.0}  # a short wait: the rate as before
+    # a short wait: the rate as before
+    steady = {**first, "time/data_wait_s": 2.0, "time/first_batch_s": 2.0}
     assert train_status(steady, None, 6)[0] == ["loss 6", "16 samples/min"]  # 0.267 a second
-    later = {"step": 4, "records": 16, "time/step_s": 15.0, "time/data_wait_s": 28.0}
+    later = {"step": 4, "records": 16, "time/step_s": 15.0, "time/data_wait_s": 28.0,
+             "time/first_batch_s": 28.0}
     assert "samples/min" in train_status(later, first, 6)[0][0]  # a slow pipeline later: a rate
     # the first batch waited 11 s, the next two 2.25 s each for a slow pipeline: the ETA is
     # from their 1.67 s a step (the wait of the later batches counts), not 0.16 s
@@ -228,7 +230,7 @@ def test_a_resumed_run_shows_its_progress_from_the_checkpoint_step(tmp_path):
     follower = TrainFollower(str(tmp_path), 8, shown, from_step=4)
     assert lines(out) == ["train: 4/8 steps (50%)  ETA ?  [0:00:00]"]
     waited = json.dumps({"step": 6, "records": 12, "loss/total": 6.5, "time/step_s": 16.0,
-                         "time/data_wait_s": 31.0}) + "\n"
+                         "time/data_wait_s": 31.0, "time/first_batch_s": 31.0}) + "\n"
     (tmp_path / "metrics.jsonl").write_text(report(2, 4) + report(4, 8) + waited)
     follower.poll()
     assert lines(out)[1:] == ["train: 6/8 steps (75%)  loss 6.5  first batches after 31 s  "

@@ -37,12 +37,12 @@ def train_status(
     pipeline's first batch (SD actors loading: `time/first_batch_s` over half the window) shows
     that wait instead of a rate, and the ETA from the window's other steps, their data waits
     included: a rate over the start-up would read 0.07 samples/s and an ETA the next report
-    takes back. (Reports without `time/first_batch_s` count all of `time/data_wait_s`.)"""
+    takes back."""
     step, step_s = record.get("step", 0), record.get("time/step_s")
     fields = []
     if "loss/total" in record:
         fields.append(f"loss {record['loss/total']:.4g}")
-    wait = record.get("time/first_batch_s", record.get("time/data_wait_s")) or 0.0
+    wait = record.get("time/first_batch_s") or 0.0
     window = step - (previous.get("step", 0) if previous else 0)  # steps since the last report
     if (previous is None if first is None else first) and window > 0 and step_s and (
             wait > step_s * window / 2):

@@ -166,7 +166,7 @@ def micro_batches(
     yields nothing is an error (every record was rejected). In stream mode rank 0 warns once,
     as the second epoch starts, that every epoch runs the SD stage on every record again
     (`STREAM_EPOCH_WARNING`)."""
-    epoch, started = 1, time.monotonic()
+    first_epoch, started = state.epoch + 1, time.monotonic()  # this process's first
     while True:
         count = 0
         state.epoch += 1
@@ -180,9 +180,8 @@ def micro_batches(
                 f"rank {rank}: the train dataset shard is empty (no records with SD targets); "
                 "check the rejects output for why every record was rejected"
             )
-        if epoch == 1 and rank == 0 and cfg.pipeline.mode == "stream":
+        if state.epoch == first_epoch and rank == 0 and cfg.pipeline.mode == "stream":
             log.warning(STREAM_EPOCH_WARNING, format_duration(time.monotonic() - started), count)
-        epoch += 1
 
 
 def train_fn_per_worker(config: dict[str, Any]) -> None:
