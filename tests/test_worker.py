@@ -6,6 +6,7 @@ TorchTrainer run whose loss diverges."""
 from __future__ import annotations
 
 import json
+import logging
 import math
 import time
 from pathlib import Path
@@ -26,6 +27,7 @@ from lavender_ray.runs import (
     checkpoint_name,
     latest_complete_checkpoint,
 )
+from lavender_ray.train import worker
 from lavender_ray.train.launch import train
 from lavender_ray.train.reporting import (
     MAX_SKIPS_IN_A_ROW,
@@ -41,6 +43,8 @@ from lavender_ray.train.reporting import (
 from lavender_ray.train.schedule import report_due, report_steps
 from lavender_ray.train.step import TrainBatch
 from lavender_ray.train.worker import cast_inputs, micro_batches
+
+CPU = torch.device("cpu")
 
 
 def test_all_reduce_sum_without_a_process_group_is_the_value():
@@ -298,34 +302,73 @@ def test_reported_metrics_keep_a_nan(reports):
 
 
 class EpochShard:
-    """A dataset shard with `per_epoch` batches in each epoch (0: an empty shard)."""
+    """A dataset shard with `per_epoch` micro-batches of `nbytes` bytes each in each epoch (0:
+    an empty shard); `epochs` counts the epochs run (`iter_torch_batches` calls)."""
 
-    def __init__(self, per_epoch: int) -> None:
-        self.per_epoch, self.epochs = per_epoch, 0
+    def __init__(self, per_epoch: int, nbytes: int = 8) -> None:
+        self.per_epoch, self.nbytes, self.epochs = per_epoch, nbytes, 0
 
     def iter_torch_batches(self, **_: object):
         self.epochs += 1
-        return iter(range(self.per_epoch))
+        return (TrainBatch({"input_ids": torch.full((self.nbytes // 8,), i)}, [["w"]], [])
+                for i in range(self.per_epoch))
+
+
+def take(shard: EpochShard, *overrides: str, rank: int = 0, batches: int = 7):
+    """The first `batches` micro-batches of `micro_batches` over `shard`, each as (its index in
+    its epoch, the epoch `state` says it is in: what the report of its step says)."""
+    state = TrainState()
+    got = micro_batches(shard, load_config("demo", list(overrides)), None, rank, state, CPU)
+    return [(int(next(got).inputs["input_ids"][0]), state.epoch) for _ in range(batches)]
+
+
+EPOCHS_OF_3 = [(0, 1), (1, 1), (2, 1), (0, 2), (1, 2), (2, 2), (0, 3)]
+
+
+def test_later_epochs_replay_the_first_from_memory_without_running_the_dataset(caplog):
+    caplog.set_level(logging.INFO, logger=worker.__name__)
+    shard = EpochShard(3)
+    assert take(shard) == EPOCHS_OF_3
+    assert shard.epochs == 1  # epochs 2 and 3 came from memory
+    (note,) = [m for m in caplog.messages if "replays its first epoch" in m]
+    assert "3 micro-batches" in note and "pipeline.replay_mb" in note
+    caplog.clear()
+    assert take(EpochShard(3), rank=1) == EPOCHS_OF_3 and not caplog.messages  # rank 0 says it
+
+    # a first epoch larger than pipeline.replay_mb (3 x 0.5 MiB > 1 MiB) runs the dataset again
+    shard = EpochShard(3, nbytes=2**19)
+    assert take(shard, "pipeline.replay_mb=1") == EPOCHS_OF_3 and shard.epochs == 3
+    shard = EpochShard(3, nbytes=2**19)
+    assert take(shard, "pipeline.replay_mb=2") == EPOCHS_OF_3 and shard.epochs == 1
+    shard = EpochShard(3)
+    assert take(shard, "pipeline.replay_mb=0") == EPOCHS_OF_3 and shard.epochs == 3
+
+
+def test_every_rank_runs_the_dataset_again_when_one_cannot_replay(monkeypatch):
+    # another rank's first epoch did not fit: the all-reduce counts one rank without a replay;
+    # replaying here would leave that rank alone in Ray Data's next epoch (it waits for all)
+    monkeypatch.setattr(worker, "all_reduce_sum", lambda value, device: value + 1)
+    shard = EpochShard(3)
+    assert take(shard) == EPOCHS_OF_3 and shard.epochs == 3
 
 
 def test_a_stream_run_warns_once_as_its_second_epoch_runs_sd_again(caplog):
-    def epochs(*overrides: str, rank: int = 0, batches: int = 7) -> list[str]:
+    def warnings(*overrides: str, rank: int = 0, batches: int = 7) -> list[str]:
         caplog.clear()
-        shard, state = EpochShard(3), TrainState()
-        got = micro_batches(shard, load_config("demo", list(overrides)), None, rank, state)
-        taken = [(next(got), state.epoch) for _ in range(batches)]
-        # each batch comes with the epoch it is in (what the report of its step says)
-        assert taken == [(0, 1), (1, 1), (2, 1), (0, 2), (1, 2), (2, 2), (0, 3)][:batches]
+        taken = take(EpochShard(3), "pipeline.replay_mb=0", *overrides, rank=rank,
+                     batches=batches)
+        assert taken == EPOCHS_OF_3[:batches]
         return [m for m in caplog.messages if "second epoch" in m]
 
-    (warning,) = epochs()  # three epochs begun, one warning
+    (warning,) = warnings()  # three epochs begun, one warning
     assert "every epoch runs SD on every record again" in warning
     assert "3 micro-batches on rank 0" in warning and "pipeline.mode=cache" in warning
-    assert not epochs(batches=3)  # the first epoch's last batch: nothing yet
-    assert not epochs(rank=1)
-    assert not epochs("pipeline.mode=cache")
+    assert "pipeline.replay_mb=0 MiB" in warning
+    assert not warnings(batches=3)  # the first epoch's last batch: nothing yet
+    assert not warnings(rank=1)
+    assert not warnings("pipeline.mode=cache")
     with pytest.raises(RuntimeError, match="rank 1: the train dataset shard is empty"):
-        next(micro_batches(EpochShard(0), load_config("demo"), None, 1, TrainState()))
+        take(EpochShard(0), rank=1, batches=1)
 
 
 def test_no_matched_word_in_the_first_reports_warns_once_that_the_run_is_plain_sft(

@@ -408,6 +408,13 @@ class PipelineConfig(Section):
         description="CPUs per task of the step that checks each record against the VLM's "
         "processor (chat template, max_length, image) before training",
     )
+    replay_mb: int = Field(
+        default=1024, ge=0,
+        description="MiB of host memory each train worker may keep its first epoch's "
+        "micro-batches in; when they fit on every worker, later epochs replay them instead of "
+        "running the dataset again (actor pools started anew, SD run again in stream mode); "
+        "0 = never",
+    )
     sd_fail_at_batch: int | None = Field(
         default=None, gt=0, description="testing: an SD actor dies once at this batch"
     )

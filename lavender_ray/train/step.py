@@ -60,6 +60,12 @@ class TrainBatch:
     def __len__(self) -> int:
         return len(self.sd_words)
 
+    def nbytes(self) -> int:
+        """The bytes of its tensors and decoded images (what keeping it in memory costs)."""
+        tensors = [v for v in self.inputs.values() if torch.is_tensor(v)] + self.sd_maps
+        pixels = sum(im.width * im.height * len(im.getbands()) for im in self.images)
+        return sum(t.numel() * t.element_size() for t in tensors) + pixels
+
 
 def collate_records(
     records: Sequence[dict[str, Any]], adapter: VLMAdapter, map_size: int

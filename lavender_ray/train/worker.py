@@ -34,7 +34,7 @@ from lavender_ray.placement import Device, resolve_precision
 from lavender_ray.runs import FAULT_MARKER, run_dir_of
 from lavender_ray.tensors import TORCH_DTYPES
 from lavender_ray.train.precision import deepspeed_config, gradient_buckets, import_deepspeed
-from lavender_ray.train.reporting import Reporter, TrainState, restore
+from lavender_ray.train.reporting import Reporter, TrainState, all_reduce_sum, restore
 from lavender_ray.train.step import (
     LavenderModule,
     TrainBatch,
@@ -49,8 +49,13 @@ deepspeed = import_deepspeed()
 log = logging.getLogger(__name__)
 STREAM_EPOCH_WARNING = (
     "the second epoch starts: in pipeline.mode=stream every epoch runs SD on every record again "
-    "(the first took %s, %d micro-batches on rank 0); pipeline.mode=cache computes each "
-    "record's target once, writes it to pipeline.cache_path and reads it in later epochs"
+    "(the first took %s, %d micro-batches on rank 0; not kept to replay: more than "
+    "pipeline.replay_mb=%d MiB on some worker); pipeline.mode=cache computes each record's "
+    "target once, writes it to pipeline.cache_path and reads it in later epochs"
+)
+REPLAY_NOTE = (
+    "the second epoch starts: every worker replays its first epoch from memory (rank 0: %d "
+    "micro-batches, %.1f MiB; pipeline.replay_mb), without running the dataset again"
 )
 
 
@@ -159,29 +164,54 @@ def train_micro_batch(
 
 def micro_batches(
     shard: DataIterator, cfg: LavenderConfig, collate: CollateRecords, rank: int,
-    state: TrainState,
+    state: TrainState, device: torch.device,
 ) -> Iterator[TrainBatch]:
     """This worker's shard of the "train" dataset (`ray.train.get_dataset_shard`), one epoch
     after the other, without end, counting each epoch begun in `state.epoch`; an epoch that
-    yields nothing is an error (every record was rejected). In stream mode rank 0 warns once,
-    as the second epoch starts, that every epoch runs the SD stage on every record again
-    (`STREAM_EPOCH_WARNING`)."""
+    yields nothing is an error (every record was rejected).
+
+    The micro-batches of this process's first epoch are kept while they fit
+    `pipeline.replay_mb` (`TrainBatch.nbytes`). When they fit on every rank (one all-reduce as
+    the second epoch starts; every rank gets there at the same micro-batch, the shards being
+    equal), later epochs replay them: Ray Data would otherwise run the dataset again, starting
+    its actor pools anew (the record check's, the SD stage's) and, in stream mode, running SD
+    on every record again. Otherwise they are dropped and each epoch runs the dataset; in
+    stream mode rank 0 then warns once (`STREAM_EPOCH_WARNING`)."""
     first_epoch, started = state.epoch + 1, time.monotonic()  # this process's first
+    budget = cfg.pipeline.replay_mb * 2**20
+    kept: list[TrainBatch] | None = [] if budget else None
+    held = 0
     while True:
-        count = 0
         state.epoch += 1
+        count = 0
         for batch in shard.iter_torch_batches(
             batch_size=cfg.train.micro_batch_size, collate_fn=collate, prefetch_batches=1
         ):
             count += 1
+            if kept is not None:
+                held += batch.nbytes()
+                if held <= budget:
+                    kept.append(batch)
+                else:  # too large to replay: every epoch runs the dataset
+                    kept = None
             yield batch
         if not count:
             raise RuntimeError(
                 f"rank {rank}: the train dataset shard is empty (no records with SD targets); "
                 "check the rejects output for why every record was rejected"
             )
-        if state.epoch == first_epoch and rank == 0 and cfg.pipeline.mode == "stream":
-            log.warning(STREAM_EPOCH_WARNING, format_duration(time.monotonic() - started), count)
+        if state.epoch == first_epoch:
+            if all_reduce_sum(float(kept is None), device) == 0:
+                break
+            kept = None
+            if rank == 0 and cfg.pipeline.mode == "stream":
+                log.warning(STREAM_EPOCH_WARNING, format_duration(time.monotonic() - started),
+                            count, cfg.pipeline.replay_mb)
+    if rank == 0:
+        log.info(REPLAY_NOTE, len(kept), held / 2**20)
+    while True:
+        state.epoch += 1
+        yield from kept
 
 
 def train_fn_per_worker(config: dict[str, Any]) -> None:
@@ -198,7 +228,7 @@ def train_fn_per_worker(config: dict[str, Any]) -> None:
     reporter = Reporter(cfg, engine, module, scheduler, rank, state, tracker)
     collate = CollateRecords(module.adapter, cfg.sd.output_size)
     shard = ray.train.get_dataset_shard("train")
-    batches = reporter.timed(micro_batches(shard, cfg, collate, rank, state))
+    batches = reporter.timed(micro_batches(shard, cfg, collate, rank, state, engine.device))
     while not reporter.done:
         batch = next(batches)
         maybe_inject_fault(cfg, reporter.step, rank)
