@@ -25,7 +25,10 @@ weights and hold them anonymously). The ranks run with `MALLOC_MMAP_THRESHOLD_=6
 would otherwise keep the gathered weights ZeRO-3 frees, and the peak would count every layer
 ever gathered. The last lines give ZeRO-3 / ZeRO-2 for the larger rank of each (goal <= 0.6x),
 and the anonymous share ZeRO-3 can reach: the weights / ranks, the gathered window, and what both
-stages hold alike (LoRA, Aligner, their optimizer state, activations, DeepSpeed's buffers).
+stages hold alike (LoRA, Aligner, their optimizer state, activations, DeepSpeed's buffers). The
+last line counts the parameters ZeRO-3 still holds gathered as a forward ends (a hook after
+DeepSpeed's own): the layers backward needs first, held with the forward's activations at the
+peak.
 """
 
 from __future__ import annotations
@@ -81,6 +84,15 @@ anon_baseline = peaks["RssAnon"]
 engine, module, scheduler, dtype = worker.build_engine(cfg, world)
 built = psutil.Process().memory_info().rss
 peak_built = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+held = [0]  # the most parameters ZeRO-3 keeps gathered as a forward ends (0 under ZeRO-2)
+
+
+def count_held(*_):  # runs after DeepSpeed's own hooks have released what they release
+    held[0] = max(held[0], sum(p.ds_numel for p in module.parameters() if hasattr(p, "ds_status")
+                               and p.ds_status.name == "AVAILABLE" and not p.ds_persist))
+
+
+module.register_forward_hook(count_held)
 reporter = Reporter(cfg, engine, module, scheduler, rank, TrainState())
 for seed in range(2):
     record = make_synthetic_records(1, seed=seed * world + rank, image_size=48)[0]
@@ -91,7 +103,7 @@ peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 params = sum(getattr(p, "ds_numel", p.numel()) for p in module.parameters())
 result = {"rank": rank, "baseline": baseline, "built": built, "peak": peak,
           "peak_built": peak_built, "params": params, "anon_baseline": anon_baseline,
-          "anon_peak": peaks["RssAnon"], "file_peak": peaks["RssFile"]}
+          "anon_peak": peaks["RssAnon"], "file_peak": peaks["RssFile"], "held": held[0]}
 sys.stdout.write(f"RESULT {json.dumps(result)}\n")  # one write: the ranks share the pipe
 sys.stdout.flush()
 """
@@ -169,7 +181,8 @@ def main(argv: list[str] | None = None) -> int:
           f"{'peak-before':>12}{'anon peak':>10}{'anon-before':>12}{'file peak':>10}")
     for stage, ranks in results.items():
         for r in ranks:
-            print(f"ZeRO-{stage:<3}{r['rank']:>5}{r['baseline'] / gib:>8.2f}{r['built'] / gib:>7.2f}"
+            print(f"ZeRO-{stage:<3}{r['rank']:>5}{r['baseline'] / gib:>8.2f}"
+                  f"{r['built'] / gib:>7.2f}"
                   f"{r['peak_built'] / gib:>11.2f}{r['peak'] / gib:>6.2f}"
                   f"{(r['peak'] - r['baseline']) / gib:>12.2f}{r['anon_peak'] / gib:>10.2f}"
                   f"{(r['anon_peak'] - r['anon_baseline']) / gib:>12.2f}"
@@ -180,7 +193,8 @@ def main(argv: list[str] | None = None) -> int:
     anon_share = {s: max(r["anon_peak"] - r["anon_baseline"] for r in ranks)
                   for s, ranks in results.items()}
     print("ZeRO-3 / ZeRO-2, the larger rank of each:")
-    print(f"  anonymous memory (the tensors: what a GPU would hold): peak {anon[3] / anon[2]:.2f}x, "
+    print("  anonymous memory (the tensors: what a GPU would hold): "
+          f"peak {anon[3] / anon[2]:.2f}x, "
           f"the model's share (peak - before) {anon_share[3] / anon_share[2]:.2f}x  (goal <= 0.6x)")
     print(f"  resident memory with the mapped checkpoint: peak {peak[3] / peak[2]:.2f}x, share "
           f"{share[3] / share[2]:.2f}x (under ZeRO-3 rank 0 maps every shard at once while it "
@@ -191,11 +205,18 @@ def main(argv: list[str] | None = None) -> int:
     weights = params * 4
     alike = anon_share[2] - weights
     window = (live + prefetch) * 4
+    held = max(r["held"] for r in results[3]) * 4
     expected = weights / args.ranks + window + alike
     print(f"ZeRO-3's anonymous share, expected: weights / {args.ranks} "
-          f"({weights / args.ranks / gib:.2f}) + gathered window ({window / gib:.2f}) + held alike by both stages ({alike / gib:.2f})"
-          f" = {expected / gib:.2f} GiB, {expected / anon_share[2]:.2f}x of ZeRO-2's; measured "
-          f"{anon_share[3] / gib:.2f} GiB")
+          f"({weights / args.ranks / gib:.2f}) + gathered window ({window / gib:.2f}) + held alike"
+          f" by both stages ({alike / gib:.2f}) = {expected / gib:.2f} GiB, "
+          f"{expected / anon_share[2]:.2f}x of ZeRO-2's; measured {anon_share[3] / gib:.2f} GiB")
+    # DeepSpeed keeps what backward needs first gathered through the forward's end (the reuse
+    # distance, and parameters its prefetch scan passed): the peak holds them with the activations
+    print(f"ZeRO-3 keeps {held / 4 / 1e6:.1f}M parameters ({held / gib:.2f} GiB) gathered as a "
+          "forward ends (the last layers, which backward needs first); with them: weights / "
+          f"{args.ranks} + held + alike = {(weights / args.ranks + held + alike) / gib:.2f} GiB, "
+          f"{(weights / args.ranks + held + alike) / anon_share[2]:.2f}x")
     return 0
 
 
