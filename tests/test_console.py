@@ -534,3 +534,16 @@ def test_the_demo_prints_at_most_60_lines_with_its_progress_and_summary(tmp_path
     text = log.read_text()
     assert "Started a local Ray instance" in text and "(RayTrainWorker pid=" in text
     assert "step 6/6" in text  # rank 0's progress lines are kept in the log
+
+
+def test_short_warnings_print_the_projects_warnings_as_one_line():
+    # `lavender export` has no log file: its own warnings read like a command's, not like
+    # Python's file:line + source line; a library's warning goes where Python shows it
+    out, passed_on = io.StringIO(), []
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        warnings.showwarning = lambda message, *rest, **kw: passed_on.append(str(message))
+        with console.short_warnings(out):
+            warnings.warn_explicit("load it with X", UserWarning, "/x/lavender_ray/export/b.py", 5)
+            warnings.warn_explicit("deprecated thing", FutureWarning, "/x/transformers/y.py", 7)
+    assert out.getvalue() == "warning: load it with X\n" and passed_on == ["deprecated thing"]

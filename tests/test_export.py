@@ -4,6 +4,8 @@ names the data and the metrics, every input form is found, and bad inputs are on
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import shutil
@@ -77,12 +79,14 @@ def exported(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFa
     root = tmp_path_factory.mktemp(request.param)
     run_dir = make_run(root / "run", request.param)
     out = root / "export"
-    with warnings.catch_warnings(record=True) as caught:
+    with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()) as err:
         warnings.simplefilter("always")
         assert main(["export", str(run_dir), "--out", str(out), "--merge"]) == 0
     # tiny Qwen2-VL: its image-only processor class is unknown to AutoProcessor, and that is said
-    said = [str(w.message) for w in caught if "AutoProcessor.from_pretrained" in str(w.message)]
+    # in one line (no file:line, no source line)
+    said = [line for line in err.getvalue().splitlines() if "AutoProcessor.from_pretrained" in line]
     assert len(said) == (request.param == "qwen2_vl"), said
+    assert all(line.startswith("warning: AutoProcessor.from_pretrained(") for line in said), said
     return request.param, run_dir, out
 
 

@@ -37,11 +37,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     # imported when the command runs: `lavender --help` stays fast (commands/__init__.py)
+    from lavender_ray import console
     from lavender_ray.export import describe, export_run
 
     # --merge loads the model on CPU and `save_pretrained` unwraps it through accelerate, which
     # imports DeepSpeed: left to detect an accelerator, it warns on a CPU machine that it found
     # no GPU, a line about nothing the user asked for
     os.environ.setdefault("DS_ACCELERATOR", "cpu")
-    print(describe(export_run(args.run, args.out, args.merge, args.push_to_hub)))
+    with console.short_warnings():
+        result = export_run(args.run, args.out, args.merge, args.push_to_hub)
+    print(describe(result))
     return 0

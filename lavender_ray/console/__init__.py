@@ -133,6 +133,26 @@ def stdout_to_log() -> Iterator[None]:
         stream.flush()
 
 
+@contextmanager
+def short_warnings(stream: TextIO | None = None) -> Iterator[None]:
+    """For a command without a log file (`export`): a Python warning raised from
+    `lavender_ray` code is one `warning: ...` line on `stream` (stderr), not Python's
+    file:line and source line; other warnings show as Python shows them."""
+    shown = warnings.showwarning
+
+    def show_warning(message, category, filename, lineno, file=None, line=None):
+        if in_package(filename):
+            print(f"warning: {message}", file=stream or sys.stderr, flush=True)
+        else:
+            shown(message, category, filename, lineno, file, line)
+
+    warnings.showwarning = show_warning
+    try:
+        yield
+    finally:
+        warnings.showwarning = shown
+
+
 # --------------------------------------------------------------------------------- console
 class Console:
     """The console of one command (see the module docstring). A context manager; one at a
