@@ -4,7 +4,8 @@
 Each worker rebuilds the typed config from the dict it is given, builds adapter + LoRA +
 Aligner, hands them to `deepspeed.initialize` with the DeepSpeed config built from the typed
 config and the world size, restores the latest checkpoint if there is one, and trains on its
-shard of the "train" dataset (`iter_torch_batches`, epoch after epoch) until `train.max_steps`
+shard of the "train" dataset (`iter_torch_batches`, epoch after epoch; later epochs replayed from
+memory when the first fits `pipeline.replay_mb`: `micro_batches`) until `train.max_steps`
 optimizer steps (`train.grad_accum_steps` micro-batches each). Metrics and checkpoints leave
 through the worker's `reporting.Reporter` (rank 0's with a `trackers.RunTracker`: metrics.jsonl,
 attention PNGs, `train.report_to`), which also decides whether a micro-batch with a
