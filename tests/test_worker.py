@@ -461,6 +461,51 @@ def test_a_skipped_micro_batch_leaves_no_trace_under_deepspeed(stage, tmp_path):
         assert result["same_as_without_it"] and result["finite"] and result["updated"]
 
 
+REPLAY_SCRIPT = """
+import os, sys
+import torch
+import torch.distributed as dist
+from lavender_ray.config import load_config
+from lavender_ray.train.reporting import TrainState
+from lavender_ray.train.step import TrainBatch
+from lavender_ray.train.worker import micro_batches
+
+dist.init_process_group("gloo")
+rank = dist.get_rank()
+big = int(sys.argv[1])  # the bytes of rank 1's micro-batches; rank 0's are 8
+
+
+class Shard:
+    def __init__(self, nbytes):
+        self.nbytes, self.epochs = nbytes, 0
+
+    def iter_torch_batches(self, **_):
+        self.epochs += 1
+        return (TrainBatch({"x": torch.full((self.nbytes // 8,), i)}, [["w"]], [])
+                for i in range(3))
+
+
+shard, state = Shard(big if rank == 1 else 8), TrainState()
+got = micro_batches(shard, load_config("demo", ["pipeline.replay_mb=1"]), None, rank, state,
+                    torch.device("cpu"))
+taken = [(int(next(got).inputs["x"][0]), state.epoch) for _ in range(7)]
+report({"taken": taken, "epochs_run": shard.epochs})
+"""
+
+
+@pytest.mark.slow  # two ranks in subprocesses
+@pytest.mark.timeout(300)
+def test_the_ranks_agree_whether_to_replay_over_a_real_process_group(tmp_path):
+    """pipeline.replay_mb=1 over gloo: when rank 1's first epoch (3 x 0.5 MiB) does not fit,
+    rank 0 (3 x 8 bytes) runs the dataset again too; when both fit, neither does."""
+    for nbytes, epochs_run in ((2**19, 3), (8, 1)):
+        work = tmp_path / str(nbytes)
+        work.mkdir()
+        for result in run_two_ranks(REPLAY_SCRIPT, work, 29670, str(nbytes)):
+            assert result["taken"] == [list(t) for t in EPOCHS_OF_3]
+            assert result["epochs_run"] == epochs_run, (nbytes, result)
+
+
 @pytest.mark.slow  # starts a TorchTrainer
 @pytest.mark.timeout(600)
 def test_a_diverging_run_stops_with_the_error_naming_step_and_loss(ray_local, tmp_path):

@@ -9,8 +9,9 @@ from lavender_ray.commands.plan import NO_PLAN_HELP, check_before_start
 
 HELP = (
     "train on the Ray cluster of RAY_ADDRESS / --address, or a new local Ray sized to the run: "
-    "records -> checks -> SD actor pool (in every epoch with pipeline.mode=stream, the default; "
-    "pipeline.mode=cache computes each target once) -> TorchTrainer with DeepSpeed, into "
+    "records -> checks -> SD actor pool (pipeline.mode=stream, the default; pipeline.mode=cache "
+    "computes each target once) -> TorchTrainer with DeepSpeed (later epochs replay the first "
+    "from memory when it fits pipeline.replay_mb on every worker, else run all this again), into "
     "<train.storage_path>/<train.run_name> (a new run name each time unless you set one); the "
     "console shows a progress bar (steps, loss, samples/s, ETA), Ray's and DeepSpeed's own "
     "output goes to <run>/logs/ (--verbose: on the console instead); metrics go to "
