@@ -109,11 +109,13 @@ def test_a_user_folder_inspects_trains_evaluates_and_tunes_on_two_cores(user_fol
     assert Image.open(sheet).width > 0
 
     # train: Ctrl-C once checkpoint 4 is being written (step 6 then waits ~20 s for the second
-    # epoch's SD targets), then --resume goes on from the newest complete checkpoint to step 8
+    # epoch's SD targets: pipeline.replay_mb=0, no replay of the first epoch from memory), then
+    # --resume goes on from the newest complete checkpoint to step 8
     run = root / "outputs" / "first"
     steps = ("--set", "train.max_steps=8")
     stopped = interrupt_when(root, run / "checkpoint_step0000004", "train", "--preset",
-                             "mine.yaml", "--set", "train.run_name=first", *steps, exit_code=130)
+                             "mine.yaml", "--set", "train.run_name=first", *steps,
+                             "--set", "pipeline.replay_mb=0", exit_code=130)
     resume = (f"`lavender train --resume --set train.storage_path={root / 'outputs'} --set "
               "train.run_name=first`")
     point = re.search(r"run 'first' stopped; its last checkpoint is \S+(\d) \(step \d of 8\)\. "
