@@ -9,6 +9,8 @@ Nothing here imports a model library.
 
 from __future__ import annotations
 
+TINY_PREFIX = "tiny/"  # `tiny/<family>`: the family's tiny model, built offline from its config
+
 VLM_FAMILIES: dict[str, str] = {
     "mllama": "lavender_ray.vlm.mllama.adapter:MllamaAdapter",
     "llava": "lavender_ray.vlm.llava.adapter:LlavaAdapter",
@@ -29,3 +31,16 @@ def check_family(family: str) -> str:
             f"{', '.join(registered_families())}"
         )
     return family
+
+
+def check_tiny_model(model_id: str, family: str) -> str:
+    """`model_id`, unless it names a tiny model (`tiny/<name>`) other than `family`'s: then
+    `ValueError` naming both and the tiny model of `family`."""
+    expected = TINY_PREFIX + family
+    if model_id.startswith(TINY_PREFIX) and model_id != expected:
+        raise ValueError(
+            f"vlm.model_id={model_id!r} does not match vlm.family={family!r}; the tiny model "
+            f"of this family is {expected!r} (a family and its model change together: "
+            f"--set vlm.model_id={expected})"
+        )
+    return model_id

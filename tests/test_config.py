@@ -99,6 +99,12 @@ def test_cross_field_rules():
         load_config("demo", ["pipeline.sd_pool_min=3", "pipeline.sd_pool_max=2"])
     with pytest.raises(ConfigError, match="needs a 'path'"):
         load_config("demo", ["data.sources=[{name: x, format: llava}]"])
+    # a section's own check is one line under the section's name, without the section's dict
+    with pytest.raises(ConfigError) as refused:
+        load_config("demo", ["loss.alpha_schedule=linear"])
+    assert str(refused.value).splitlines()[1] == (
+        "  loss: loss.alpha_schedule=linear ramps alpha over loss.alpha_ramp_steps, which must "
+        "then be > 0 (got 0)")
 
 
 @pytest.mark.parametrize(

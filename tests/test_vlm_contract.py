@@ -356,12 +356,24 @@ def test_registry_names_the_registered_families():
         load_config("demo", ["vlm.family=minicpm_v"])
 
 
-def test_bad_layer_selection_and_mismatched_tiny_id_are_refused():
+def test_bad_layer_selection_is_refused():
     with pytest.raises(ValueError, match=r"allowed: \[1, 3\]"):
         make_adapter("mllama", "vlm.attention_layers=[0, 1]")
-    cfg = load_config("demo", ["vlm.family=llava", "vlm.model_id=tiny/mllama"])
-    with pytest.raises(ValueError, match="'tiny/llava'"):
-        build_adapter(cfg.vlm, cfg.lora)
+
+
+def test_a_tiny_id_of_another_family_is_refused_when_the_config_loads(tmp_path):
+    # a preset extending `demo` (tiny/mllama) that changes only the family: refused as the
+    # config loads, before Ray or a worker starts, naming the family's own tiny model
+    mine = tmp_path / "mine.yaml"
+    mine.write_text("extends: demo\nvlm: {family: llava}\n")
+    with pytest.raises(ConfigError) as refused:
+        load_config(str(mine))
+    assert str(refused.value).splitlines()[1:] == [
+        "  vlm: vlm.model_id='tiny/mllama' does not match vlm.family='llava'; the tiny model of "
+        "this family is 'tiny/llava' (a family and its model change together: --set "
+        "vlm.model_id=tiny/llava)"]
+    assert load_config(str(mine), ["vlm.model_id=tiny/llava"]).vlm.model_id == "tiny/llava"
+    assert load_config(str(mine), ["vlm.model_id=org/llava-1.5"]).vlm.family == "llava"
 
 
 def test_lora_targets_that_match_nothing_are_refused():

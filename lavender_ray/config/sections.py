@@ -26,7 +26,7 @@ from pydantic import (
 )
 
 from lavender_ray.config.tree import format_validation_error
-from lavender_ray.families import check_family
+from lavender_ray.families import check_family, check_tiny_model
 
 CONFIG_FILE = "config.yaml"  # the resolved config next to every run, export and report
 
@@ -225,6 +225,11 @@ class VLMConfig(Section):
     @classmethod
     def _registered_family(cls, family: str) -> str:
         return check_family(family)
+
+    @model_validator(mode="after")
+    def _tiny_model_of_the_family(self) -> VLMConfig:
+        check_tiny_model(self.model_id, self.family)
+        return self
 
 
 # ------------------------------------------------------------------------------------ aligner

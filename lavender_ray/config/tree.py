@@ -35,7 +35,9 @@ def format_validation_error(err: ValidationError, root: type[BaseModel]) -> str:
             lines.append(f"unknown key {key!r}; valid keys here: {allowed}")
         else:
             message = problem["msg"].removeprefix("Value error, ")
-            lines.append(f"{key}={value!r}: {message}")
+            # a section's own check (a dict given): its message names the keys it read
+            given = "" if isinstance(value, dict) else f"={value!r}"
+            lines.append(f"{key}{given}: {message}")
     return "invalid config:\n  " + "\n  ".join(lines)
 
 

@@ -32,6 +32,7 @@ from transformers.initialization import no_init_weights
 
 from lavender_ray.align import build_aligner
 from lavender_ray.config import ConfigError, LavenderConfig
+from lavender_ray.families import TINY_PREFIX
 from lavender_ray.plan.saved import OUTSIDE, SavedTensors, layer_counts, layers_by_kind
 from lavender_ray.plan.scaling import (
     Measurement,
@@ -46,7 +47,6 @@ from lavender_ray.train.step import LavenderModule, collate_records
 from lavender_ray.vlm.adapter import CapturingAdapter, select_layers
 from lavender_ray.vlm.lora import apply_finetuning
 from lavender_ray.vlm.registry import adapter_class
-from lavender_ray.vlm.tiny import TINY_PREFIX
 
 TEXT_LAYERS = "in language_model"  # the layer kinds of the text model (`plan.saved` names)
 # Layers of each kind in the two shallow copies: the step from one to two layers is one more

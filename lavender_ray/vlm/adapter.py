@@ -30,12 +30,12 @@ from torch import nn
 from transformers import AutoConfig, AutoProcessor, PretrainedConfig, PreTrainedModel
 
 from lavender_ray.config import VLMConfig
+from lavender_ray.families import TINY_PREFIX
 from lavender_ray.tensors import axis_weights, resize_maps
 from lavender_ray.vlm.base import CapturedAttention, ImageInput, KeyLayout, VLMForwardOutput
 from lavender_ray.vlm.capture import CAPTURE_ATTENTION, AttentionRecorder
 from lavender_ray.vlm.chat import IGNORE_INDEX
 from lavender_ray.vlm.inputs import FRAME_SIZES, VLMInputs
-from lavender_ray.vlm.tiny import TINY_PREFIX
 
 
 def select_layers(requested: list[int] | None, available: list[int]) -> list[int]:

@@ -14,9 +14,10 @@ import torch
 from transformers import PreTrainedModel
 
 from lavender_ray.config import VLMConfig
+from lavender_ray.families import TINY_PREFIX
 from lavender_ray.tensors import TORCH_DTYPES
 from lavender_ray.vlm.adapter import CapturingAdapter
-from lavender_ray.vlm.tiny import TEXT_HIDDEN, TINY_PREFIX
+from lavender_ray.vlm.tiny import TEXT_HIDDEN
 
 
 def resolve_dtype(dtype: str, tiny: bool) -> torch.dtype | str:
@@ -56,12 +57,6 @@ def load_model_and_processor(
     tiny = model_id.startswith(TINY_PREFIX)
     dtype = resolve_dtype(vlm_cfg.dtype, tiny)
     if tiny:
-        expected = TINY_PREFIX + vlm_cfg.family
-        if model_id != expected:
-            raise ValueError(
-                f"vlm.model_id={model_id!r} does not match vlm.family={vlm_cfg.family!r}; "
-                f"the tiny model of this family is {expected!r}"
-            )
         model, processor = build_tiny_model(adapter_cls, vlm_cfg.seed)
         if weights_dir is not None:
             model = model_class.from_pretrained(weights_dir, dtype=dtype)

@@ -19,11 +19,16 @@ from typing import Any
 from transformers import PreTrainedModel
 
 from lavender_ray.config import LoraConfig, VLMConfig
-from lavender_ray.families import VLM_FAMILIES, check_family, registered_families
+from lavender_ray.families import (
+    TINY_PREFIX,
+    VLM_FAMILIES,
+    check_family,
+    registered_families,
+)
 from lavender_ray.vlm.adapter import CapturingAdapter
 from lavender_ray.vlm.loading import build_tiny_model, load_model_and_processor
 from lavender_ray.vlm.lora import apply_finetuning, load_lora, read_meta
-from lavender_ray.vlm.tiny import TEXT_HIDDEN, TINY_PREFIX
+from lavender_ray.vlm.tiny import TEXT_HIDDEN
 
 __all__ = [
     "adapter_class", "build_adapter", "build_tiny", "load_adapter", "registered_families",

@@ -17,7 +17,6 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedModel, PreTrainedTokenizerFast
 
-TINY_PREFIX = "tiny/"
 BPE_VOCAB_SIZE = 384
 TEXT_HIDDEN = 32
 TEXT_HEADS = 4
