@@ -27,7 +27,7 @@ from PIL import Image
 from test_images import png_header_only
 
 from lavender_ray.config import load_config
-from lavender_ray.data.checks import check_source_paths
+from lavender_ray.data.checks import check_input_paths
 from lavender_ray.data.formats import FORMATS
 from lavender_ray.data.synthetic import make_synthetic_records
 from lavender_ray.images import MAX_ASPECT_RATIO
@@ -549,7 +549,7 @@ def read_and_check(c: Corpus, sources: list[dict], tmp_path: Path) -> list[dict]
     rejects."""
     cfg = load_config("demo", {"data.sources": sources, "data.max_text_chars": MAX_TEXT,
                                "data.read_num_cpus": 1.0})
-    check_source_paths(cfg)  # the corpus's paths are all fine: only its rows are bad
+    check_input_paths(cfg)  # the corpus's paths are all fine: only its rows are bad
     rejects_dir = str(tmp_path / "rejects")
     rows = read_sources(cfg, rejects_dir).take_all()
     rejects = read_rejects(rejects_dir).to_pylist()

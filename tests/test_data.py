@@ -202,7 +202,7 @@ def test_rejects_round_trip_and_a_read_without_a_rejects_folder(tmp_path):
 # ------------------------------------------------------------------------------- path checks
 def test_source_paths_are_checked_before_ray_starts_with_one_line_naming_key_and_path(tmp_path):
     from lavender_ray.config import ConfigError
-    from lavender_ray.data.checks import check_source_paths
+    from lavender_ray.data.checks import check_input_paths
 
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "train.jsonl").write_text("{}\n")
@@ -215,9 +215,9 @@ def test_source_paths_are_checked_before_ray_starts_with_one_line_naming_key_and
     def config(**source):
         return load_config("demo", {"data.sources": [{"name": "train", **source}]})
 
-    check_source_paths(config(format="messages", path=str(tmp_path / "data")))
-    check_source_paths(config(format="messages", path=f"file://{tmp_path}/data/train.jsonl"))
-    check_source_paths(load_config("demo"))  # synthetic sources have no path
+    check_input_paths(config(format="messages", path=str(tmp_path / "data")))
+    check_input_paths(config(format="messages", path=f"file://{tmp_path}/data/train.jsonl"))
+    check_input_paths(load_config("demo"))  # synthetic sources have no path
     cases = [
         (dict(format="messages", path=str(tmp_path / "gone.jsonl")),
          f"data.sources[train].path='{tmp_path}/gone.jsonl' does not exist"),
@@ -238,7 +238,37 @@ def test_source_paths_are_checked_before_ray_starts_with_one_line_naming_key_and
     ]
     for source, message in cases:
         with pytest.raises(ConfigError) as err:
-            check_source_paths(config(**source))
+            check_input_paths(config(**source))
+        assert message in str(err.value) and "\n" not in str(err.value), str(err.value)
+
+
+def test_a_model_id_naming_a_folder_must_hold_that_model(tmp_path, monkeypatch):
+    """A local model folder without its model's file, or a path that is not there, is one line
+    before Ray starts (it failed in every train worker after ~40 s, as two tracebacks)."""
+    from lavender_ray.config import ConfigError
+    from lavender_ray.data.checks import check_input_paths
+
+    (tmp_path / "pics").mkdir()
+    (tmp_path / "llava").mkdir()
+    (tmp_path / "llava" / "config.json").write_text("{}")
+    (tmp_path / "sd").mkdir()
+    (tmp_path / "sd" / "model_index.json").write_text("{}")
+    monkeypatch.chdir(tmp_path)
+    fine = [["vlm.model_id=org/some-vlm"], ["sd.model_id=CompVis/stable-diffusion-v1-4"],
+            [f"vlm.model_id={tmp_path}/llava"], ["vlm.model_id=./llava", "sd.model_id=sd"]]
+    for overrides in fine:  # Hub ids, tiny ids (the demo's) and saved models
+        check_input_paths(load_config("demo", overrides))
+    cases = {
+        "vlm.model_id=pics": f"vlm.model_id='{tmp_path}/pics' is a folder without config.json: "
+                             "not a saved transformers model",
+        "sd.model_id=llava": f"sd.model_id='{tmp_path}/llava' is a folder without "
+                             "model_index.json: not a saved diffusers pipeline",
+        "vlm.model_id=./nowhere": "vlm.model_id='./nowhere': no such folder",
+        "sd.model_id=/nowhere/sd": "sd.model_id='/nowhere/sd': no such folder",
+    }
+    for override, message in cases.items():
+        with pytest.raises(ConfigError) as err:
+            check_input_paths(load_config("demo", [override]))
         assert message in str(err.value) and "\n" not in str(err.value), str(err.value)
 
 

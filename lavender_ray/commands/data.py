@@ -29,7 +29,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     # imported when the command runs: `lavender --help` stays fast (commands/__init__.py)
     from lavender_ray.console import Console
-    from lavender_ray.data.checks import check_source_paths
+    from lavender_ray.data.checks import check_input_paths
     from lavender_ray.pipeline.inspect import format_report, inspect_data
     from lavender_ray.resources import connect
     from lavender_ray.runs import LOGS_DIR
@@ -38,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"lavender data inspect: --samples must be >= 0, got {args.samples}", file=sys.stderr)
         return 2
     cfg = load_config(args.preset, args.overrides)
-    check_source_paths(cfg)  # before Ray starts: a missing file is one line, at once
+    check_input_paths(cfg)  # before Ray starts: a missing file is one line, at once
     with Console("inspect", f"{args.out.rstrip('/')}/{LOGS_DIR}", args.verbose):
         connect(cfg, "inspect", args.address)
         report = inspect_data(cfg, args.out, samples=args.samples)

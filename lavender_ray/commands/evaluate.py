@@ -44,6 +44,7 @@ def run(args: argparse.Namespace) -> int:
     # imported when the command runs: `lavender --help` stays fast (commands/__init__.py)
     from lavender_ray.config import CONFIG_FILE
     from lavender_ray.console import Console
+    from lavender_ray.data.checks import check_model_folders
     from lavender_ray.eval.evaluate import (
         default_out_dir,
         describe,
@@ -56,6 +57,7 @@ def run(args: argparse.Namespace) -> int:
     # the run's own config unless a preset is given: its model, eval section and probe settings
     preset = args.preset or str(trained_run(args.adapter).saved_run / CONFIG_FILE)
     cfg = load_config(preset, args.overrides)
+    check_model_folders(cfg)  # before Ray starts: one line, at once
     names = split_names(args.bench) if args.bench else list(cfg.eval.benchmarks) or ["synthetic"]
     out = args.out or str(default_out_dir(args.adapter))
     with Console("evaluate", f"{out.rstrip('/')}/{LOGS_DIR}", args.verbose):

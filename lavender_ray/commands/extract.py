@@ -43,7 +43,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     # imported when the command runs: `lavender --help` stays fast (commands/__init__.py)
     from lavender_ray.console import Console
-    from lavender_ray.data.checks import check_source_paths
+    from lavender_ray.data.checks import check_input_paths
     from lavender_ray.pipeline.extract import export_authors_layout, extract_to_cache
     from lavender_ray.rejects import summarise_rejects
     from lavender_ray.resources import connect
@@ -54,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
     if not out:
         raise ConfigError("give --out DIR, or set pipeline.cache_path in the "
                           "config (the cache a pipeline.mode=cache run reads)")
-    check_source_paths(cfg)  # before Ray starts: a missing file is one line, at once
+    check_input_paths(cfg)  # before Ray starts: a missing file is one line, at once
     with Console("extract", f"{out.rstrip('/')}/{LOGS_DIR}", args.verbose):
         connect(cfg, "extract", args.address)
         summary = extract_to_cache(cfg, out)

@@ -45,11 +45,11 @@ def run(args: argparse.Namespace) -> int:
     # imported when the command runs: `lavender --help` stays fast (commands/__init__.py)
     from lavender_ray.config import CONFIG_FILE
     from lavender_ray.console import Console
-    from lavender_ray.data.checks import check_source_paths
+    from lavender_ray.data.checks import check_input_paths
     from lavender_ray.runs import LOGS_DIR, check_run, run_dir_of
 
     cfg = resumable_config(args, lambda named: f"{run_dir_of(named)}/{CONFIG_FILE}")
-    check_source_paths(cfg)  # before Ray starts: a missing file is one line, at once
+    check_input_paths(cfg)  # before Ray starts: a missing file is one line, at once
     check_run(cfg, run_dir_of(cfg), args.resume)  # a reused or missing run too, before the plan
     if not args.no_plan:
         check_before_start(cfg)  # refuses (exit 2) before any node starts

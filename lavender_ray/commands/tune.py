@@ -38,10 +38,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     # imported when the command runs: `lavender --help` stays fast (commands/__init__.py)
     from lavender_ray.console import Console
+    from lavender_ray.data.checks import check_input_paths
     from lavender_ray.runs import LOGS_DIR, run_dir_of
     from lavender_ray.tune.layout import layout_of
 
     cfg = resumable_config(args, lambda named: layout_of(named).config)
+    check_input_paths(cfg)  # before Ray starts: a missing file or model folder is one line
     if not args.no_plan:  # the largest value of each searched number: batch sizes, LoRA rank
         check_before_start(cfg, searched=True)
     from lavender_ray.tune.experiment import describe, run_tune  # Ray Tune: after the checks

@@ -1,13 +1,15 @@
 """The input paths of a run, checked before Ray starts (pure: pyarrow filesystems, no Ray).
 
-    check_source_paths(cfg)   # raises ConfigError, one line naming the key and the path
+    check_input_paths(cfg)   # raises ConfigError, one line naming the key and the path
 
 A source's `path` is a file or a folder (searched recursively), local or any pyarrow filesystem
 URI; `list_files` finds the files each format reads (`SOURCE_EXTENSIONS`), and the readers of
 `lavender_ray.pipeline.read` read exactly those. A path that does not exist, holds no file of
 its format, or holds a file Ray's readers would fail on as a whole (an empty or non-Parquet
 `.parquet`, an unreadable local file) stops the command before any work, instead of failing a
-read task minutes later; `image_root` must be a folder.
+read task minutes later; `image_root` must be a folder. A model id that names a local folder
+(`sd.model_id`, `vlm.model_id`: a path, where a Hub id is `org/name`) must hold that model's
+files (`MODEL_FILES`), else loading it fails inside a worker after Ray and its actors started.
 """
 
 from __future__ import annotations
@@ -30,6 +32,8 @@ SOURCE_EXTENSIONS: dict[str, tuple[str, ...]] = {
     "rlaif_v": (".parquet",),
     "ocrvqa": (".parquet",),
 }
+# the file that makes a local folder a model of each section (diffusers, transformers)
+MODEL_FILES = {"sd": "model_index.json", "vlm": "config.json"}
 PARQUET_MAGIC = b"PAR1"
 TAR_MAGIC, TAR_MAGIC_AT = b"ustar", 257  # POSIX and GNU tar headers
 
@@ -68,9 +72,11 @@ def source_files(source: SourceConfig) -> tuple[pafs.FileSystem, list[str]]:
     return list_files(source.path, extensions)
 
 
-def check_source_paths(cfg: LavenderConfig) -> None:
-    """Every source's `path` and `image_root`, or ConfigError naming the first bad one, e.g.
+def check_input_paths(cfg: LavenderConfig) -> None:
+    """Every source's `path` and `image_root`, and the model folders (`check_model_folders`),
+    or ConfigError naming the first bad one, e.g.
     "data.sources[train].path='/x/train.jsonl' does not exist"."""
+    check_model_folders(cfg)
     for source in cfg.data.sources:
         if source.format == "synthetic":
             continue
@@ -84,6 +90,24 @@ def check_source_paths(cfg: LavenderConfig) -> None:
             raise ConfigError(f"{key}.path={source.path!r}: {problem}")
         if source.image_root:
             _check_folder(f"{key}.image_root", source.image_root)
+
+
+def check_model_folders(cfg: LavenderConfig) -> None:
+    """`sd.model_id` and `vlm.model_id` when they name a local folder (one that exists, or a
+    path: `/`, `./`, `../`, `~`): it must exist and hold its `MODEL_FILES` entry."""
+    for section, marker in MODEL_FILES.items():
+        model_id = getattr(cfg, section).model_id
+        folder = os.path.expanduser(model_id)
+        if not (os.path.isdir(folder) or model_id.startswith(("/", "./", "../", "~"))):
+            continue  # a Hub id (`org/name`) or a tiny model (`tiny/<name>`)
+        if not os.path.isdir(folder):
+            raise ConfigError(f"{section}.model_id={model_id!r}: no such folder")
+        if not os.path.isfile(os.path.join(folder, marker)):
+            raise ConfigError(
+                f"{section}.model_id={model_id!r} is a folder without {marker}: not a saved "
+                f"{'diffusers pipeline' if section == 'sd' else 'transformers model'} "
+                "(save_pretrained writes one; a Hub id is written org/name)"
+            )
 
 
 def _file_problem(fs: pafs.FileSystem, path: str) -> str | None:

@@ -28,7 +28,7 @@ file or a folder of them, local or any pyarrow URI); what needs unpacking before
 A row a reader cannot unpack (an entry of the Karpathy JSON that is not an object, a file that
 is not JSON) is passed on with `READER_REJECT` = "reason: detail" and becomes a reject with that
 reason; it is never dropped. A tar shard that is not a valid tar fails the read (the file, not a
-row, is broken): `lavender_ray.data.checks.check_source_paths` finds it before Ray starts.
+row, is broken): `lavender_ray.data.checks.check_input_paths` finds it before Ray starts.
 """
 
 from __future__ import annotations

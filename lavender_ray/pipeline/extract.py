@@ -21,7 +21,7 @@ import ray
 
 from lavender_ray import console
 from lavender_ray.config import ConfigError, LavenderConfig
-from lavender_ray.data.checks import check_source_paths
+from lavender_ray.data.checks import check_input_paths
 from lavender_ray.pipeline.cache import (
     IMAGE_HASH,
     REJECTS,
@@ -84,7 +84,7 @@ def extract_to_cache(cfg: LavenderConfig, root: str, ds: Dataset | None = None) 
     In a command (`console.active`) a progress display counts the records written (the rows
     of the new shards, `POLL_S`) against the records to do, counted first by a read of the
     sources without SD (`count_todo`; not for a given `ds`)."""
-    check_source_paths(cfg)
+    check_input_paths(cfg)
     connect(cfg, "extract")
     root = absolute(root)
     run_id = new_run_id()

@@ -25,7 +25,7 @@ import pyarrow as pa
 from PIL import Image, ImageDraw, ImageOps
 
 from lavender_ray.config import LavenderConfig
-from lavender_ray.data.checks import check_source_paths
+from lavender_ray.data.checks import check_input_paths
 from lavender_ray.data.mixture import source_quotas
 from lavender_ray.images import decode_image
 from lavender_ray.pictures import font_for, wrap_to_width
@@ -155,7 +155,7 @@ def inspect_data(cfg: LavenderConfig, out_dir: str | Path, samples: int = 2) -> 
 
     Rejects go to `<out_dir>/rejects` (emptied first, so the counts are this run's); read tasks
     on other nodes write them there, so on a multi-node cluster `out_dir` must be shared."""
-    check_source_paths(cfg)
+    check_input_paths(cfg)
     check_shared_folders(cfg, cluster_nodes(), "--out")
     out = Path(out_dir).resolve()
     rejects_dir = out / "rejects"

@@ -2,7 +2,7 @@
 (`schema.RECORD_SCHEMA`).
 
 A source's `path` is a file or a folder of them (`lavender_ray.data.checks.source_files`; the
-commands check every path before Ray starts, `check_source_paths`). Reading streams: JSONL and
+commands check every path before Ray starts, `check_input_paths`). Reading streams: JSONL and
 JSON files one file per task, split into rows by `lavender_ray.data.readers` (lines end at
 "\\n" only, each line decoded on its own), Parquet by row groups; the paper's data sets
 through their own raw readers (`RAW_READERS`, in the layout each publisher ships). Every raw
