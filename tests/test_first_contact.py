@@ -105,11 +105,19 @@ def test_a_run_is_new_or_resumed_with_the_same_config(tmp_path):
         check_run(cfg, run_dir, resume=True)
     (tmp_path / "r1").mkdir()
     (tmp_path / "r1" / "config.yaml").write_text(cfg.to_yaml())
-    with pytest.raises(ConfigError, match="run 'r1' exists.*--resume.*another train.run_name"):
-        check_run(cfg, run_dir, resume=False)
-    assert check_run(cfg, run_dir, resume=True) is True
     other = load_config("demo", ["train.run_name=r1", f"train.storage_path={tmp_path}",
                                  "lora.r=16", "optim.lr=2e-4"])
+    # stopped before its first checkpoint (a model that did not load): nothing was trained, so
+    # --resume starts it again at step 0, with a corrected config too
+    with pytest.raises(ConfigError, match="run 'r1' exists at .* without a checkpoint .*add "
+                       "--resume to start it again at step 0 with this config.*another"):
+        check_run(cfg, run_dir, resume=False)
+    assert check_run(other, run_dir, resume=True) is True
+    (tmp_path / "r1" / "checkpoint_step0000002").mkdir()
+    with pytest.raises(ConfigError, match="run 'r1' exists at [^ ]*: continue it with --resume "
+                       r"\(the same preset.*another train.run_name"):
+        check_run(cfg, run_dir, resume=False)
+    assert check_run(cfg, run_dir, resume=True) is True
     with pytest.raises(ConfigError) as err:
         check_run(other, run_dir, resume=True)
     assert "2 key(s)" in str(err.value) and "lora.r: 8 -> 16" in str(err.value)
@@ -137,6 +145,7 @@ def test_a_reused_run_name_is_refused_before_ray_starts(capsys, tmp_path, monkey
     (tmp_path / "r1").mkdir()
     (tmp_path / "r1" / "config.yaml").write_text(
         absolute_paths(load_config("demo", args[2::2])).to_yaml())
+    (tmp_path / "r1" / "checkpoint_step0000002").mkdir()  # it trained: its config is fixed
     assert main(args) == 2
     assert "a run 'r1' exists" in capsys.readouterr().err
     assert main([*args, "--set", "lora.r=16", "--resume"]) == 2
@@ -145,7 +154,8 @@ def test_a_reused_run_name_is_refused_before_ray_starts(capsys, tmp_path, monkey
                  "--resume"]) == 2
     assert "no run 'r2'" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["r1"]  # nothing written, no log file
-    assert [p.name for p in (tmp_path / "r1").iterdir()] == ["config.yaml"]
+    assert sorted(p.name for p in (tmp_path / "r1").iterdir()) == [
+        "checkpoint_step0000002", "config.yaml"]
 
 
 MISTAKES_PROBE = r"""

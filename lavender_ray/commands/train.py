@@ -32,7 +32,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "complete checkpoint (Ctrl-C prints which, and this command), with the config it was "
         "started with: `--resume --set "
         "train.run_name=NAME` is enough; a --preset or other --set values must give that same "
-        "config. A run that has finished is not trained again: its summary is printed",
+        "config (a run with no checkpoint yet starts again at step 0 with the config given). "
+        "A run that has finished is not trained again: its summary is printed",
     )  # fmt: skip
     parser.add_argument(
         "--address", default=None, help="Ray address (default: RAY_ADDRESS or a new local Ray)"

@@ -83,21 +83,26 @@ def run_dir_of(cfg: LavenderConfig) -> str:
 def check_run(cfg: LavenderConfig, run_dir: str, resume: bool | None) -> bool:
     """Whether the run in `run_dir` is resumed. `resume`: False = the run must be new, True = it
     must exist, None = resume it if it exists (Tune trials); a resumed run must have the config
-    it was started with. `ConfigError` naming what to do otherwise."""
+    it was started with, unless it has no checkpoint (it stopped before its first, e.g. on a
+    model that did not load: nothing was trained, it starts again at step 0 with `cfg`).
+    `ConfigError` naming what to do otherwise."""
     name = cfg.train.run_name
     saved = read_text(f"{run_dir}/{CONFIG_FILE}")
     if saved is None:
         if resume:
             raise ConfigError(f"--resume: there is no run {name!r} at {run_dir} to resume")
         return False
+    started = bool(checkpoint_steps(run_dir))
     if resume is False:
+        how = (": continue it with --resume (the same preset and --set values)" if started else
+               " without a checkpoint (it stopped before its first one): add --resume to start "
+               "it again at step 0 with this config")
         raise ConfigError(
-            f"a run {name!r} exists at {run_dir}: continue it with --resume (the same preset and "
-            "--set values), or start a new one with another train.run_name (or none: a fresh "
-            "name is made for every run)"
+            f"a run {name!r} exists at {run_dir}{how}, or start a new one with another "
+            "train.run_name (or none: a fresh name is made for every run)"
         )
     differences = config_differences(yaml.safe_load(saved), cfg.to_dict())
-    if differences:
+    if differences and started:
         raise ConfigError(
             f"--resume: run {name!r} ({run_dir}) was started with another config; it differs in "
             f"{differences}. Resume with the same preset and --set values, or start a new run "

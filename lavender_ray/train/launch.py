@@ -238,7 +238,7 @@ def train(
     else:
         print(f"new run {cfg.train.run_name}: {run_dir}", flush=True)
     rejects_dir = cfg.data.rejects_path or f"{run_dir}/rejects"
-    if not resumed:
+    if start is None:  # a new run, or one that starts again at step 0 (`check_run`)
         write_text(f"{run_dir}/{CONFIG_FILE}", cfg.to_yaml())
     dataset = build_train_dataset(cfg, rejects_dir)
     with stall_watchdog(cfg.train.stall_timeout_s), follow_training(
