@@ -71,7 +71,8 @@ def add_config_arguments(
 VERBOSE_HELP = (
     "show Ray's, Ray Data's, DeepSpeed's and the Ray workers' own output on the console, as "
     "they print it (default: only in the log file under {logs}, named at the end; the console "
-    "keeps the progress, warnings that need you and the summary)"
+    "keeps the progress, warnings that need you and the summary, and a failure is one line "
+    "naming the log that holds its traceback)"
 )
 
 
@@ -104,7 +105,9 @@ def main(argv: list[str] | None = None) -> int:
     """Run one subcommand. A bad config, path or argument (`ConfigError`) is one message and
     exit code 2; Ctrl-C is one line and 130, saying how the work goes on where there is a way
     (the exception's own text, e.g. `train.launch.TrainingInterrupted`, else the command
-    module's `INTERRUPTED`)."""
+    module's `INTERRUPTED`). Any other error of a command with a quiet console (its traceback
+    in the log file) is one line naming it and the log, exit code 1; with `--verbose`, or
+    before the console starts, Python's traceback."""
     args = build_parser().parse_args(argv)
     try:
         return int(args._run(args) or 0)
@@ -116,6 +119,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\nlavender {args.command}: interrupted (Ctrl-C){'; ' + how if how else ''}",
               file=sys.stderr)
         return 130
+    except Exception as err:
+        log = getattr(err, "log_path", None)  # set by a quiet `Console`, which logged it
+        if log is None:
+            raise
+        from lavender_ray.console import failure_line
+
+        print(f"lavender {args.command}: failed: {failure_line(err)}\n  the whole traceback is "
+              f"in {log} (--verbose prints it here)", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

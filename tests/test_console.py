@@ -547,3 +547,56 @@ def test_short_warnings_print_the_projects_warnings_as_one_line():
             warnings.warn_explicit("load it with X", UserWarning, "/x/lavender_ray/export/b.py", 5)
             warnings.warn_explicit("deprecated thing", FutureWarning, "/x/transformers/y.py", 7)
     assert out.getvalue() == "warning: load it with X\n" and passed_on == ["deprecated thing"]
+
+
+# ------------------------------------------------------------------------------- failures
+WORKER_ERROR = """Training failed due to worker errors:
+[Rank 0,1 Error Snippet]:
+Traceback (most recent call last):
+  File "/x/lavender_ray/vlm/loading.py", line 61, in load_model_and_processor
+    raise ValueError(
+ValueError: Unrecognized processing class in /data/pics.
+
+"""
+
+
+def test_a_failure_is_one_line_naming_the_exception_and_where_or_which_ranks():
+    class WorkerGroupError(RuntimeError):
+        pass
+
+    try:
+        raise KeyError("vlm")
+    except KeyError as err:
+        here = console.failure_line(err)
+    assert re.fullmatch(r"KeyError: 'vlm' \(at .*test_console\.py:\d+\)", here), here
+    assert console.failure_line(WorkerGroupError(WORKER_ERROR)) == (
+        "WorkerGroupError on rank 0,1: ValueError: Unrecognized processing class in /data/pics.")
+    assert console.failure_line(RuntimeError()) == "RuntimeError: (no message)"
+
+
+@pytest.mark.parametrize("verbose", [False, True])
+def test_a_command_that_fails_prints_one_line_and_logs_the_traceback(verbose, tmp_path,
+                                                                     monkeypatch, capsys):
+    """Quiet: the traceback of an error the command did not expect goes to the log, the
+    console gets one line naming it and the log (exit code 1); `--verbose`: Python's own."""
+    from lavender_ray import cli
+    from lavender_ray.commands import extract
+
+    def failing(args):
+        with Console("extract", str(tmp_path / "logs"), args.verbose):
+            raise RuntimeError("the SD actors died\nsee above")
+
+    monkeypatch.setattr(extract, "run", failing)
+    argv = ["extract", "--out", str(tmp_path / "t"), *(["--verbose"] if verbose else [])]
+    if verbose:
+        with pytest.raises(RuntimeError, match="the SD actors died"):
+            cli.main(argv)
+        return
+    assert cli.main(argv) == 1
+    err = capsys.readouterr().err.splitlines()
+    [log] = (tmp_path / "logs").iterdir()
+    assert re.fullmatch(r"lavender extract: failed: RuntimeError: see above \(at .*test_console"
+                        r"\.py:\d+\)", err[-2]), err
+    assert err[-1] == f"  the whole traceback is in {log} (--verbose prints it here)"
+    assert "Traceback (most recent call last)" in log.read_text()
+    assert 'raise RuntimeError("the SD actors died' in log.read_text()

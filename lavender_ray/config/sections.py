@@ -32,7 +32,10 @@ CONFIG_FILE = "config.yaml"  # the resolved config next to every run, export and
 
 
 class ConfigError(ValueError):
-    """A preset, override or value that does not fit the config tree."""
+    """A preset, override, path or value that does not fit: its message says all (the command
+    line prints it alone, `for_people`: no traceback, in the log either)."""
+
+    for_people = True
 
 
 class Section(BaseModel):

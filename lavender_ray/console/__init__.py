@@ -44,8 +44,10 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import sys
 import threading
+import traceback
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -153,6 +155,21 @@ def short_warnings(stream: TextIO | None = None) -> Iterator[None]:
         warnings.showwarning = shown
 
 
+def failure_line(error: BaseException) -> str:
+    """What went wrong, in one line: the exception's type and the last line of its message; for
+    an error a Ray worker raised (its traceback in the message), that worker's exception and
+    the ranks it names (`[Rank 0,1 Error Snippet]`), else where in the code it was raised."""
+    text = str(error)
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    last = lines[-1] if lines else "(no message)"
+    if "Traceback (most recent call last)" in text:  # raised in a Ray worker or task
+        ranks = re.search(r"\[Rank ([\d,]+) Error Snippet\]", text)
+        return f"{type(error).__name__}{f' on rank {ranks[1]}' if ranks else ''}: {last}"
+    frames = traceback.extract_tb(error.__traceback__)
+    where = f" (at {frames[-1].filename}:{frames[-1].lineno})" if frames else ""
+    return f"{type(error).__name__}: {last}{where}"
+
+
 # --------------------------------------------------------------------------------- console
 class Console:
     """The console of one command (see the module docstring). A context manager; one at a
@@ -179,8 +196,14 @@ class Console:
             self._quiet_warnings()
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, kind: object, error: BaseException | None, tb: object) -> None:
         global _active
+        if (isinstance(error, Exception) and not getattr(error, "for_people", False)
+                and not self.verbose):
+            # the traceback goes to the log; the command line prints `failure_line` and the log
+            self.log.write("".join(traceback.format_exception(error)))
+            with contextlib.suppress(AttributeError):  # an exception type with __slots__
+                error.log_path = self.log.path  # type: ignore[attr-defined]
         _active = None
         for undo in reversed(self._restore):
             undo()
