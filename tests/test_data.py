@@ -254,6 +254,8 @@ def test_a_model_id_naming_a_folder_must_hold_that_model(tmp_path, monkeypatch):
     (tmp_path / "sd").mkdir()
     (tmp_path / "sd" / "model_index.json").write_text("{}")
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert load_config("demo", ["vlm.model_id=~/llava"]).vlm.model_id == f"{tmp_path}/llava"
     fine = [["vlm.model_id=org/some-vlm"], ["sd.model_id=CompVis/stable-diffusion-v1-4"],
             [f"vlm.model_id={tmp_path}/llava"], ["vlm.model_id=./llava", "sd.model_id=sd"]]
     for overrides in fine:  # Hub ids, tiny ids (the demo's) and saved models

@@ -196,6 +196,7 @@ def absolute_paths(cfg: LavenderConfig) -> LavenderConfig:
                 source[key] = absolute(source[key])
     raw["eval"]["benchmarks"] = {k: absolute(v) for k, v in raw["eval"]["benchmarks"].items()}
     for section in ("sd", "vlm"):
-        if os.path.isdir(raw[section]["model_id"]):
-            raw[section]["model_id"] = os.path.abspath(raw[section]["model_id"])
+        folder = os.path.expanduser(raw[section]["model_id"])
+        if os.path.isdir(folder):
+            raw[section]["model_id"] = os.path.abspath(folder)
     return LavenderConfig.from_dict(raw)

@@ -32,8 +32,8 @@ CONFIG_FILE = "config.yaml"  # the resolved config next to every run, export and
 
 
 class ConfigError(ValueError):
-    """A preset, override, path or value that does not fit: its message says all (the command
-    line prints it alone, `for_people`: no traceback, in the log either)."""
+    """A preset, override, path or value that does not fit: its message says all (`for_people`:
+    the command line prints it alone, with no traceback, not in the log either)."""
 
     for_people = True
 
