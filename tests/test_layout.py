@@ -58,11 +58,13 @@ def test_a_crossing_import_breaks_its_contract(tmp_path, module, line, broken):
 # actors and the training loop in Ray Train workers, so no driver loads diffusers (~5 s of CPU
 # per command on two cores), and the train, tune and evaluate drivers (one per Tune trial too)
 # load none of the stack of the train workers or the inference actors either; `train.entry`,
-# the function Ray Train unpickles, loads nothing; extract, inspect and evaluate plan Ray Data
+# the function Ray Train unpickles, loads nothing, nor does `train.faults` (a driver unpickles
+# its exception when a worker raises it); extract, inspect and evaluate plan Ray Data
 # pipelines and load no torch (their Ray Data tasks import the same modules).
 MODEL_STACKS = ["deepspeed", "diffusers", "peft", "transformers"]
 DRIVERS = [  # (module, the stacks looked for, those it loads)
     ("lavender_ray.train.entry", [*MODEL_STACKS, "ray", "torch"], []),
+    ("lavender_ray.train.faults", [*MODEL_STACKS, "ray", "torch"], []),  # unpickled by drivers
     ("lavender_ray.pipeline.extract", [*MODEL_STACKS, "torch"], []),
     ("lavender_ray.pipeline.inspect", [*MODEL_STACKS, "torch"], []),
     ("lavender_ray.eval.evaluate", [*MODEL_STACKS, "torch"], []),

@@ -13,8 +13,8 @@ from lavender_ray.config import ConfigError, absolute_paths, load_config
 from lavender_ray.eval.evaluate import check_local
 from lavender_ray.placement import check_shared_folders
 from lavender_ray.runs import checkpoint_location
+from lavender_ray.train.faults import InjectedFault, maybe_inject_fault
 from lavender_ray.train.launch import check_storage, local_paths
-from lavender_ray.train.worker import InjectedFault, maybe_inject_fault
 
 
 def test_text_round_trip_through_a_file_uri(tmp_path: Path) -> None:

@@ -27,13 +27,12 @@ from ray.data import DataIterator
 from ray.data.collate_fn import ArrowBatchCollateFn
 from transformers.integrations import HfDeepSpeedConfig
 
-from lavender_ray import storage
 from lavender_ray.align import build_aligner
 from lavender_ray.config import LavenderConfig
 from lavender_ray.console.display import format_duration
 from lavender_ray.placement import Device, resolve_precision
-from lavender_ray.runs import FAULT_MARKER, run_dir_of
 from lavender_ray.tensors import TORCH_DTYPES
+from lavender_ray.train.faults import maybe_inject_fault
 from lavender_ray.train.precision import deepspeed_config, gradient_buckets, import_deepspeed
 from lavender_ray.train.reporting import Reporter, TrainState, all_reduce_sum, restore
 from lavender_ray.train.step import (
@@ -60,10 +59,6 @@ REPLAY_NOTE = (
 )
 
 
-class InjectedFault(RuntimeError):
-    """Raised once by `train.fail_at_step` to test recovery from worker failures."""
-
-
 class CollateRecords(ArrowBatchCollateFn):
     """`iter_torch_batches` collate_fn: an Arrow batch of records with targets -> `TrainBatch`
     (images decoded, chat-templated and padded by the adapter; moved to the device by the loop)."""
@@ -84,18 +79,6 @@ def cast_inputs(batch: TrainBatch, device: torch.device, dtype: torch.dtype) -> 
         for k, v in moved.inputs.items()
     }
     return moved
-
-
-def maybe_inject_fault(cfg: LavenderConfig, step: int, rank: int) -> None:
-    """`train.fail_at_step`: rank 0 raises once at that step (a marker file in the run's
-    storage records it, so the replacement worker, wherever it runs, goes on)."""
-    if cfg.train.fail_at_step != step or rank != 0:
-        return
-    marker = f"{run_dir_of(cfg)}/{FAULT_MARKER}"
-    if storage.exists(marker):
-        return
-    storage.write_text(marker, str(step))
-    raise InjectedFault(f"train.fail_at_step={step}: injected worker failure")
 
 
 # transformers keeps only a weak reference to the `HfDeepSpeedConfig` that turns ZeRO-3 on for it
