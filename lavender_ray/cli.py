@@ -125,8 +125,9 @@ def main(argv: list[str] | None = None) -> int:
             raise
         from lavender_ray.console import failure_line
 
+        notes = "".join(f"\n  {note}" for note in getattr(err, "__notes__", []))
         print(f"lavender {args.command}: failed: {failure_line(err)}\n  the whole traceback is "
-              f"in {log} (--verbose prints it here)", file=sys.stderr)
+              f"in {log} (--verbose prints it here){notes}", file=sys.stderr)
         return 1
 
 

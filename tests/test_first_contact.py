@@ -158,6 +158,35 @@ def test_a_reused_run_name_is_refused_before_ray_starts(capsys, tmp_path, monkey
         "checkpoint_step0000002", "config.yaml"]
 
 
+@pytest.mark.parametrize("checkpoint", [None, 2])
+def test_a_failed_run_says_how_it_goes_on(checkpoint, capsys, tmp_path, monkeypatch):
+    """A run that fails (here `train()` raising once the run folder exists, as a worker's error
+    does): one line, the log, and what to do next: continue from its last checkpoint, or,
+    without one, start it again with the corrected values (`runs.check_run`)."""
+    no_ray(monkeypatch)
+    args = ["train", "--set", "train.run_name=r1", "--set", f"train.storage_path={tmp_path}"]
+    run = tmp_path / "r1"
+
+    def failing(cfg, **kwargs):
+        run.mkdir()
+        (run / "config.yaml").write_text(cfg.to_yaml())
+        if checkpoint:
+            write_checkpoint(run, checkpoint)
+        raise RuntimeError("a worker died")
+
+    monkeypatch.setattr(launch, "train", failing)
+    assert main(args) == 1
+    err = capsys.readouterr().err.splitlines()
+    assert err[-3].startswith("lavender train: failed: RuntimeError: a worker died (at ")
+    assert err[-2].startswith(f"  the whole traceback is in {run}/logs/train-")
+    where = (f"its last checkpoint is {run}/checkpoint_step0000002 (step 2 of 30)" if checkpoint
+             else "it has no complete checkpoint (it starts again at step 0)")
+    fix = "" if checkpoint else " with your corrected --preset or --set values"
+    assert err[-1] == (f"  run 'r1' failed; {where}. Once the cause is fixed, `lavender train "
+                       f"--resume --set train.storage_path={tmp_path} --set train.run_name=r1`"
+                       f"{fix} continues it")
+
+
 MISTAKES_PROBE = r"""
 import json, sys
 from lavender_ray.cli import main

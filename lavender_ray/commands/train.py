@@ -44,7 +44,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     # imported when the command runs: `lavender --help` stays fast (commands/__init__.py)
-    from lavender_ray.config import CONFIG_FILE
+    from lavender_ray.config import CONFIG_FILE, ConfigError
     from lavender_ray.console import Console
     from lavender_ray.data.checks import check_input_paths
     from lavender_ray.runs import LOGS_DIR, check_run, run_dir_of
@@ -54,8 +54,16 @@ def run(args: argparse.Namespace) -> int:
     check_run(cfg, run_dir_of(cfg), args.resume)  # a reused or missing run too, before the plan
     if not args.no_plan:
         check_before_start(cfg)  # refuses (exit 2) before any node starts
-    from lavender_ray.train.launch import describe, train  # Ray, torch: after the checks above
+    # Ray, torch: after the checks above
+    from lavender_ray.train.launch import describe, failure_note, train
 
     with Console("train", f"{run_dir_of(cfg)}/{LOGS_DIR}", args.verbose):
-        print(describe(train(cfg, resume=args.resume, address=args.address)))
+        try:
+            summary = train(cfg, resume=args.resume, address=args.address)
+        except Exception as err:
+            note = failure_note(cfg)
+            if note and not isinstance(err, ConfigError):
+                err.add_note(note)  # printed under the error's line
+            raise
+        print(describe(summary))
     return 0

@@ -77,10 +77,28 @@ class TrainingInterrupted(KeyboardInterrupt):
     def __init__(self, cfg: LavenderConfig, run_dir: str) -> None:
         t = cfg.train
         where = resume_point(cfg, run_dir, latest_complete_checkpoint(run_dir, t.num_workers))
-        super().__init__(
-            f"run {t.run_name!r} stopped; {where}. Continue it with `lavender train --resume "
-            f"--set train.storage_path={t.storage_path} --set train.run_name={t.run_name}`"
-        )
+        super().__init__(f"run {t.run_name!r} stopped; {where}. Continue it with "
+                         f"{resume_command(cfg)}")
+
+
+def resume_command(cfg: LavenderConfig) -> str:
+    """The command that continues the run of `cfg`, for people."""
+    t = cfg.train
+    return (f"`lavender train --resume --set train.storage_path={t.storage_path} --set "
+            f"train.run_name={t.run_name}`")
+
+
+def failure_note(cfg: LavenderConfig) -> str | None:
+    """What a run that failed can do next (`lavender train` adds it to the error): the run's
+    last checkpoint and the command that continues it; without a checkpoint the command starts
+    it again with corrected values (`runs.check_run`). None when the run never started."""
+    run_dir = run_dir_of(cfg)
+    if read_text(f"{run_dir}/{CONFIG_FILE}") is None:
+        return None
+    step = latest_complete_checkpoint(run_dir, cfg.train.num_workers)
+    fix = " with your corrected --preset or --set values" if step is None else ""
+    return (f"run {cfg.train.run_name!r} failed; {resume_point(cfg, run_dir, step)}. Once the "
+            f"cause is fixed, {resume_command(cfg)}{fix} continues it")
 
 
 def fit(trainer: TorchTrainer, cfg: LavenderConfig, run_dir: str) -> ray.train.Result:
