@@ -187,6 +187,14 @@ def test_a_failed_run_says_how_it_goes_on(checkpoint, capsys, tmp_path, monkeypa
                        f"{fix} continues it")
 
 
+def test_a_failure_note_that_cannot_read_the_storage_leaves_the_error_alone(monkeypatch):
+    def unreachable(path):
+        raise OSError(f"{path}: the bucket cannot be reached")
+
+    monkeypatch.setattr(launch, "read_text", unreachable)
+    assert launch.failure_note(load_config("demo", ["train.run_name=r1"])) is None
+
+
 MISTAKES_PROBE = r"""
 import json, sys
 from lavender_ray.cli import main

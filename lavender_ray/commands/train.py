@@ -61,8 +61,8 @@ def run(args: argparse.Namespace) -> int:
         try:
             summary = train(cfg, resume=args.resume, address=args.address)
         except Exception as err:
-            note = failure_note(cfg)
-            if note and not isinstance(err, ConfigError):
+            note = None if isinstance(err, ConfigError) else failure_note(cfg)
+            if note:
                 err.add_note(note)  # printed under the error's line
             raise
         print(describe(summary))

@@ -91,11 +91,15 @@ def resume_command(cfg: LavenderConfig) -> str:
 def failure_note(cfg: LavenderConfig) -> str | None:
     """What a run that failed can do next (`lavender train` adds it to the error): the run's
     last checkpoint and the command that continues it; without a checkpoint the command starts
-    it again with corrected values (`runs.check_run`). None when the run never started."""
+    it again with corrected values (`runs.check_run`). None when the run never started, or its
+    storage cannot be read (the error itself is what matters)."""
     run_dir = run_dir_of(cfg)
-    if read_text(f"{run_dir}/{CONFIG_FILE}") is None:
+    try:
+        if read_text(f"{run_dir}/{CONFIG_FILE}") is None:
+            return None
+        step = latest_complete_checkpoint(run_dir, cfg.train.num_workers)
+    except OSError:  # pyarrow's filesystems raise OSError subclasses
         return None
-    step = latest_complete_checkpoint(run_dir, cfg.train.num_workers)
     fix = " with your corrected --preset or --set values" if step is None else ""
     return (f"run {cfg.train.run_name!r} failed; {resume_point(cfg, run_dir, step)}. Once the "
             f"cause is fixed, {resume_command(cfg)}{fix} continues it")
