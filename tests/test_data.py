@@ -128,6 +128,14 @@ def test_llava_converter(tmp_path):
     with pytest.raises(RecordError, match="speaker"):
         llava_row({**row, "conversations": [{"from": "robot", "value": "x"}]}, source="llava",
                   images=ImageLoader(root=str(tmp_path)), max_text_chars=100)
+    # a row of the other chat format (the source's `format` is wrong): the reject says which
+    with pytest.raises(RecordError, match="it has 'conversations': format llava\\?$"):
+        messages_row(row, source="s", images=ImageLoader(root=str(tmp_path)), max_text_chars=100)
+    messages = {"id": "m1", "images": ["img/a.png"], "messages": [
+        {"role": "user", "content": "What colour?"}, {"role": "assistant", "content": "Red."}]}
+    with pytest.raises(RecordError, match="it has 'messages': format messages\\?$"):
+        llava_row(messages, source="llava", images=ImageLoader(root=str(tmp_path)),
+                  max_text_chars=100)
 
 
 def _write_fixtures(root):

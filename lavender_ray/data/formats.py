@@ -227,6 +227,19 @@ def messages_image(row: dict[str, Any]) -> tuple[Any, str]:
     raise RecordError("missing_image", "no 'images' (a text-only sample)")
 
 
+# the key that holds the turns of each chat format: a row of one format read as the other
+TURNS_KEYS = {"messages": "messages", "llava": "conversations"}
+
+
+def other_format_hint(row: dict[str, Any], fmt: str) -> str:
+    """"; it has 'conversations': format llava?" when `row`, read as `fmt`, holds the turns of
+    the other chat format (a source given the wrong `format`), else ""."""
+    for other, key in TURNS_KEYS.items():
+        if other != fmt and row.get(key) is not None:
+            return f"; it has {key!r}: format {other}?"
+    return ""
+
+
 def messages_row(
     row: dict[str, Any], *, source: str, images: ImageLoader, max_text_chars: int,
 ) -> dict[str, Any]:
@@ -235,7 +248,8 @@ def messages_row(
     raw_messages = row.get("messages")
     if not isinstance(raw_messages, list) or not raw_messages:
         raise RecordError("bad_messages", f"'messages' must be a non-empty list of turns, got "
-                          f"{type(raw_messages).__name__} {raw_messages!r:.60}")
+                          f"{type(raw_messages).__name__} {raw_messages!r:.60}"
+                          f"{other_format_hint(row, 'messages')}")
     messages = []
     for i, turn in enumerate(raw_messages):
         if not isinstance(turn, dict):
@@ -255,7 +269,8 @@ def llava_row(
     turns = row.get("conversations")
     if not isinstance(turns, list) or not turns:
         raise RecordError("bad_messages", f"'conversations' must be a non-empty list, got "
-                          f"{type(turns).__name__} {turns!r:.60}")
+                          f"{type(turns).__name__} {turns!r:.60}"
+                          f"{other_format_hint(row, 'llava')}")
     messages = []
     for i, turn in enumerate(turns):
         if not isinstance(turn, dict):
