@@ -21,6 +21,7 @@ from lavender_ray.config.loading import (
     config_differences,
     config_from,
     load_config,
+    model_folder,
     parse_override,
     preset_names,
     read_preset,
@@ -53,5 +54,5 @@ __all__ = [
     "LavenderConfig", "LoraConfig", "LossConfig", "MetricName", "OptimConfig", "PipelineConfig",
     "SDConfig", "Section", "SourceConfig", "TrainConfig", "TuneConfig", "VLMConfig",
     "absolute_paths", "apply_overrides", "config_differences", "config_from", "config_hash", "format_validation_error", "load_config",
-    "parse_override", "preset_names", "read_preset", "run_paths", "set_dotted",
+    "model_folder", "parse_override", "preset_names", "read_preset", "run_paths", "set_dotted",
 ]  # fmt: skip

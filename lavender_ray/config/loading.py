@@ -179,6 +179,16 @@ def run_paths(cfg: LavenderConfig) -> dict[str, str]:
     return {key: value for key, value in paths.items() if value}
 
 
+def model_folder(model_id: str) -> str | None:
+    """The local folder a model id names, `~` expanded and absolute: a folder that exists, or a
+    path (`/`, `./`, `../`, `~`) even when it does not; None for a Hub id (`org/name`) or a
+    tiny model (`tiny/<name>`)."""
+    folder = os.path.expanduser(model_id)
+    if os.path.isdir(folder) or model_id.startswith(("/", "./", "../", "~")):
+        return os.path.abspath(folder)
+    return None
+
+
 def absolute_paths(cfg: LavenderConfig) -> LavenderConfig:
     """`cfg` with every local path absolute against the current folder (URIs unchanged): the
     run's paths, `eval.probe_path` and `eval.benchmarks`.
@@ -196,7 +206,7 @@ def absolute_paths(cfg: LavenderConfig) -> LavenderConfig:
                 source[key] = absolute(source[key])
     raw["eval"]["benchmarks"] = {k: absolute(v) for k, v in raw["eval"]["benchmarks"].items()}
     for section in ("sd", "vlm"):
-        folder = os.path.expanduser(raw[section]["model_id"])
-        if os.path.isdir(folder):
-            raw[section]["model_id"] = os.path.abspath(folder)
+        folder = model_folder(raw[section]["model_id"])
+        if folder and os.path.isdir(folder):  # a missing one stays as given: its error says so
+            raw[section]["model_id"] = folder
     return LavenderConfig.from_dict(raw)

@@ -18,7 +18,7 @@ import os
 
 import pyarrow.fs as pafs
 
-from lavender_ray.config import ConfigError, LavenderConfig, SourceConfig
+from lavender_ray.config import ConfigError, LavenderConfig, SourceConfig, model_folder
 from lavender_ray.storage import filesystem_and_path, is_uri
 
 # the files each source format reads; `messages` and `llava` rows come as JSON lines, JSON
@@ -93,13 +93,13 @@ def check_input_paths(cfg: LavenderConfig) -> None:
 
 
 def check_model_folders(cfg: LavenderConfig) -> None:
-    """`sd.model_id` and `vlm.model_id` when they name a local folder (one that exists, or a
-    path: `/`, `./`, `../`, `~`): it must exist and hold its `MODEL_FILES` entry."""
+    """`sd.model_id` and `vlm.model_id` when they name a local folder (`config.model_folder`):
+    it must exist and hold its `MODEL_FILES` entry."""
     for section, marker in MODEL_FILES.items():
         model_id = getattr(cfg, section).model_id
-        folder = os.path.expanduser(model_id)
-        if not (os.path.isdir(folder) or model_id.startswith(("/", "./", "../", "~"))):
-            continue  # a Hub id (`org/name`) or a tiny model (`tiny/<name>`)
+        folder = model_folder(model_id)
+        if folder is None:
+            continue  # a Hub id or a tiny model
         if not os.path.isdir(folder):
             raise ConfigError(f"{section}.model_id={model_id!r}: no such folder")
         if not os.path.isfile(os.path.join(folder, marker)):
