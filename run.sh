@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One entry point for a fresh machine: creates/refreshes .venv with the pinned stack, then
 #   ./run.sh demo [lavender demo flags]   runs the main job on an embedded local Ray, tiny models
-#   ./run.sh test [pytest flags]          runs the test suite
+#   ./run.sh test [pytest flags]          runs the test suite (2 processes; -n 0: one)
 #   ./run.sh setup                        only (re)installs
 #   ./run.sh lavender ...                 any `lavender` subcommand inside the venv
 # Set-up is idempotent: a second run with unchanged requirements.lock/pyproject.toml takes ~1 s.
@@ -47,7 +47,10 @@ cmd=${1:-help}
 case "$cmd" in
   setup) setup ;;
   demo) setup; exec "$VENV/bin/lavender" demo "$@" ;;
-  test) setup; exec "$VENV/bin/python" -m pytest "$@" ;;
+  # two test processes, a module each at a time (its fixtures built once): the end-to-end tests
+  # wait on Ray and subprocesses a quarter of the time; more would crowd the 2 pinned cores
+  test) setup; exec "$VENV/bin/python" -m pytest -n "${LAVENDER_TEST_PROCESSES:-2}" \
+          --dist loadfile "$@" ;;
   lavender) setup; exec "$VENV/bin/lavender" "$@" ;;
   *) sed -n '2,7p' "$0" | sed 's/^# \{0,1\}//'; [[ "$cmd" == help ]] ;;
 esac
