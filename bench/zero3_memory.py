@@ -5,6 +5,7 @@ the real `from_pretrained` path, then train two micro-batches.
     python bench/zero3_memory.py                      # ~340M-parameter Mllama, fp32, 2 ranks
     python bench/zero3_memory.py --ranks 4
     python bench/zero3_memory.py --live-parameters 8000000
+    python bench/zero3_memory.py --gradient-checkpointing   # activations recomputed
 
 The model is the tiny Mllama (tokenizer, processor, vision tower) with its language model widened
 to `--text-width` (MLP twice that) and deepened to `--text-layers`, so that, as in the 11B model,
@@ -73,6 +74,7 @@ torch.set_num_threads(1)
 rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
 folder, stage, live, prefetch = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
 cfg = load_config("demo", [f"vlm.model_id={folder}", f"train.zero_stage={stage}",
+                           f"vlm.gradient_checkpointing={sys.argv[5]}",
                            "loss.word_source=label", "train.precision=fp32",
                            f"train.zero3_live_parameters={live}",
                            f"train.zero3_prefetch_parameters={prefetch}"])
@@ -128,12 +130,12 @@ def save_model(folder: Path, text_width: int, text_layers: int) -> int:
 
 
 def run_stage(folder: Path, stage: int, live: int, prefetch: int, ranks: int,
-              work: Path) -> list[dict]:
+              work: Path, recompute: bool) -> list[dict]:
     script = work / "rank.py"
     script.write_text(RANK_SCRIPT)
     args = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(ranks),
             "--master_port", str(29680 + stage), str(script), str(folder), str(stage), str(live),
-            str(prefetch)]
+            str(prefetch), str(recompute).lower()]
     # glibc keeps freed blocks below its (growing) mmap threshold: the gathered weights ZeRO-3
     # frees would stay resident, and the peak would count every layer ever gathered
     env = {"MALLOC_MMAP_THRESHOLD_": "65536", **os.environ, "DS_ACCELERATOR": "cpu"}
@@ -161,6 +163,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--prefetch-parameters", type=int, default=None,
                         help="train.zero3_prefetch_parameters (default: the model's parameters x"
                              " 5e7 / 11e9, the share the default 5e7 is of an 11B model)")
+    parser.add_argument("--gradient-checkpointing", action="store_true",
+                        help="vlm.gradient_checkpointing=true in both stages (the cluster preset's"
+                             " setting: activations recomputed in backward)")
     args = parser.parse_args(argv)
     gib = 2**30
     with tempfile.TemporaryDirectory(prefix="zero3-mem-") as tmp:
@@ -175,7 +180,9 @@ def main(argv: list[str] | None = None) -> int:
         prefetch = args.prefetch_parameters or round(params * 5e7 / 11e9)
         print(f"train.zero3_live_parameters={live} train.zero3_prefetch_parameters={prefetch}",
               flush=True)
-        results = {stage: run_stage(folder, stage, live, prefetch, args.ranks, Path(tmp))
+        print(f"vlm.gradient_checkpointing={str(args.gradient_checkpointing).lower()}", flush=True)
+        results = {stage: run_stage(folder, stage, live, prefetch, args.ranks, Path(tmp),
+                                    args.gradient_checkpointing)
                    for stage in (2, 3)}
     print(f"{'GiB':<8}{'rank':>5}{'before':>8}{'built':>7}{'peak built':>11}{'peak':>6}"
           f"{'peak-before':>12}{'anon peak':>10}{'anon-before':>12}{'file peak':>10}")
