@@ -47,6 +47,12 @@ def resumable_config(
     return config_from(yaml.safe_load(text) or {}, args.overrides)
 
 
+# what train, extract and tune check before Ray starts (pipeline.preflight, check_run, the plan)
+PREFLIGHT_HELP = ("Before Ray starts, one line and exit code 2 for: the config, every input path "
+                  "and model folder, and the first rows of each source (one whose rows are all "
+                  "rejected would add nothing)")
+
+
 def add_config_arguments(
     parser: argparse.ArgumentParser, default_preset: str | None = "demo", default_help: str = ""
 ) -> None:

@@ -205,27 +205,30 @@ codes = [main(args) for args in (
     ["demo", "--preset", "nosuch"], ["plan", "--preset", "nosuch"], ["plan", "--set", "lora.r=x"],
     ["tune", "--preset", "nosuch"], ["tune", "--set", "tune.nosuch=1"],
     ["train", "--set", "vlm.model_id=/nowhere/vlm"], ["tune", "--set", "sd.model_id=/nowhere"],
-    ["train", "--set", "vlm.family=llava"])]
+    ["train", "--set", "vlm.family=llava"],
+    ["train", "--set", f"data.sources=[{{name: web, format: llava, path: {storage}/m.jsonl}}]"])]
 print(json.dumps([codes, sorted(m for m in ("ray", "torch", "transformers", "diffusers")
                                 if m in sys.modules)]))
 """
 
 
 def test_a_mistyped_preset_key_or_reused_run_is_told_before_ray_or_torch_is_imported(tmp_path):
-    """`train`, `demo`, `plan` and `tune` load the config and check the run folder and the model
-    folders before they import Ray, torch or the model libraries (5-10 s on 2 cores): a typo is
-    told at once."""
+    """`train`, `demo`, `plan` and `tune` load the config and check the run folder, the model
+    folders and the first rows of each source before they import Ray, torch or the model
+    libraries (5-10 s on 2 cores): a typo is told at once."""
     (tmp_path / "r1").mkdir()
     (tmp_path / "r1" / "config.yaml").write_text("{}")
+    (tmp_path / "m.jsonl").write_text(json.dumps({"images": ["a.png"], "messages": []}) + "\n")
     probe = subprocess.run([sys.executable, "-c", MISTAKES_PROBE, str(tmp_path)],
                            capture_output=True, text=True, timeout=120)
     assert probe.returncode == 0, probe.stderr[-3000:]
     codes, imported = json.loads(probe.stdout.splitlines()[-1])
-    assert codes == [2] * 11, probe.stderr
+    assert codes == [2] * 12, probe.stderr
     assert imported == [], probe.stderr
     assert "unknown preset 'nosuch'" in probe.stderr and "a run 'r1' exists" in probe.stderr
     assert "vlm.model_id='/nowhere/vlm': no such folder" in probe.stderr
     assert "the tiny model of this family is 'tiny/llava'" in probe.stderr
+    assert "data.sources[web]: its first 1 rows (in m.jsonl) are all rejected" in probe.stderr
 
 
 def test_resuming_a_finished_run_prints_its_summary_without_starting_ray(capsys, tmp_path,

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import argparse
 
-from lavender_ray.cli import add_config_arguments, add_verbose_argument
+from lavender_ray.cli import PREFLIGHT_HELP, add_config_arguments, add_verbose_argument
 from lavender_ray.config import ConfigError, load_config
 
 HELP = (
     "extract SD per-word attention targets into a Parquet target cache; the console shows a "
     "progress bar (records, images/s, ETA), Ray's own output goes to <out>/logs/ (--verbose: on "
-    "the console instead)"
+    "the console instead). " + PREFLIGHT_HELP
 )
 INTERRUPTED = ("the targets written so far stay in the cache: the same command goes on from "
                "them (it counts them as already cached)")
@@ -43,8 +43,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     # imported when the command runs: `lavender --help` stays fast (commands/__init__.py)
     from lavender_ray.console import Console
-    from lavender_ray.data.checks import check_input_paths
     from lavender_ray.pipeline.extract import export_authors_layout, extract_to_cache
+    from lavender_ray.pipeline.preflight import check_sources
     from lavender_ray.rejects import summarise_rejects
     from lavender_ray.resources import connect
     from lavender_ray.runs import LOGS_DIR
@@ -54,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
     if not out:
         raise ConfigError("give --out DIR, or set pipeline.cache_path in the "
                           "config (the cache a pipeline.mode=cache run reads)")
-    check_input_paths(cfg)  # before Ray starts: a missing file is one line, at once
+    check_sources(cfg)  # before Ray starts: a missing file, a source of rejects: one line
     with Console("extract", f"{out.rstrip('/')}/{LOGS_DIR}", args.verbose):
         connect(cfg, "extract", args.address)
         summary = extract_to_cache(cfg, out)

@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import argparse
 
-from lavender_ray.cli import add_config_arguments, add_verbose_argument, resumable_config
+from lavender_ray.cli import (
+    PREFLIGHT_HELP,
+    add_config_arguments,
+    add_verbose_argument,
+    resumable_config,
+)
 from lavender_ray.commands.plan import NO_PLAN_HELP, check_before_start
 
 HELP = (
@@ -16,7 +21,8 @@ HELP = (
     "console shows a progress bar (steps, loss, samples/s, ETA), Ray's and DeepSpeed's own "
     "output goes to <run>/logs/ (--verbose: on the console instead); metrics go to "
     "<run>/metrics.jsonl and to the trackers of train.report_to=[tensorboard,mlflow,wandb]. "
-    "Ctrl-C stops the run at its last checkpoint (exit code 130); --resume continues it"
+    "Ctrl-C stops the run at its last checkpoint (exit code 130); --resume continues it. "
+    + PREFLIGHT_HELP
 )
 # what Ctrl-C before the trainer starts says (in `fit()`, `TrainingInterrupted` names the run)
 INTERRUPTED = ("a run that has started continues from its last checkpoint with `lavender train "
@@ -46,11 +52,11 @@ def run(args: argparse.Namespace) -> int:
     # imported when the command runs: `lavender --help` stays fast (commands/__init__.py)
     from lavender_ray.config import CONFIG_FILE, ConfigError
     from lavender_ray.console import Console
-    from lavender_ray.data.checks import check_input_paths
+    from lavender_ray.pipeline.preflight import check_sources
     from lavender_ray.runs import LOGS_DIR, check_run, run_dir_of
 
     cfg = resumable_config(args, lambda named: f"{run_dir_of(named)}/{CONFIG_FILE}")
-    check_input_paths(cfg)  # before Ray starts: a missing file is one line, at once
+    check_sources(cfg)  # before Ray starts: a missing file, a source of rejects: one line
     check_run(cfg, run_dir_of(cfg), args.resume)  # a reused or missing run too, before the plan
     if not args.no_plan:
         check_before_start(cfg)  # refuses (exit 2) before any node starts

@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import argparse
 
-from lavender_ray.cli import add_config_arguments, add_verbose_argument, resumable_config
+from lavender_ray.cli import (
+    PREFLIGHT_HELP,
+    add_config_arguments,
+    add_verbose_argument,
+    resumable_config,
+)
 from lavender_ray.commands.plan import NO_PLAN_HELP, check_before_start
 
 HELP = (
     "search hyperparameters with Ray Tune + ASHA (tune.search_space: dotted keys -> "
     "'loguniform(1, 30)', 'choice([...])', ...); writes a trials table and best.yaml; the "
     "console shows the trials done, Ray's and Tune's own output goes to <experiment>/logs/ "
-    "(--verbose: on the console instead)"
+    "(--verbose: on the console instead). " + PREFLIGHT_HELP
 )
 INTERRUPTED = ("the search continues with `lavender tune --resume --set "
                "train.run_name=<experiment>`: finished trials are kept")
@@ -38,12 +43,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     # imported when the command runs: `lavender --help` stays fast (commands/__init__.py)
     from lavender_ray.console import Console
-    from lavender_ray.data.checks import check_input_paths
+    from lavender_ray.pipeline.preflight import check_sources
     from lavender_ray.runs import LOGS_DIR, run_dir_of
     from lavender_ray.tune.layout import layout_of
 
     cfg = resumable_config(args, lambda named: layout_of(named).config)
-    check_input_paths(cfg)  # before Ray starts: a missing file or model folder is one line
+    check_sources(cfg)  # before Ray starts: a missing file or model folder is one line
     if not args.no_plan:  # the largest value of each searched number: batch sizes, LoRA rank
         check_before_start(cfg, searched=True)
     from lavender_ray.tune.experiment import describe, run_tune  # Ray Tune: after the checks

@@ -72,6 +72,19 @@ def source_files(source: SourceConfig) -> tuple[pafs.FileSystem, list[str]]:
     return list_files(source.path, extensions)
 
 
+def file_prefix(source: SourceConfig) -> str:
+    """What turns a path inside the source's filesystem (Ray's `include_paths`) back into a
+    path or URI: "" locally, "s3://" for `s3://bucket/...`, "hdfs://host:port" for HDFS."""
+    if not source.path or not is_uri(source.path):
+        return ""
+    path = source.path.rstrip("/")
+    _, inner = filesystem_and_path(path)
+    inner = inner.rstrip("/")
+    if inner and path.endswith(inner):
+        return path[: len(path) - len(inner)]
+    return path.split("://", 1)[0] + "://"
+
+
 def check_input_paths(cfg: LavenderConfig) -> None:
     """Every source's `path` and `image_root`, and the model folders (`check_model_folders`),
     or ConfigError naming the first bad one, e.g.

@@ -40,6 +40,7 @@ from typing import Any
 READER_REJECT = "__reject__"
 DATA_FILE = "__file__"
 ROW_AT = "__at__"
+RAY_PATH = "path"  # the column Ray's `include_paths` adds to Parquet rows (not data)
 # byte-order marks, longest first (the UTF-32-LE mark starts with the UTF-16-LE one)
 BOMS = (
     (codecs.BOM_UTF32_LE, "utf-32"), (codecs.BOM_UTF32_BE, "utf-32"),

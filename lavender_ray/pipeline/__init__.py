@@ -1,6 +1,7 @@
 """Every Ray Data step of the project and the datasets built from them.
 
     read          configured sources -> records (Ray Data readers, rejects written)
+    preflight     the sources' paths and first rows, checked before Ray starts (no Ray)
     vlm_check     records the VLM cannot train on (template, max_length, image) -> rejects
     sd_stage      records -> records + SD targets (the SD actor pool)
     cache         the Parquet target cache: layout, keys, shards (what its tasks run)

@@ -21,7 +21,6 @@ import ray
 
 from lavender_ray import console
 from lavender_ray.config import ConfigError, LavenderConfig
-from lavender_ray.data.checks import check_input_paths
 from lavender_ray.pipeline.cache import (
     IMAGE_HASH,
     REJECTS,
@@ -36,6 +35,7 @@ from lavender_ray.pipeline.cache import (
     read_cached_targets,
     targets_dir,
 )
+from lavender_ray.pipeline.preflight import check_sources
 from lavender_ray.pipeline.read import read_parquet, read_sources
 from lavender_ray.pipeline.sd_stage import add_sd_targets, stage_device
 from lavender_ray.rejects import count_rejects
@@ -84,7 +84,7 @@ def extract_to_cache(cfg: LavenderConfig, root: str, ds: Dataset | None = None) 
     In a command (`console.active`) a progress display counts the records written (the rows
     of the new shards, `POLL_S`) against the records to do, counted first by a read of the
     sources without SD (`count_todo`; not for a given `ds`)."""
-    check_input_paths(cfg)
+    check_sources(cfg)
     connect(cfg, "extract")
     root = absolute(root)
     run_id = new_run_id()

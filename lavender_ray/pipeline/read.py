@@ -34,10 +34,11 @@ import pyarrow.parquet as pq
 import ray
 
 from lavender_ray.config import DataConfig, LavenderConfig, SourceConfig
-from lavender_ray.data.checks import source_files
+from lavender_ray.data.checks import file_prefix, source_files
 from lavender_ray.data.mixture import READ_STAGE, convert_rows, source_fraction, source_quotas
 from lavender_ray.data.readers import (
     DATA_FILE,
+    RAY_PATH,
     READER_REJECT,
     ROW_AT,
     flickr30k_rows,
@@ -48,9 +49,6 @@ from lavender_ray.data.synthetic import make_synthetic_records
 from lavender_ray.images import check_image
 from lavender_ray.rejects import write_rejects
 from lavender_ray.schema import RECORD_SCHEMA
-from lavender_ray.storage import filesystem_and_path, is_uri
-
-RAY_PATH = "path"  # the column Ray's `include_paths` adds
 
 
 # ------------------------------------------------------------------------------ raw readers
@@ -167,19 +165,6 @@ def read_raw(source: SourceConfig, data: DataConfig, seed: int) -> list[Any]:
     if source.format == "synthetic":
         return [ray.data.from_items(make_synthetic_records(source.num_samples, seed=seed))]
     return RAW_READERS.get(source.format, read_source_files)(source, data.read_num_cpus)
-
-
-def file_prefix(source: SourceConfig) -> str:
-    """What turns a path inside the source's filesystem (Ray's `include_paths`) back into a
-    path or URI: "" locally, "s3://" for `s3://bucket/...`, "hdfs://host:port" for HDFS."""
-    if not source.path or not is_uri(source.path):
-        return ""
-    path = source.path.rstrip("/")
-    _, inner = filesystem_and_path(path)
-    inner = inner.rstrip("/")
-    if inner and path.endswith(inner):
-        return path[: len(path) - len(inner)]
-    return path.split("://", 1)[0] + "://"
 
 
 # ------------------------------------------------------------------------------------ sampling

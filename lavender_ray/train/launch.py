@@ -34,8 +34,8 @@ from lavender_ray.config import (
     absolute_paths,
     run_paths,
 )
-from lavender_ray.data.checks import check_input_paths
 from lavender_ray.pipeline.dataset import build_train_dataset
+from lavender_ray.pipeline.preflight import check_sources
 from lavender_ray.placement import check_placement, check_shared_folders, cluster_nodes
 from lavender_ray.rejects import count_rejects, summarise_rejects
 from lavender_ray.resources import connect
@@ -239,7 +239,7 @@ def train(
     `check_resources=False` skips the resource plan: a Tune trial, whose experiment's plan
     counted it among the trials that share the cluster."""
     cfg = absolute_paths(cfg)
-    check_input_paths(cfg)
+    check_sources(cfg)
     run_dir = run_dir_of(cfg)
     resumed = check_run(cfg, run_dir, resume)
     finished = finished_run(cfg, run_dir) if resume else None

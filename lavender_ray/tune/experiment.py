@@ -41,8 +41,8 @@ from ray.tune.search.basic_variant import BasicVariantGenerator
 
 from lavender_ray import console
 from lavender_ray.config import ConfigError, LavenderConfig, absolute_paths, apply_overrides
-from lavender_ray.data.checks import check_input_paths
 from lavender_ray.pipeline.extract import extract_to_cache
+from lavender_ray.pipeline.preflight import check_sources
 from lavender_ray.placement import check_placement, cluster_nodes
 from lavender_ray.rejects import format_counts, summarise_rejects
 from lavender_ray.resources import connect, shares_targets
@@ -217,7 +217,7 @@ def run_tune(
     `callbacks` are Ray Tune callbacks of the experiment (a resumed experiment keeps its own);
     `address` is the Ray to use when none is connected (`resources.connect`)."""
     cfg = absolute_paths(cfg)
-    check_input_paths(cfg)
+    check_sources(cfg)
     check_trackers(cfg)  # train.report_to: once here, not in every trial
     space = parse_search_space(cfg.tune.search_space, cfg.to_dict())
     reports = check_tune_config(cfg)
