@@ -39,6 +39,7 @@ from lavender_ray.data.readers import (
     text_row,
 )
 from lavender_ray.images import check_image
+from lavender_ray.rejects import format_counts
 from lavender_ray.schema import Reject
 
 FIRST_ROWS = 32
@@ -71,7 +72,7 @@ def check_first_rows(cfg: LavenderConfig, rows: int = FIRST_ROWS) -> None:
 
 def _all_rejected(source: SourceConfig, file_name: str, rejects: list[Reject]) -> str:
     counts = collections.Counter(f"{READ_STAGE}/{r.reason}" for r in rejects)
-    reasons = ", ".join(f"{key} {n}" for key, n in counts.most_common())
+    reasons = format_counts(counts)
     if counts.most_common(1)[0][0] == f"{READ_STAGE}/missing_image":
         root = f"data.sources[{source.name}].image_root"
         reasons += (f" (relative image paths resolve against {root})" if source.image_root
