@@ -40,7 +40,7 @@ def kill_cluster(temp_dir: str) -> None:
             p.terminate()
         except psutil.Error:
             pass
-    _, alive = psutil.wait_procs(procs, timeout=10)
+    _, alive = psutil.wait_procs(procs, timeout=3)  # then SIGKILL: a throwaway head
     for p in alive:
         try:
             p.kill()
