@@ -29,26 +29,25 @@ setup() {
   echo "==> setting up $VENV (first run: a few minutes)" >&2
   [[ -x "$VENV/bin/python" ]] || "$PY" -m venv "$VENV"
   # pip bootstraps uv (the lock's pin), which installs the rest: ~50 s instead of ~70 s with pip.
-  "$VENV/bin/python" -m pip install -q --upgrade pip setuptools wheel \
-    "$(grep -E '^uv==' requirements.lock)"
+  local pip=("$VENV/bin/python" -m pip install -q)
+  "${pip[@]}" --upgrade pip setuptools wheel "$(grep -E '^uv==' requirements.lock)"
   # --compile-bytecode, as pip does: without it every process (PYTHONDONTWRITEBYTECODE=1 here)
   # would compile the stack it imports each time it starts: a test suite twice as slow
-  local pip=("$VENV/bin/uv" pip install -q --compile-bytecode --python "$VENV/bin/python")
+  local uv=("$VENV/bin/uv" pip install -q --compile-bytecode --python "$VENV/bin/python")
   if [[ -n "${PIP_FIND_LINKS:-}" && -z "${UV_FIND_LINKS:-}" ]]; then
     export UV_FIND_LINKS=$PIP_FIND_LINKS      # uv reads no pip settings
   fi
   export UV_NATIVE_TLS=${UV_NATIVE_TLS:-1}    # the system's certificates, as pip uses them
   if [[ "${LAVENDER_KEEP_TORCH:-0}" != 1 ]]; then
-    "${pip[@]}" "$TORCH_SPEC"
+    "${uv[@]}" "$TORCH_SPEC"
   fi
   # DeepSpeed's setup.py imports torch: build it against the torch above, not an isolated one;
   # with pip, which keeps the built wheel in its cache (uv rebuilds it every time: ~75 s).
-  "$VENV/bin/python" -m pip install -q --no-build-isolation \
-    "$(grep -E '^deepspeed==' requirements.lock)"
-  "${pip[@]}" -r requirements.lock
+  "${pip[@]}" --no-build-isolation "$(grep -E '^deepspeed==' requirements.lock)"
+  "${uv[@]}" -r requirements.lock
   # Test data (real tokenizer files); --no-deps: clip-anytorch would pull torchvision + CUDA torch.
-  "${pip[@]}" --no-deps clip-anytorch==2.6.0 quicktok-v1==0.4.0
-  "${pip[@]}" --no-deps -e .
+  "${uv[@]}" --no-deps clip-anytorch==2.6.0 quicktok-v1==0.4.0
+  "${uv[@]}" --no-deps -e .
   echo "$want" > "$STAMP"
 }
 
