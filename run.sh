@@ -56,10 +56,11 @@ cmd=${1:-help}
 case "$cmd" in
   setup) setup ;;
   demo) setup; exec "$VENV/bin/lavender" demo "$@" ;;
-  # two test processes, a module each at a time (its fixtures built once): the end-to-end tests
+  # two test processes, a module each at a time (its fixtures built once), the longest modules
+  # first (tests/conftest.py: LONGEST_MODULES, kept by --no-loadscope-reorder); the end-to-end tests
   # wait on Ray and subprocesses a quarter of the time; more would crowd the 2 pinned cores
   test) setup; exec "$VENV/bin/python" -m pytest -n "${LAVENDER_TEST_PROCESSES:-2}" \
-          --dist loadfile "$@" ;;
+          --dist loadfile --no-loadscope-reorder "$@" ;;
   lavender) setup; exec "$VENV/bin/lavender" "$@" ;;
   *) sed -n '2,7p' "$0" | sed 's/^# \{0,1\}//'; [[ "$cmd" == help ]] ;;
 esac

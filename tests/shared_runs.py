@@ -1,13 +1,15 @@
-"""Session fixtures for the expensive runs that several test modules read (conftest imports them).
+"""Session fixtures for the expensive runs and model folders the tests read (conftest imports
+them), and the helpers that configure a tiny training run.
 
 A tiny `train()` costs about a minute on two cores, nearly all of it start-up (Ray Train's
 controller and workers, DeepSpeed, the SD and check actor pools), so one run carries every
-property that can be read from the same run instead of one run per module:
+property that can be read from the same run instead of one run per test:
 
 `stream_run`: stream mode under ZeRO-2 with every bad-input kind mixed into the records and the SD
-actor killed once mid-stream (`test_train`), reporting at every step to TensorBoard, a real
-MLflow server and offline W&B with attention PNGs every 2 steps (`test_tracking`), watched from
-Ray Train's controller while it trains.
+actor killed once mid-stream, reporting at every step to TensorBoard, a real MLflow server and
+offline W&B with attention PNGs every 2 steps, watched from Ray Train's controller while it
+trains. All its readers are in `test_train`: each of the two test processes builds the session
+fixtures its own modules use, so a reader in a second module could build the run twice.
 """
 
 from __future__ import annotations

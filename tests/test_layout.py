@@ -1,10 +1,12 @@
 """The package's layering holds: `lint-imports` keeps every contract of pyproject.toml, and
 breaks when a module imports across a line it must not cross; the commands' driver modules load
-no model stack they do not run."""
+no model stack they do not run. The suite's own order (`conftest.LONGEST_MODULES`) names modules
+that exist, and the stream run is read by one module."""
 
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -91,3 +93,21 @@ def test_no_driver_loads_a_model_stack_at_import():
     assert probe.returncode == 0, probe.stderr[-3000:]
     loaded = json.loads(probe.stdout.splitlines()[-1])
     assert loaded == {module: expected for module, _, expected in DRIVERS}
+
+
+# --------------------------------------------------------------------- the suite's own order
+def test_the_longest_modules_named_for_the_order_exist():
+    """A renamed module would silently drop to the back of the queue (`conftest.py`)."""
+    from conftest import LONGEST_MODULES
+
+    missing = [name for name in LONGEST_MODULES if not (ROOT / "tests" / name).is_file()]
+    assert not missing, f"conftest.LONGEST_MODULES names modules that do not exist: {missing}"
+
+
+def test_the_shared_stream_run_is_read_by_one_module():
+    """Each test process builds the session fixtures of the modules it takes: readers of the
+    ~2-minute stream run in two modules could build it twice (`shared_runs`)."""
+    reads = re.compile(r"^def test_\w+\([^)]*\bstream_run\b", re.M)
+    readers = [p.name for p in sorted((ROOT / "tests").glob("test_*.py"))
+               if reads.search(p.read_text())]
+    assert readers == ["test_train.py"], f"stream_run is read by {readers}: keep them in one module"
