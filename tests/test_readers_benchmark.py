@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from lavender_ray.data.benchmarks import benchmark_row
+from lavender_ray.data.benchmarks import benchmark_image, benchmark_row
 from lavender_ray.pipeline.benchmarks import read_benchmark
 from lavender_ray.rejects import read_rejects
 from lavender_ray.schema import BENCHMARK_SCHEMA, RecordError
@@ -166,3 +166,11 @@ def test_parquet_and_jsonl_equivalents_through_ray(ray_local, tmp_path):
 def test_unknown_benchmark_extension_names_the_allowed_ones(tmp_path):
     with pytest.raises(ValueError, match=r"\.tsv, \.parquet, \.jsonl"):
         read_benchmark(str(tmp_path / "bench.csv"), "x", str(tmp_path / "rejects"))
+
+
+def test_a_file_path_in_image_is_rejected_naming_image_path():
+    # a user's own JSONL with a relative path in `image` (VLMEvalKit's column holds base64 or a
+    # row reference): the reject says where a path goes
+    where = r"row 'pics/a\.png'.*'image_path', relative to image_root"
+    with pytest.raises(RecordError, match=where):
+        benchmark_image({"image": "pics/a.png"}, {}, lambda path, field: b"")

@@ -152,7 +152,11 @@ def benchmark_image(
         image = listed[0]
     if len(image) <= IMAGE_REF_MAX_CHARS:
         if image not in refs:
-            raise RecordError("missing_image", f"image refers to row {image!r}, which has no image")
+            raise RecordError(
+                "missing_image",
+                f"image refers to row {image!r}, which has no image (a file path goes in "
+                "'image_path', relative to image_root)",
+            )
         image = refs[image]
     return images(decode_base64_image(image), "image")
 
